@@ -1,0 +1,182 @@
+"""The one settings object of the system, read from the environment and `.env`.
+
+Every setting is documented in `.env.example`. Connection and mode settings use the names traders know from
+IB tooling (`IBKR_HOST`, `IBKR_PORT`, `IBKR_CLIENT_ID`, `TRADING_MODE`); everything else is prefixed
+`TRADEFLOW_`. Strategy defaults are those of `shared/reference/strategies.md`.
+
+A wrong value (a port that is not a number, an unknown mode) raises :class:`SettingsError` naming the
+environment variable; secret values are never echoed in errors, reprs or logs (they are `SecretStr`).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+"""The project checkout (the folder holding `pyproject.toml`)."""
+
+DEFAULT_STATE_DIR = PROJECT_ROOT / "state"
+DEFAULT_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data" / "bars"
+
+
+class SettingsError(ValueError):
+    """A setting has a wrong value; the message names the environment variable(s) and what was wrong."""
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name, name.lower())
+
+
+class Settings(BaseSettings):
+    """All settings. Units are in each field's description; money is USD, fractions are fractions (0.02 = 2 %)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TRADEFLOW_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        validate_default=True,
+    )
+
+    # --- connection and mode ------------------------------------------------------------------------------
+    ibkr_host: str = Field("127.0.0.1", validation_alias=_env("IBKR_HOST"), description="TWS / IB Gateway host.")
+    ibkr_port: int = Field(
+        7497,
+        ge=1,
+        le=65535,
+        validation_alias=_env("IBKR_PORT"),
+        description="TWS 7497 paper / 7496 live; IB Gateway 4002 paper / 4001 live.",
+    )
+    ibkr_client_id: int = Field(
+        1,
+        ge=0,
+        le=2**31 - 1,
+        validation_alias=_env("IBKR_CLIENT_ID"),
+        description="Base client id; concurrent connections derive distinct ids from it (IB error 326).",
+    )
+    trading_mode: Literal["paper", "live"] = Field(
+        "paper",
+        validation_alias=_env("TRADING_MODE"),
+        description="paper (default) or live; live also needs TRADEFLOW_LIVE_ACCOUNT.",
+    )
+    live_account: str | None = Field(
+        None,
+        description="The live account id (e.g. U1234567) that live mode may trade; the second explicit opt-in.",
+    )
+    alert_url: SecretStr | None = Field(
+        None, description="Apprise URL or webhook that failure notifications go to (secret: never logged)."
+    )
+
+    # --- where things live ----------------------------------------------------------------------------------
+    state_dir: Path = Field(
+        DEFAULT_STATE_DIR, description="Journal, model registry and Prefect home (git ignores the default)."
+    )
+    data_dir: Path = Field(
+        DEFAULT_DATA_DIR, description="Bars in the format of shared/data/bars (daily/, 1h/, 5m/ CSV files)."
+    )
+
+    # --- EMA 25/125 on SMH (strategies.md) ------------------------------------------------------------------
+    ema_symbol: str = "SMH"
+    ema_fast: int = Field(25, gt=0, description="Fast EMA span, sessions.")
+    ema_slow: int = Field(125, gt=0, description="Slow EMA span, sessions.")
+    ema_min_history: int = Field(250, gt=0, description="Sessions of daily closes needed before a decision.")
+    ema_entry_minutes_before_close: int = Field(5, gt=0, description="Entry decision, minutes before the close.")
+    daily_stop_fraction: float = Field(
+        0.02, gt=0, lt=1, description="Daily equity stop as a fraction of day-start equity E0 (0.02 = -2 %)."
+    )
+    vix_leverage: list[tuple[float, float]] = Field(
+        default=[(12.0, 3.75), (13.0, 3.5), (14.0, 3.25)],
+        description="(VIX upper bound, leverage) pairs, ascending: the first bound above VIX gives L.",
+    )
+    default_leverage: float = Field(3.0, gt=0, description="Leverage when VIX >= the last bound or unknown.")
+    late_run_max_minutes: float = Field(
+        3.0, ge=0, description="An order flow starting later than this after its scheduled time does not trade."
+    )
+
+    # --- MTF LSTM on AAPL and TSLA (strategies.md) ----------------------------------------------------------
+    mtf_symbols: list[str] = Field(default=["AAPL", "TSLA"])
+    mtf_entry_threshold: float = Field(0.52, ge=0, le=1, description="Enter when flat and P(up) >= this.")
+    mtf_exit_threshold: float = Field(0.50, ge=0, le=1, description="Exit when P(up) < this (after min hold).")
+    mtf_min_hold_runs: int = Field(2, ge=0, description="5-minute runs held before a threshold exit.")
+    mtf_max_hold_runs: int = Field(24, gt=0, description="5-minute runs after which a position exits (2 h).")
+    mtf_position_usd: float = Field(10_000.0, gt=0, description="Position size, USD.")
+    mtf_daily_loss_limit_usd: float = Field(
+        2_000.0, gt=0, description="No new MTF entries once the day's P&L is at or below minus this, USD."
+    )
+    mtf_lookback: int = Field(24, gt=0, description="L: feature rows the LSTM reads.")
+    mtf_horizon: int = Field(4, gt=0, description="H: base bars ahead that the label looks.")
+
+    # --- costs and backtests ----------------------------------------------------------------------------------
+    commission_per_share: float = Field(0.005, ge=0, description="IB fixed pricing, USD a share.")
+    commission_min: float = Field(1.00, ge=0, description="IB fixed pricing minimum, USD an order.")
+    commission_max_fraction: float = Field(0.01, ge=0, description="IB fixed pricing cap, fraction of value.")
+    backtest_initial_capital: float = Field(1_000_000.0, gt=0, description="USD.")
+    backtest_slippage_fraction: float = Field(0.0, ge=0, description="Adverse slippage per fill, fraction.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "Settings":
+        if self.ema_fast >= self.ema_slow:
+            raise ValueError("TRADEFLOW_EMA_FAST must be smaller than TRADEFLOW_EMA_SLOW")
+        bounds = [b for b, _ in self.vix_leverage]
+        if bounds != sorted(bounds):
+            raise ValueError("TRADEFLOW_VIX_LEVERAGE bounds must be ascending")
+        if self.mtf_exit_threshold > self.mtf_entry_threshold:
+            raise ValueError("TRADEFLOW_MTF_EXIT_THRESHOLD must not exceed TRADEFLOW_MTF_ENTRY_THRESHOLD")
+        return self
+
+    @property
+    def journal_path(self) -> Path:
+        """The DuckDB journal file."""
+        return self.state_dir / "journal.duckdb"
+
+    @property
+    def models_dir(self) -> Path:
+        """The model registry folder."""
+        return self.state_dir / "models"
+
+    @property
+    def prefect_home(self) -> Path:
+        """PREFECT_HOME for the local server that `tradeflow up` starts."""
+        return self.state_dir / "prefect"
+
+
+def _env_name(field_name: str) -> str:
+    field = Settings.model_fields.get(field_name)
+    if field is None:  # pydantic reports the alias it read, e.g. "IBKR_PORT"
+        return field_name.upper()
+    if isinstance(field.validation_alias, AliasChoices):
+        return str(field.validation_alias.choices[0])
+    return f"TRADEFLOW_{field_name.upper()}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings from the environment and `.env` (overrides win, for tests and commands).
+
+    Raises:
+        SettingsError: a value is wrong; the message names each wrong environment variable and why,
+            without echoing secret values.
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = err.get("loc") or ()
+            name = _env_name(str(loc[0])) if loc else "settings"
+            secret = bool(loc) and str(loc[0]).lower() in {"alert_url", "tradeflow_alert_url"}
+            got = "" if secret or "input" not in err else f" (got {err['input']!r})"
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{name}: {msg}{got}" if loc else msg)
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once. Tests that change the environment call `get_settings.cache_clear()`."""
+    return load_settings()
