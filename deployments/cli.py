@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from core.settings import SettingsError
+from core.settings import SettingsError, get_settings
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -35,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler: Handler = args.handler
     try:
+        get_settings()  # a wrong setting fails every command at start, naming the setting
         return handler(args)
     except SettingsError as exc:
         print(f"tradeflow: {exc}", file=sys.stderr)

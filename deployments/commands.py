@@ -8,6 +8,86 @@ the quick commands stay fast.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 
 REGISTRY: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def register_schedule(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "schedule",
+        help="print the deployments' event times on the NYSE calendar",
+        description="One event per line, sorted by time: the deployment name, a space, the ISO time with its "
+        "America/New_York offset. Holidays have no events; early closes move the close-relative ones.",
+    )
+    p.add_argument("--from", dest="start", required=True, metavar="YYYY-MM-DD", help="first date (inclusive)")
+    p.add_argument("--to", dest="end", required=True, metavar="YYYY-MM-DD", help="last date (inclusive)")
+    p.add_argument("--deployment", metavar="NAME", help="only this deployment's events")
+    p.set_defaults(handler=_schedule)
+
+
+def _schedule(args: argparse.Namespace) -> int:
+    from core.calendar import event_times
+    from core.settings import get_settings
+
+    try:
+        events = event_times(
+            args.start,
+            args.end,
+            deployment=args.deployment,
+            entry_minutes_before_close=get_settings().ema_entry_minutes_before_close,
+        )
+    except ValueError as exc:
+        print(f"tradeflow schedule: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write("".join(f"{event}\n" for event in events))
+    return 0
+
+
+def register_sql(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sql",
+        help="query the journal with SQL (read-only; never blocks a flow)",
+        description="Runs one read-only query on the journal's read snapshot, which every completed write "
+        "refreshes. Times show in America/New_York. For an interactive session use the DuckDB CLI on the "
+        "path that --path prints, with -readonly.",
+    )
+    p.add_argument("query", nargs="?", help='e.g. "SELECT * FROM v_daily_pnl"')
+    p.add_argument("--path", action="store_true", help="print the read snapshot's path and exit")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
+    p.set_defaults(handler=_sql)
+
+
+def _sql(args: argparse.Namespace) -> int:
+    import duckdb
+    import pandas as pd
+
+    from core.journal import Journal
+    from core.settings import get_settings
+
+    journal = Journal(get_settings().journal_path)
+    if args.path:
+        if not journal.snapshot_path.exists():
+            journal.ensure()
+        print(journal.snapshot_path)
+        return 0
+    if not args.query:
+        print("tradeflow sql: give a query, or --path", file=sys.stderr)
+        return 2
+    try:
+        frame = journal.query(args.query)
+    except duckdb.Error as exc:
+        print(f"tradeflow sql: {exc}", file=sys.stderr)
+        return 1
+    if args.format == "csv":
+        frame.to_csv(sys.stdout, index=False)
+    elif args.format == "json":
+        sys.stdout.write(frame.to_json(orient="records", date_format="iso") + "\n")
+    else:
+        with pd.option_context("display.max_rows", 500, "display.max_columns", 50, "display.width", 200):
+            print(frame.to_string(index=False) if len(frame) else f"(no rows) columns: {', '.join(frame.columns)}")
+    return 0
+
+
+REGISTRY += [register_schedule, register_sql]
