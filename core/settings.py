@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -118,6 +118,12 @@ class Settings(BaseSettings):
     commission_max_fraction: float = Field(0.01, ge=0, description="IB fixed pricing cap, fraction of value.")
     backtest_initial_capital: float = Field(1_000_000.0, gt=0, description="USD.")
     backtest_slippage_fraction: float = Field(0.0, ge=0, description="Adverse slippage per fill, fraction.")
+
+    @field_validator("state_dir", "data_dir")
+    @classmethod
+    def _resolve(cls, path: Path) -> Path:
+        """Relative paths are relative to the project folder, wherever a flow process starts."""
+        return path if path.is_absolute() else (PROJECT_ROOT / path).resolve()
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":

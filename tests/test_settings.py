@@ -1,0 +1,79 @@
+"""Settings: defaults, `.env`, the environment, and errors that name the setting."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.settings import PROJECT_ROOT, SettingsError, load_settings
+from deployments.cli import main
+
+
+def test_defaults_are_paper_on_the_tws_paper_port(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # no .env here
+    for name in ["IBKR_HOST", "IBKR_PORT", "TRADING_MODE", "TRADEFLOW_STATE_DIR"]:
+        monkeypatch.delenv(name, raising=False)
+    s = load_settings()
+    assert (s.ibkr_host, s.ibkr_port, s.trading_mode) == ("127.0.0.1", 7497, "paper")
+    assert s.state_dir == PROJECT_ROOT / "state"
+    assert s.journal_path == PROJECT_ROOT / "state" / "journal.duckdb"
+    assert (s.ema_fast, s.ema_slow, s.daily_stop_fraction, s.mtf_entry_threshold) == (25, 125, 0.02, 0.52)
+
+
+def test_environment_and_dotenv(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("IBKR_PORT=4002\nTRADEFLOW_MTF_SYMBOLS=[\"AAPL\"]\nTRADEFLOW_STATE_DIR=rel/state\n")
+    monkeypatch.setenv("IBKR_PORT", "4001")  # the environment wins over .env
+    s = load_settings()
+    assert s.ibkr_port == 4001 and s.mtf_symbols == ["AAPL"]
+    assert s.state_dir == PROJECT_ROOT / "rel" / "state"  # relative to the project, not the working folder
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("IBKR_PORT", "seven", "IBKR_PORT: Input should be a valid integer"),
+        ("IBKR_PORT", "70000", "IBKR_PORT: Input should be less than or equal to 65535"),
+        ("TRADING_MODE", "real", "TRADING_MODE: Input should be 'paper' or 'live'"),
+        ("TRADEFLOW_DAILY_STOP_FRACTION", "2", "TRADEFLOW_DAILY_STOP_FRACTION: Input should be less than 1"),
+        ("TRADEFLOW_EMA_FAST", "200", "TRADEFLOW_EMA_FAST must be smaller than TRADEFLOW_EMA_SLOW"),
+    ],
+)
+def test_a_wrong_value_names_the_setting(monkeypatch, name, value, message):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    assert message in str(err.value)
+
+
+def test_secrets_are_never_shown(monkeypatch):
+    monkeypatch.setenv("TRADEFLOW_ALERT_URL", "https://hooks.example/very-secret-token")
+    s = load_settings()
+    assert "very-secret-token" not in repr(s) and "very-secret-token" not in str(s.alert_url)
+    assert s.alert_url.get_secret_value().endswith("very-secret-token")
+
+
+def test_every_command_fails_at_start_on_a_wrong_setting(monkeypatch, capsys):
+    monkeypatch.setenv("IBKR_PORT", "not-a-port")
+    assert main(["schedule", "--from", "2026-11-23", "--to", "2026-11-23"]) == 2
+    err = capsys.readouterr().err
+    assert "IBKR_PORT" in err and "not-a-port" in err and "Traceback" not in err
+
+
+def test_the_installed_command_runs():
+    exe = Path(sys.executable).with_name("tradeflow")
+    out = subprocess.run([str(exe), "schedule", "--from", "2026-11-27", "--to", "2026-11-27",
+                          "--deployment", "ema-entry"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "ema-entry 2026-11-27T12:55:00-05:00\n"
+
+
+def test_env_example_documents_every_setting():
+    from core.settings import Settings, _env_name
+
+    text = (PROJECT_ROOT / ".env.example").read_text()
+    missing = [_env_name(name) for name in Settings.model_fields if _env_name(name) not in text]
+    assert not missing, f".env.example lacks {missing}"
