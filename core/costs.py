@@ -9,9 +9,15 @@ Pure functions: no clock, no I/O.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 from core.validation import require_finite_non_negative, require_positive, require_whole_shares
 
-__all__ = ["ib_fixed_commission"]
+if TYPE_CHECKING:  # pragma: no cover
+    from core.settings import Settings
+
+__all__ = ["CommissionSchedule", "ib_fixed_commission"]
 
 
 def ib_fixed_commission(
@@ -47,3 +53,28 @@ def ib_fixed_commission(
     minimum = require_finite_non_negative("minimum", minimum)
     max_fraction = require_finite_non_negative("max_fraction", max_fraction)
     return min(max(per_share * q, minimum), max_fraction * q * p)
+
+
+@dataclass(frozen=True, slots=True)
+class CommissionSchedule:
+    """IB fixed pricing: USD a share, minimum USD an order, maximum as a fraction of the trade value."""
+
+    per_share: float = 0.005
+    minimum: float = 1.00
+    max_fraction: float = 0.01
+
+    def __post_init__(self) -> None:
+        require_finite_non_negative("per_share", self.per_share)
+        require_finite_non_negative("minimum", self.minimum)
+        require_finite_non_negative("max_fraction", self.max_fraction)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CommissionSchedule:
+        """The schedule of TRADEFLOW_COMMISSION_PER_SHARE / _MIN / _MAX_FRACTION."""
+        return cls(settings.commission_per_share, settings.commission_min, settings.commission_max_fraction)
+
+    def __call__(self, shares: int, price: float) -> float:
+        """The commission for one order of `shares` at `price`, USD (see :func:`ib_fixed_commission`)."""
+        return ib_fixed_commission(
+            shares, price, per_share=self.per_share, minimum=self.minimum, max_fraction=self.max_fraction
+        )
