@@ -12,6 +12,6 @@ from collections.abc import Callable
 
 REGISTRY: list[Callable[[argparse._SubParsersAction], None]] = []
 
-from deployments.cmd_backtest import register_backtest  # noqa: E402
+from deployments.cmd_backtest import register_backtest
 
 REGISTRY.append(register_backtest)

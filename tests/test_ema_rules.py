@@ -290,9 +290,7 @@ def test_commission_ib_fixed_min_and_max():
 
 def test_decide_buy_when_bull_and_flat_journals_inputs():
     st = ready_state(100.0, 99.0, session=date(2024, 3, 1))
-    d = decide_before_close(
-        st, 101.0, 0, 1_000_000.0, 4_000_000.0, VixInfo(current=12.5), session=date(2024, 3, 4)
-    )
+    d = decide_before_close(st, 101.0, 0, 1_000_000.0, 4_000_000.0, VixInfo(current=12.5), session=date(2024, 3, 4))
     assert d.action is Action.BUY and d.signal is Signal.BULL
     assert d.leverage == 3.5 and d.vix_source == "current"
     assert d.shares == math.floor(1_000_000 * 3.5 / 101.0) == d.target_shares

@@ -45,7 +45,7 @@ def load_daily_bars(data_dir: Path | str, symbol: str) -> pd.DataFrame:
         )
     try:
         df = pd.read_csv(path)
-    except Exception as exc:  # pandas raises several types for unreadable files
+    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as exc:
         raise BarsError(f"{path}: cannot be read as CSV: {exc}") from None
     missing = [c for c in ("timestamp", *_PRICE_COLUMNS) if c not in df.columns]
     if missing:

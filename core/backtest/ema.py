@@ -41,8 +41,9 @@ Other choices:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -60,10 +61,13 @@ from core.strategies.ema import (
     stop_price,
 )
 
+if TYPE_CHECKING:  # pragma: no cover
+    from core.settings import Settings
+
 __all__ = [
+    "SOURCE_SYSTEM_FIGURES",
     "EmaBacktestConfig",
     "EmaBacktestResult",
-    "SOURCE_SYSTEM_FIGURES",
     "default_window",
     "run_ema_backtest",
 ]
@@ -90,8 +94,8 @@ class EmaBacktestConfig:
         buying_power_multiple: available funds = this * NetLiquidation at a decision (see the module doc).
     """
 
-    params: EmaParams = EmaParams()
-    commission: CommissionSchedule = CommissionSchedule()
+    params: EmaParams = field(default_factory=EmaParams)
+    commission: CommissionSchedule = field(default_factory=CommissionSchedule)
     initial_capital: float = 1_000_000.0
     slippage_fraction: float = 0.0
     buying_power_multiple: float = 4.0
@@ -105,7 +109,7 @@ class EmaBacktestConfig:
             raise ValueError(f"buying_power_multiple must be >= 0, got {self.buying_power_multiple!r}")
 
     @classmethod
-    def from_settings(cls, settings) -> EmaBacktestConfig:  # noqa: ANN001 - core.settings.Settings
+    def from_settings(cls, settings: Settings) -> EmaBacktestConfig:
         """The configuration from `core.settings.Settings` (strategy, commission, capital, slippage)."""
         return cls(
             params=EmaParams.from_settings(settings),

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["PerformanceMetrics", "SESSIONS_PER_YEAR", "max_drawdown", "performance_metrics"]
+__all__ = ["SESSIONS_PER_YEAR", "PerformanceMetrics", "max_drawdown", "performance_metrics"]
 
 SESSIONS_PER_YEAR = 252
 """Sessions a year used to annualise (Sharpe, CAGR, round trips a year)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from core.backtest.ema import SOURCE_SYSTEM_FIGURES, EmaBacktestResult
 
-__all__ = ["TRADES_CSV", "EQUITY_CSV", "CHART_PNG", "METRICS_JSON", "format_metrics", "write_backtest_files"]
+__all__ = ["CHART_PNG", "EQUITY_CSV", "METRICS_JSON", "TRADES_CSV", "format_metrics", "write_backtest_files"]
 
 TRADES_CSV = "trades.csv"
 EQUITY_CSV = "equity.csv"
@@ -41,8 +41,10 @@ def format_metrics(result: EmaBacktestResult, title: str = "EMA 25/125 SMH backt
     src = SOURCE_SYSTEM_FIGURES
     first, last = eq.index[0].date(), eq.index[-1].date()
     lines = [
-        f"{title}: {first} .. {last} ({m.sessions} sessions, {m.years:.2f} years at 252/yr; "
-        f"EMA warm-up {result.warmup_sessions} sessions)",
+        (
+            f"{title}: {first} .. {last} ({m.sessions} sessions, {m.years:.2f} years at 252/yr; "
+            f"EMA warm-up {result.warmup_sessions} sessions)"
+        ),
         f"start {m.start_equity:,.2f} USD -> end {m.end_equity:,.2f} USD (total return {_pct(m.total_return)})",
         "",
         f"{'figure':<22}{'this backtest':>16}{'source system':>16}",
@@ -55,15 +57,13 @@ def format_metrics(result: EmaBacktestResult, title: str = "EMA 25/125 SMH backt
         "",
     ]
     reasons = tr["exit_reason"].value_counts().to_dict() if len(tr) else {}
-    lines.append(
-        f"round trips closed: {m.round_trips} (exits: "
-        + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items()) if k != "open")
-        + f"); open at the end: {'yes' if reasons.get('open') else 'no'}"
-    )
+    exits = ", ".join(f"{k} {v}" for k, v in sorted(reasons.items()) if k != "open")
+    still_open = "yes" if reasons.get("open") else "no"
+    lines.append(f"round trips closed: {m.round_trips} (exits: {exits}); open at the end: {still_open}")
     lines.append(f"commissions: {tr['commission'].sum():,.2f} USD" if len(tr) else "commissions: 0.00 USD")
     lines.append(
-        "The source system's exact backtest rules are unknown; these figures follow strategies.md "
-        "and are not tuned to match."
+        "The source system's exact backtest rules are unknown; these figures follow strategies.md and are not "
+        "tuned to match."
     )
     return "\n".join(lines)
 
@@ -94,7 +94,9 @@ def write_backtest_files(result: EmaBacktestResult, out_dir: Path | str) -> dict
         "first_session": str(result.equity.index[0].date()),
         "last_session": str(result.equity.index[-1].date()),
         "warmup_sessions": result.warmup_sessions,
-        "metrics": {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.metrics.as_dict().items()},
+        "metrics": {
+            k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.metrics.as_dict().items()
+        },
         "source_system": SOURCE_SYSTEM_FIGURES,
         "config": {
             "initial_capital": result.config.initial_capital,

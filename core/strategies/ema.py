@@ -31,7 +31,7 @@ from datetime import date, datetime
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from core.validation import require_finite_non_negative, require_positive, require_whole_shares
+from core.validation import require_positive, require_whole_shares
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -353,9 +353,7 @@ def init_ema_state(
         )
     first_session, first_close = pairs[0]
     seed = require_positive(f"close of {first_session}", first_close)
-    state = EmaState(
-        session=first_session, ema_fast=seed, ema_slow=seed, count=1, fast_span=fast, slow_span=slow
-    )
+    state = EmaState(session=first_session, ema_fast=seed, ema_slow=seed, count=1, fast_span=fast, slow_span=slow)
     for s, c in pairs[1:]:
         try:
             state = state.update(s, c)
@@ -518,7 +516,7 @@ def target_shares(net_liquidation: float, leverage: float, price: float) -> int:
     nl = require_positive("net_liquidation", net_liquidation)
     lev = require_positive("leverage", leverage)
     p = require_positive("price", price)
-    return int(math.floor(nl * lev / p))
+    return math.floor(nl * lev / p)
 
 
 def position_size(net_liquidation: float, leverage: float, price: float, available_funds: float) -> int:
@@ -543,7 +541,7 @@ def position_size(net_liquidation: float, leverage: float, price: float, availab
         raise ValueError(f"available_funds must be a number, got {available_funds!r}") from None
     if not math.isfinite(funds):
         raise ValueError(f"available_funds must be a finite number, got {available_funds!r}")
-    affordable = int(math.floor(max(funds, 0.0) / float(price)))
+    affordable = math.floor(max(funds, 0.0) / float(price))
     return max(0, min(want, affordable))
 
 
