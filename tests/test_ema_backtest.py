@@ -77,6 +77,23 @@ def test_gap_down_stop_fills_at_min_of_open_and_stop_then_reenters_same_day():
     assert res.metrics.round_trips == 1 and res.metrics.win_rate == 0.0
 
 
+def test_exposure_counts_a_stopped_session_without_reentry():
+    warm = [100.0] * 299 + [100.5]
+    bars, first = make_bars(
+        warm,
+        [
+            (100.5, 100.5, 100.5),  # day 0: buy at the close (exposed)
+            (100.5, 90.0, 95.0),  # day 1: stopped; the close makes the signal BEAR: no re-entry (exposed)
+            (95.0, 95.0, 95.0),  # day 2: flat (not exposed)
+        ],
+    )
+    res = run_ema_backtest(bars, vix_const(bars), first, bars.index[-1])
+    assert res.equity["action"].tolist() == ["BUY", "HOLD", "HOLD"]
+    assert res.equity["stopped"].tolist() == [False, True, False]
+    assert res.equity["exposed"].tolist() == [True, True, False]
+    assert res.metrics.exposure == pytest.approx(2 / 3)
+
+
 def test_stop_not_triggered_when_low_stays_above():
     bars, first = make_bars(RISING, [(130.5, 130.5, 130.5), (131.0, 130.5, 131.5), (131.5, 131.5, 131.5)])
     res = run_ema_backtest(bars, vix_const(bars), first, bars.index[-1])

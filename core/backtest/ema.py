@@ -33,8 +33,10 @@ Other choices:
   `backtest_slippage_fraction`): buys at price * (1 + s), sells at price * (1 - s).
 - **Warm-up**: the EMAs are seeded with the first close of the data file and folded over every session before
   the window; at least `min_history` (250) sessions must precede the window's first session.
-- **Exposure**: a session counts when a position is held at some time during it after any exit at the open
-  (held into the session, or bought at the 15:55 decision).
+- **Exposure**: a session counts when a position is held at some time during it after any exit at the open:
+  held into the session (also when the stop closes it later that day), or bought at the 15:55 decision.
+- **Entry day**: a position bought at the 15:55 decision (the close) has no stop that session; its first stop
+  is armed at the next open.
 - **Account wiped out**: if NetLiquidation at a decision is <= 0, no decision is taken (the row says so).
 """
 
@@ -285,6 +287,7 @@ def run_ema_backtest(
         e0 = cash + qty * o[i]
         p_stop = math.nan
         stopped = False
+        exposed = qty > 0  # held into the session (a stop later today does not undo that)
         # 3. Daily equity stop on the session's low.
         if qty > 0:
             p_stop = stop_price(o[i], e0, qty, stop_f)
@@ -296,7 +299,6 @@ def run_ema_backtest(
                 close_trade(i, fill, fee_usd, "daily_stop")
                 qty = 0
                 stopped = True
-        exposed = qty > 0
         # 4. The 15:55 decision at the decision price.
         price = dp[i]
         nl = cash + qty * price
