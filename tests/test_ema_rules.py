@@ -354,3 +354,29 @@ def test_close_update_bear_while_long_exits_next_open():
     assert u.signal is Signal.BEAR and not u.exit_next_open
     u = close_update(st, date(2024, 3, 4), 120.0, position_qty=100)
     assert u.signal is Signal.BULL and not u.exit_next_open
+
+
+# --- House rules ----------------------------------------------------------------------------------------------------
+
+
+def test_core_ema_modules_import_no_prefect_and_read_no_clock():
+    """DESIGN.md: core/ never imports Prefect; time-dependent code takes `as_of` instead of reading the clock."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    mods = ["core.strategies.ema", "core.costs", "core.backtest.ema", "core.backtest.metrics", "core.backtest.data"]
+    code = "import sys\n" + "".join(f"import {m}\n" for m in mods) + "print('prefect' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+    root = Path(__file__).resolve().parents[1] / "core"
+    files = [
+        root / "strategies" / "ema.py",
+        root / "costs.py",
+        root / "validation.py",
+        *(root / "backtest").glob("*.py"),
+    ]
+    for f in files:
+        text = f.read_text(encoding="utf-8")
+        for needle in ("datetime.now", "date.today", "time.time(", "perf_counter", "import prefect", "from prefect"):
+            assert needle not in text, f"{f.name} contains {needle!r}"
