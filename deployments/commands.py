@@ -90,4 +90,6 @@ def _sql(args: argparse.Namespace) -> int:
     return 0
 
 
-REGISTRY += [register_schedule, register_sql]
+from deployments.cmd_backtest import register_backtest  # noqa: E402  (each module registers one command)
+
+REGISTRY += [register_schedule, register_sql, register_backtest]
