@@ -11,3 +11,7 @@ import argparse
 from collections.abc import Callable
 
 REGISTRY: list[Callable[[argparse._SubParsersAction], None]] = []
+
+from deployments.cmd_train import register_train  # noqa: E402
+
+REGISTRY.append(register_train)
