@@ -105,6 +105,12 @@ flags) is 27, so the base part has 18 (returns over 1, 2, 4, 8 bars instead of f
 
 REQUIRED_COLUMNS = ("open", "high", "low", "close", "volume")
 
+MIN_HISTORY_WEEKS = 36
+"""Weeks of hourly bars a caller must pass for the last row to be complete: the weekly MACD signal needs 34
+completed weeks (26 for the slow EMA, then 9 for the signal) before the week in progress; one spare week covers
+holidays. A live signal run must request at least this much history (the source system's "2 D" is far too short).
+"""
+
 assert len(FEATURES) == 45 and len(set(FEATURES)) == 45
 
 

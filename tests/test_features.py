@@ -12,6 +12,7 @@ import pytest
 from core.bars import load_hourly_bars
 from core.features import (
     FEATURES,
+    MIN_HISTORY_WEEKS,
     FeatureInputError,
     atr_wilder,
     bollinger,
@@ -85,12 +86,14 @@ def _assert_truncation_invariant(bars: pd.DataFrame) -> int:
     return len(cuts)
 
 
+@pytest.mark.needs_data
 def test_no_lookahead_yfinance_grid():
     bars = yf_bars("AAPL")
     assert list(bars.index[:2].strftime("%H:%M")) == ["09:30", "10:30"]
     assert _assert_truncation_invariant(bars) >= 40
 
 
+@pytest.mark.needs_data
 def test_no_lookahead_ibkr_grid():
     bars = ibkr_bars()
     # the IB grid: a 30-minute 09:30 bar, then on the hour; 4 bars on 13:00 early closes
@@ -98,6 +101,7 @@ def test_no_lookahead_ibkr_grid():
     assert _assert_truncation_invariant(bars.iloc[-4000:]) >= 40
 
 
+@pytest.mark.needs_data
 def test_future_bars_do_not_leak_into_higher_timeframes():
     """Changing every bar after t (even within t's session and week) leaves row t unchanged."""
     bars = yf_bars("TSLA")
@@ -109,6 +113,7 @@ def test_future_bars_do_not_leak_into_higher_timeframes():
         np.testing.assert_array_equal(compute_features(shocked).iloc[t].to_numpy(), full.iloc[t].to_numpy())
 
 
+@pytest.mark.needs_data
 def test_daily_features_use_the_previous_completed_session():
     """d1_* at any bar of session D come from sessions before D only: recomputed independently here."""
     bars = yf_bars("AAPL")
@@ -123,6 +128,7 @@ def test_daily_features_use_the_previous_completed_session():
     assert (feats["d1_rsi"].groupby(day).nunique(dropna=False) == 1).all()
 
 
+@pytest.mark.needs_data
 def test_weekly_features_change_only_at_a_new_week():
     bars = yf_bars("AAPL")
     feats = compute_features(bars)
@@ -131,6 +137,7 @@ def test_weekly_features_change_only_at_a_new_week():
     assert (feats["w1_trend"].groupby(monday).nunique(dropna=False) == 1).all()
 
 
+@pytest.mark.needs_data
 def test_h4_bars_split_sessions_at_13_30_on_both_grids():
     for bars in (yf_bars("AAPL").iloc[-700:], ibkr_bars().iloc[-700:]):
         feats = compute_features(bars)
@@ -142,6 +149,7 @@ def test_h4_bars_split_sessions_at_13_30_on_both_grids():
         assert feats["h4_rsi"].nunique() > len(per_bucket) * 0.9  # and it does change between buckets
 
 
+@pytest.mark.needs_data
 def test_shape_names_and_no_nan_after_warmup():
     bars = yf_bars("TSLA")
     feats = compute_features(bars)
@@ -151,6 +159,9 @@ def test_shape_names_and_no_nan_after_warmup():
     assert 0 < start < 1500  # weekly MACD signal warm-up: about 35 weeks
     assert np.isfinite(feats.iloc[start:].to_numpy()).all()
     assert set(np.unique(feats.iloc[start:][["strong_alignment", "weak_alignment", "all_macd_positive"]])) <= {0, 1}
+    # MIN_HISTORY_WEEKS of bars are enough for a complete last row (what a live signal run must fetch)
+    recent = bars[bars.index >= bars.index[-1] - pd.Timedelta(weeks=MIN_HISTORY_WEEKS)]
+    assert not compute_features(recent).iloc[-1].isna().any()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -165,6 +176,7 @@ def aapl():
 BURN_IN = 300  # bars; the RSI seed (ta: first change, here: Wilder's mean of 14) decays as (13/14)^k
 
 
+@pytest.mark.needs_data
 def test_rsi_matches_ta(aapl):
     ta = pytest.importorskip("ta")
     ours = rsi_wilder(aapl["close"], 14)
@@ -174,6 +186,7 @@ def test_rsi_matches_ta(aapl):
     np.testing.assert_allclose(feats["rsi_14"].iloc[BURN_IN:], ref.iloc[BURN_IN:], atol=1e-6)
 
 
+@pytest.mark.needs_data
 def test_macd_matches_ta(aapl):
     ta = pytest.importorskip("ta")
     close = aapl["close"]
@@ -187,6 +200,7 @@ def test_macd_matches_ta(aapl):
     )
 
 
+@pytest.mark.needs_data
 def test_bollinger_matches_ta(aapl):
     ta = pytest.importorskip("ta")
     close = aapl["close"]
@@ -198,6 +212,7 @@ def test_bollinger_matches_ta(aapl):
     )
 
 
+@pytest.mark.needs_data
 def test_atr_matches_ta(aapl):
     ta = pytest.importorskip("ta")
     ref = ta.volatility.AverageTrueRange(aapl["high"], aapl["low"], aapl["close"], window=14).average_true_range()
@@ -247,6 +262,7 @@ def test_zero_volume_and_flat_prices_are_valid():
     assert feats["bb_pctb"].iloc[-1] == 0.5
 
 
+@pytest.mark.needs_data
 def test_speed_one_symbol():
     """Target: 100 symbols x 2 years of hourly bars in <= 10 s, i.e. about 0.1 s a symbol."""
     bars = yf_bars("AAPL").iloc[-3500:]  # about 2 years

@@ -243,6 +243,7 @@ def tiny_run(tmp_path_factory):
     return reg, out, bars, seen
 
 
+@pytest.mark.needs_data
 def test_tiny_training_run_registers_a_champion(tiny_run):
     reg, out, bars, seen = tiny_run
     assert out.became_champion and reg.champion("TSLA").version == out.version.version == "v0001"
@@ -262,6 +263,7 @@ def test_tiny_training_run_registers_a_champion(tiny_run):
     assert meta["splits"]["train"]["last"] < meta["splits"]["val"]["first"] < meta["splits"]["test"]["first"]
 
 
+@pytest.mark.needs_data
 def test_numpy_inference_equals_keras_on_real_sequences(tiny_run):
     reg, out, _bars, _ = tiny_run
     res = out.result
