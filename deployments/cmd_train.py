@@ -9,6 +9,7 @@ when the symbol has none. Exit code 0 when every symbol trained, 1 when one fail
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
@@ -87,7 +88,7 @@ def _handle(args: argparse.Namespace) -> int:
         print("tradeflow train: --as-of needs a UTC offset", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    print(f"loading TensorFlow/Keras …", flush=True)
+    print("loading TensorFlow/Keras …", flush=True)
     from core.bars import load_hourly_bars
     from models.evaluate import RuleParams
     from models.mtf import TrainConfig
@@ -99,7 +100,7 @@ def _handle(args: argparse.Namespace) -> int:
     print(f"  ready in {time.perf_counter() - t0:.1f} s", flush=True)
     cfg = TrainConfig(lookback=s.mtf_lookback, horizon=s.mtf_horizon)
     if args.epochs:
-        cfg = TrainConfig(**{**cfg.__dict__, "epochs": args.epochs})
+        cfg = dataclasses.replace(cfg, epochs=args.epochs)
     rules = RuleParams.from_settings(s)
     registry = ModelRegistry(models_dir)
     failed = 0

@@ -31,11 +31,10 @@ def evaluate_result(result: TrainResult, rules: RuleParams) -> dict[str, Any]:
         "test": classification_metrics(ds.labels[sp.test], result.p_test, y_train),
     }
     idx = ds.index[sp.test]
-    sim, trades = simulate_rules(idx, ds.close[sp.test], result.p_test, rules)
+    sim, _trades = simulate_rules(idx, ds.close[sp.test], result.p_test, rules)
     out["rules_test"] = sim.as_dict()
     out["buy_hold_test"] = buy_and_hold(idx, ds.close[sp.test], rules).as_dict()
     out["source"] = SOURCE_FIGURES.get(result.symbol.upper())
-    out["n_trades_detail"] = len(trades)
     return out
 
 

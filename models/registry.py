@@ -219,3 +219,26 @@ def _json_default(o: Any) -> Any:
     if hasattr(o, "isoformat"):
         return o.isoformat()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# module-level shortcuts (root = settings.models_dir)
+
+
+def list_versions(root: str | Path, symbol: str) -> list[ModelVersion]:
+    """All versions of ``symbol`` under ``root``, oldest first."""
+    return ModelRegistry(root).list_versions(symbol)
+
+
+def champion(root: str | Path, symbol: str) -> ModelVersion | None:
+    """The champion of ``symbol`` under ``root`` (None when none)."""
+    return ModelRegistry(root).champion(symbol)
+
+
+def promote(root: str | Path, symbol: str, version: str) -> ModelVersion:
+    """Make ``version`` the champion of ``symbol``. Raises RegistryError for an unknown version."""
+    return ModelRegistry(root).promote(symbol, version)
+
+
+def rollback(root: str | Path, symbol: str) -> ModelVersion:
+    """Restore the previous champion of ``symbol``. Raises RegistryError when there is none."""
+    return ModelRegistry(root).rollback(symbol)

@@ -124,6 +124,10 @@ def test_registry_versions_champion_promote_rollback(tmp_path):
     with pytest.raises(ValueError, match="timezone-aware"):
         reg.register("AAPL", _StubModel("x"), StandardScaler(), _weights(), {}, datetime(2026, 1, 1))
     assert reg.load_predictor("AAPL").lookback == 1
+    from models import registry as r
+
+    assert r.promote(reg.root, "AAPL", "v0002").version == "v0002" and r.champion(reg.root, "AAPL").version == "v0002"
+    assert r.rollback(reg.root, "AAPL").version == "v0001" and len(r.list_versions(reg.root, "AAPL")) == 3
 
 
 def test_registry_without_champion_cannot_give_a_predictor(tmp_path):
