@@ -125,6 +125,7 @@ class ModelRegistry:
             np.savez(tmp / "weights.npz", **weights)
             meta = dict(metadata) | {"symbol": symbol.upper(), "version": version, "created_at": as_of.isoformat()}
             (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=_json_default))
+            os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
             os.rename(tmp, d / version)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
