@@ -39,7 +39,7 @@ def register_backtest(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from core.backtest.data import BarsError, load_daily_bars
+    from core.bars import BarsError, load_daily_bars
     from core.backtest.ema import EmaBacktestConfig, default_window, run_ema_backtest
     from core.backtest.report import format_metrics, write_backtest_files
     from core.settings import load_settings

@@ -91,5 +91,6 @@ def _sql(args: argparse.Namespace) -> int:
 
 
 from deployments.cmd_backtest import register_backtest  # noqa: E402  (each module registers one command)
+from deployments.cmd_train import register_train  # noqa: E402
 
-REGISTRY += [register_schedule, register_sql, register_backtest]
+REGISTRY += [register_schedule, register_sql, register_backtest, register_train]

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.backtest.data import BarsError, load_daily_bars
+from core.bars import BarsError, load_daily_bars
 from core.backtest.ema import EmaBacktestConfig, run_ema_backtest
 from core.backtest.metrics import max_drawdown
 from core.costs import CommissionSchedule, ib_fixed_commission

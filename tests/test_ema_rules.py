@@ -365,7 +365,7 @@ def test_core_ema_modules_import_no_prefect_and_read_no_clock():
     import sys
     from pathlib import Path
 
-    mods = ["core.strategies.ema", "core.costs", "core.backtest.ema", "core.backtest.metrics", "core.backtest.data"]
+    mods = ["core.strategies.ema", "core.costs", "core.backtest.ema", "core.backtest.metrics", "core.bars"]
     code = "import sys\n" + "".join(f"import {m}\n" for m in mods) + "print('prefect' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

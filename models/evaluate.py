@@ -1,0 +1,218 @@
+"""Evaluation of an MTF model on a held-out window: classification metrics and the decision rules simulated.
+
+Classification (:func:`classification_metrics`): accuracy, precision, recall (class "up", threshold 0.5), ROC AUC
+and log loss of P(up), next to the majority-class baseline: the class that was more frequent in the TRAINING
+labels, predicted for every test sample (its log loss uses the training base rate as a constant probability).
+
+Decision rules (:func:`simulate_rules`, strategies.md "Decisions, each 5-minute run"), on hourly bars. The live
+system decides every 5 minutes; here a decision is taken once per base bar, at its close, with that bar's P(up),
+filling at that close:
+- entry: flat and P(up) >= 0.52: buy floor(10,000 USD / close) shares;
+- exit: long and (held >= 24 runs, or held >= 2 runs and P(up) < 0.50).
+Runs are mapped to bars by elapsed session time: one hourly bar = 12 five-minute runs, so the 24-run (2-hour)
+limit is reached at the close of the 2nd bar after entry, and the 2-run minimum hold is met from the 1st bar
+after entry (one bar = 12 runs >= 2): from then on a bar with P(up) < 0.50 exits. A 30-minute bar (IB's 09:30 bar,
+yfinance's 15:30 bar) counts as 12 runs too (a simplification: bar end times are not in the data). Runs only
+happen in the session, so a position open at the close is carried overnight and its count continues at the
+next session (as the live rules would do).
+- daily loss limit: when the day's P&L (realized + unrealized, marked at bar closes, from the previous session's
+  last close) is at or below -2,000 USD, no new entries that session; exits still run.
+- after an exit no entry on the same bar (one decision per run: a run either manages the position or enters).
+- costs: IB fixed commission per order, 0.005 USD a share, min 1.00 USD, max 1 % of the trade value; no slippage
+  unless ``slippage`` is set (fraction, adverse on each fill). A position open at the end of the window is closed
+  at the last close.
+Reported: return = total P&L / 10,000 USD (the position size, the capital the rule puts at risk), win rate = share
+of round trips with P&L > 0 after costs, trades = round trips, Sharpe = mean / std (ddof=1) of the daily P&L
+(in units of the 10,000 USD), times sqrt(252), over every session of the window (flat days count as 0).
+Buy and hold: floor(10,000 / first close) shares bought at the first bar's close, sold at the last, same costs;
+its Sharpe from the daily marks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, log_loss, precision_score, recall_score, roc_auc_score
+
+SOURCE_FIGURES = {
+    "AAPL": {"accuracy": 0.626, "return": 0.2523, "win_rate": 0.614, "trades": 57, "sharpe": 4.30},
+    "TSLA": {"accuracy": 0.576, "return": 0.6947, "win_rate": 0.582, "trades": 55, "sharpe": 4.96},
+}
+"""What the source system reported out of sample (reference/strategies.md); its test window and rules are unknown."""
+
+
+def classification_metrics(y_true: np.ndarray, p_up: np.ndarray, y_train: np.ndarray) -> dict[str, dict[str, float]]:
+    """Metrics of P(up) against labels, and of the majority-class baseline.
+
+    Args:
+        y_true: (n,) 0/1 labels of the evaluated window. p_up: (n,) P(up). y_train: training labels (baseline).
+
+    Returns:
+        {"model": {accuracy, precision, recall, roc_auc, log_loss, n, up_rate},
+         "baseline": {same keys; precision/recall of always predicting the majority class}}.
+    """
+    y = np.asarray(y_true, dtype=int)
+    p = np.clip(np.asarray(p_up, dtype="float64"), 1e-7, 1 - 1e-7)
+    pred = (p >= 0.5).astype(int)
+    base_rate = float(np.mean(y_train))
+    majority = int(base_rate >= 0.5)
+    bpred = np.full_like(y, majority)
+    bprob = np.full(len(y), min(max(base_rate, 1e-7), 1 - 1e-7))
+    two = len(np.unique(y)) == 2
+
+    def m(pr: np.ndarray, prob: np.ndarray) -> dict[str, float]:
+        return {
+            "accuracy": float(accuracy_score(y, pr)),
+            "precision": float(precision_score(y, pr, zero_division=0)),
+            "recall": float(recall_score(y, pr, zero_division=0)),
+            "roc_auc": float(roc_auc_score(y, prob)) if two else float("nan"),
+            "log_loss": float(log_loss(y, prob, labels=[0, 1])),
+            "n": int(len(y)),
+            "up_rate": float(np.mean(y)),
+        }
+
+    return {"model": m(pred, p), "baseline": m(bpred, bprob) | {"majority_class": majority}}
+
+
+@dataclass
+class RuleParams:
+    """Decision-rule parameters (defaults: strategies.md / core.settings mtf_*)."""
+
+    entry_threshold: float = 0.52
+    exit_threshold: float = 0.50
+    min_hold_runs: int = 2
+    max_hold_runs: int = 24
+    runs_per_bar: int = 12  # hourly bars, 5-minute runs
+    position_usd: float = 10_000.0
+    daily_loss_limit_usd: float = 2_000.0
+    commission_per_share: float = 0.005
+    commission_min: float = 1.0
+    commission_max_fraction: float = 0.01
+    slippage: float = 0.0
+
+    @classmethod
+    def from_settings(cls, s) -> "RuleParams":
+        return cls(entry_threshold=s.mtf_entry_threshold, exit_threshold=s.mtf_exit_threshold,
+                   min_hold_runs=s.mtf_min_hold_runs, max_hold_runs=s.mtf_max_hold_runs,
+                   position_usd=s.mtf_position_usd, daily_loss_limit_usd=s.mtf_daily_loss_limit_usd,
+                   commission_per_share=s.commission_per_share, commission_min=s.commission_min,
+                   commission_max_fraction=s.commission_max_fraction, slippage=s.backtest_slippage_fraction)
+
+
+def commission(shares: int, price: float, r: RuleParams) -> float:
+    """IB fixed pricing for one order, USD."""
+    if shares <= 0:
+        return 0.0
+    fee = max(shares * r.commission_per_share, r.commission_min)
+    return min(fee, r.commission_max_fraction * shares * price)
+
+
+@dataclass
+class SimResult:
+    """Outcome of a simulation (fractions, not percent)."""
+
+    total_return: float
+    win_rate: float
+    trades: int
+    sharpe: float
+    pnl_usd: float
+    sessions: int
+    exposure: float  # share of bars with a position
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def _sharpe(daily: np.ndarray) -> float:
+    if len(daily) < 2 or np.std(daily, ddof=1) == 0:
+        return float("nan")
+    return float(np.mean(daily) / np.std(daily, ddof=1) * math.sqrt(252))
+
+
+def simulate_rules(index: pd.DatetimeIndex, close: np.ndarray, p_up: np.ndarray,
+                   r: RuleParams = RuleParams()) -> tuple[SimResult, list[dict]]:
+    """Simulate the decision rules on consecutive hourly bars (see the module docstring).
+
+    Args:
+        index: (n,) bar start times (tz-aware); close: (n,) USD; p_up: (n,) P(up) known at each bar's close.
+
+    Returns:
+        (summary, trades): trades are dicts entry_time, exit_time, shares, entry, exit, pnl (USD after costs), reason.
+    """
+    close = np.asarray(close, dtype="float64")
+    p = np.asarray(p_up, dtype="float64")
+    day = np.asarray(index.tz_convert("America/New_York").normalize().asi8)
+    n = len(close)
+    shares = 0
+    entry_px = 0.0
+    runs = 0
+    cash = 0.0  # realized P&L, USD
+    trades: list[dict] = []
+    equity = np.zeros(n)
+    blocked_day = None
+    day_start_equity = 0.0
+    held_bars = 0
+    for i in range(n):
+        new_day = i == 0 or day[i] != day[i - 1]
+        if new_day:
+            day_start_equity = equity[i - 1] if i > 0 else 0.0
+        px = close[i]
+        if shares > 0:
+            runs += r.runs_per_bar
+            held_bars += 1
+            if runs >= r.max_hold_runs or (runs >= r.min_hold_runs and p[i] < r.exit_threshold):
+                fill = px * (1 - r.slippage)
+                pnl = shares * (fill - entry_px) - commission(shares, fill, r)
+                cash += pnl
+                trades[-1].update(exit_time=index[i], exit=fill, pnl=trades[-1]["pnl"] + pnl,
+                                  reason="max hold" if runs >= r.max_hold_runs else "p<exit")
+                shares = 0
+                equity[i] = cash
+                continue
+        unreal = shares * (px - entry_px) if shares else 0.0
+        equity[i] = cash + unreal
+        if shares == 0 and blocked_day != day[i]:
+            if equity[i] - day_start_equity <= -r.daily_loss_limit_usd:
+                blocked_day = day[i]
+            elif p[i] >= r.entry_threshold:
+                fill = px * (1 + r.slippage)
+                q = int(r.position_usd // fill)
+                if q > 0:
+                    fee = commission(q, fill, r)
+                    cash -= fee
+                    shares, entry_px, runs = q, fill, 0
+                    trades.append({"entry_time": index[i], "shares": q, "entry": fill, "pnl": -fee})
+                    equity[i] = cash
+    if shares > 0:  # close at the end of the window
+        fill = close[-1] * (1 - r.slippage)
+        pnl = shares * (fill - entry_px) - commission(shares, fill, r)
+        cash += pnl
+        trades[-1].update(exit_time=index[-1], exit=fill, pnl=trades[-1]["pnl"] + pnl, reason="end of window")
+        equity[-1] = cash
+    daily_end = pd.Series(equity).groupby(day).last().to_numpy()
+    daily_pnl = np.diff(np.r_[0.0, daily_end]) / r.position_usd
+    wins = [t["pnl"] > 0 for t in trades]
+    return (
+        SimResult(total_return=cash / r.position_usd, win_rate=float(np.mean(wins)) if wins else float("nan"),
+                  trades=len(trades), sharpe=_sharpe(daily_pnl), pnl_usd=cash, sessions=len(daily_end),
+                  exposure=held_bars / n if n else 0.0),
+        trades,
+    )
+
+
+def buy_and_hold(index: pd.DatetimeIndex, close: np.ndarray, r: RuleParams = RuleParams()) -> SimResult:
+    """Buy floor(10,000 / first close) shares at the first close, hold to the last close (same costs)."""
+    close = np.asarray(close, dtype="float64")
+    q = int(r.position_usd // close[0])
+    fees = commission(q, close[0], r) + commission(q, close[-1], r)
+    day = np.asarray(index.tz_convert("America/New_York").normalize().asi8)
+    marks = q * (close - close[0])
+    marks[-1] -= fees
+    daily_end = pd.Series(marks).groupby(day).last().to_numpy()
+    daily = np.diff(np.r_[0.0, daily_end]) / r.position_usd
+    pnl = float(marks[-1])
+    return SimResult(total_return=pnl / r.position_usd, win_rate=float(pnl > 0), trades=1, sharpe=_sharpe(daily),
+                     pnl_usd=pnl, sessions=len(daily_end), exposure=1.0)
