@@ -38,6 +38,8 @@ import duckdb
 import pandas as pd
 from filelock import FileLock, Timeout
 
+from core.validation import require_finite, require_positive
+
 TERMINAL_ORDER_STATUSES = ("Filled", "Cancelled", "ApiCancelled", "Inactive")
 """IB order statuses after which an order never changes again."""
 
@@ -288,14 +290,10 @@ def _aware(value: dt.datetime, name: str) -> dt.datetime:
 
 
 def _finite(value: float | None, name: str, positive: bool = False) -> float | None:
+    """None stays None (unknown); anything else must be a finite number (and > 0 when `positive`)."""
     if value is None:
         return None
-    v = float(value)
-    if v != v or v in (float("inf"), float("-inf")):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if positive and v <= 0:
-        raise ValueError(f"{name} must be positive, got {value!r}")
-    return v
+    return require_positive(name, value) if positive else require_finite(name, value)
 
 
 def _json(value: Mapping[str, Any] | None) -> str | None:

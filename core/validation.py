@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["require_finite_non_negative", "require_positive", "require_whole_shares"]
+__all__ = ["require_finite", "require_finite_non_negative", "require_positive", "require_whole_shares"]
+
+
+def require_finite(name: str, value: float) -> float:
+    """Return `value` as a float if it is a finite number (any sign), else raise ValueError naming `name`."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return v
 
 
 def require_positive(name: str, value: float) -> float:

@@ -135,7 +135,7 @@ def test_bad_records_are_refused_and_roll_back_the_whole_write(journal):
     with pytest.raises(ValueError, match="as_of must be a timezone-aware"):
         with journal.transaction() as tx:
             tx.record_signal("ema", "SMH", dt.datetime(2026, 3, 2, 15, 55), DAY, "HOLD", "naive")
-    with pytest.raises(ValueError, match="price must be positive"):
+    with pytest.raises(ValueError, match="price must be a finite number > 0"):
         with journal.transaction() as tx:
             tx.record_execution("x", symbol="SMH", side="BOT", shares=1, price=0.0, exec_time=T0)
     assert list(journal.query("SELECT reason FROM signals")["reason"]) == ["kept"]

@@ -31,7 +31,7 @@ from datetime import date, datetime
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from core.validation import require_positive, require_whole_shares
+from core.validation import require_finite, require_positive, require_whole_shares
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -535,12 +535,7 @@ def position_size(net_liquidation: float, leverage: float, price: float, availab
             NaN / infinite (each named in the message).
     """
     want = target_shares(net_liquidation, leverage, price)
-    try:
-        funds = float(available_funds)
-    except (TypeError, ValueError):
-        raise ValueError(f"available_funds must be a number, got {available_funds!r}") from None
-    if not math.isfinite(funds):
-        raise ValueError(f"available_funds must be a finite number, got {available_funds!r}")
+    funds = require_finite("available_funds", available_funds)
     affordable = math.floor(max(funds, 0.0) / float(price))
     return max(0, min(want, affordable))
 
@@ -616,12 +611,7 @@ def stop_fill_price(open_: float, low: float, p_stop: float) -> float | None:
     """
     o = require_positive("open", open_)
     lo = require_positive("low", low)
-    try:
-        ps = float(p_stop)
-    except (TypeError, ValueError):
-        raise ValueError(f"p_stop must be a number, got {p_stop!r}") from None
-    if not math.isfinite(ps):
-        raise ValueError(f"p_stop must be a finite number, got {p_stop!r}")
+    ps = require_finite("p_stop", p_stop)
     if lo <= ps:
         return min(o, ps)
     return None
@@ -737,12 +727,7 @@ def decide_before_close(
     if qty < 0:
         raise ValueError(f"position_qty must be >= 0 (the strategy is long only), got {position_qty!r}")
     nl = require_positive("net_liquidation", net_liquidation)
-    try:
-        funds = float(available_funds)
-    except (TypeError, ValueError):
-        raise ValueError(f"available_funds must be a number, got {available_funds!r}") from None
-    if not math.isfinite(funds):
-        raise ValueError(f"available_funds must be a finite number, got {available_funds!r}")
+    funds = require_finite("available_funds", available_funds)
 
     prov = provisional(state, price)
     lev = choose_leverage(vix, params.vix_table, params.default_leverage)
