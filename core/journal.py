@@ -278,6 +278,10 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
+_STORAGE = {"storage_compatibility_version": "v1.5.0"}
+"""Files are written in the v1.5 storage format so that the DuckDB CLI (duckdb-cli 1.5 is the newest on the
+package index, and it cannot read DuckDB 2.0's default format) opens the read snapshot."""
+
 
 class JournalError(RuntimeError):
     """The journal could not be written or read (lock not obtained in time, newer schema, bad record)."""
@@ -692,7 +696,7 @@ class Journal:
         delay = 0.005
         while True:
             try:
-                return duckdb.connect(str(self.path))
+                return duckdb.connect(str(self.path), config=_STORAGE)
             except duckdb.IOException as exc:
                 # another process (not a journal writer: those hold our lock) has the file open
                 if "lock" not in str(exc).lower() or time.monotonic() > deadline:

@@ -266,3 +266,13 @@ def test_sql_command(state_dir, capsys):
     assert "read-only" in capsys.readouterr().err.lower()
     assert main(["sql", "SELEC nonsense"]) == 1
     assert "syntax error" in capsys.readouterr().err.lower()
+
+
+def test_the_duckdb_cli_opens_the_read_snapshot(journal):
+    with journal.transaction() as tx:
+        tx.record_signal("ema", "SMH", T0, DAY, "HOLD", "seen from the CLI")
+    cli = Path(sys.executable).with_name("duckdb")  # duckdb-cli, in the dev group of the lock
+    out = subprocess.run([str(cli), "-readonly", "-csv", str(journal.snapshot_path), "-c",
+                          "SELECT reason FROM v_latest_signals"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["reason", "seen from the CLI"]
