@@ -77,3 +77,12 @@ def test_env_example_documents_every_setting():
     text = (PROJECT_ROOT / ".env.example").read_text()
     missing = [_env_name(name) for name in Settings.model_fields if _env_name(name) not in text]
     assert not missing, f".env.example lacks {missing}"
+
+
+def test_the_project_packages_import_from_any_folder(tmp_path):
+    # Prefect runs an entrypoint such as flows/ema_entry.py:ema_entry in a process of its own, from wherever
+    # it was started: the packages must come from the environment, not from the working folder.
+    code = "import core.calendar, core.journal, core.settings, models, flows, tasks, deployments.cli; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
