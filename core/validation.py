@@ -20,22 +20,16 @@ def require_finite(name: str, value: float) -> float:
 
 def require_positive(name: str, value: float) -> float:
     """Return `value` as a float if it is a finite number > 0, else raise ValueError naming `name`."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(v) or v <= 0:
+    v = require_finite(name, value)
+    if v <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return v
 
 
 def require_finite_non_negative(name: str, value: float) -> float:
     """Return `value` as a float if it is a finite number >= 0, else raise ValueError naming `name`."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(v) or v < 0:
+    v = require_finite(name, value)
+    if v < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return v
 

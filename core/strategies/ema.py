@@ -176,16 +176,7 @@ def ema_step(prev_ema: float, close: float, span: int) -> float:
 
 
 def _check_closes(closes: Sequence[float]) -> list[float]:
-    out: list[float] = []
-    for i, c in enumerate(closes):
-        try:
-            v = float(c)
-        except (TypeError, ValueError):
-            raise ValueError(f"close #{i} must be a number, got {c!r}") from None
-        if not math.isfinite(v) or v <= 0:
-            raise ValueError(f"close #{i} must be a finite number > 0, got {c!r}")
-        out.append(v)
-    return out
+    return [require_positive(f"close #{i}", c) for i, c in enumerate(closes)]
 
 
 def ema_series(closes: Sequence[float], span: int) -> list[float]:
