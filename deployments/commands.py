@@ -11,3 +11,7 @@ import argparse
 from collections.abc import Callable
 
 REGISTRY: list[Callable[[argparse._SubParsersAction], None]] = []
+
+from deployments.cmd_broker import register_paper_exchange, register_validate_connection  # noqa: E402
+
+REGISTRY += [register_paper_exchange, register_validate_connection]

@@ -133,6 +133,7 @@ class PaperExchange:
         self._stopping: asyncio.Event | None = None
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
+        self._last_account_push = 0.0
 
     # --- lifecycle -------------------------------------------------------------------------------------------
 
@@ -240,6 +241,11 @@ class PaperExchange:
         fills = self.engine.advance(now)
         self._publish_fills(fills, now)
         self._push_streams(now)
+        # prices moved: re-send account values (a running clock at most once a real second)
+        mono = asyncio.get_running_loop().time()
+        if not fills and (not self.clock.speed or mono - self._last_account_push >= 1.0):
+            self._push_account(now)
+            self._last_account_push = mono
 
     # --- connections -----------------------------------------------------------------------------------------
 
