@@ -170,8 +170,11 @@ class PaperExchange:
 
     def request_stop(self) -> None:
         """Ask a running exchange to stop (thread-safe)."""
-        if self._loop and self._stopping:
-            self._loop.call_soon_threadsafe(self._stopping.set)
+        if self._loop and self._stopping and not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._stopping.set)
+            except RuntimeError:  # the loop closed meanwhile: already stopped
+                pass
 
     async def _shutdown(self) -> None:
         for s in self._servers:
