@@ -152,6 +152,7 @@ class IBBroker(Broker):
         self.client_id: int | None = None
         self._account = account
         self._contracts: dict[str, object] = {}
+        self._perm_ids: dict[int, int] = {}  # orderId -> permId of orders placed here (they outlive reconnects)
         self._errors: list[tuple[int, int, str]] = []
         self.ib = ibapi.IB()
         self.ib.RaiseRequestErrors = True
@@ -385,7 +386,16 @@ class IBBroker(Broker):
                          filled=filled, remaining=max(qty - filled, 0.0), avg_fill_price=avg,
                          commission=self._commission(perm) if perm else 0.0, existing=existing)
 
-    def _trade(self, order_id: int):
+    def _trade(self, order_id: int, perm_id: int = 0):
+        perm_id = perm_id or self._perm_ids.get(order_id, 0)
+        if not perm_id:  # executions carry both ids (completed orders only the permId)
+            for f in self.ib.fills():
+                if f.execution.orderId == order_id and f.execution.clientId == self.client_id:
+                    perm_id = f.execution.permId
+        if perm_id:  # after a reconnect, an order completed meanwhile is known by its permId only
+            for t in self.ib.trades():
+                if (t.order.permId or t.orderStatus.permId) == perm_id:
+                    return t
         for t in self.ib.trades():
             if t.order.orderId == order_id and t.order.clientId in (self.client_id, 0):
                 return t
@@ -457,13 +467,20 @@ class IBBroker(Broker):
         trade = self.ib.placeOrder(contract, order)
         log.info("placed %s %s %s %s ref=%s as order %s", request.action, request.quantity, request.symbol,
                  request.order_type, request.order_ref, order.orderId)
-        self._wait(lambda: trade.orderStatus.status in _ACKED, self.timeout, f"order {order.orderId} acknowledgement")
+        try:
+            self._wait(lambda: trade.orderStatus.status in _ACKED, self.timeout,
+                       f"order {order.orderId} acknowledgement")
+        except BrokerTimeoutError as exc:
+            raise BrokerTimeoutError(f"{exc}; the order may be working: placing the same order_ref "
+                                     f"{request.order_ref!r} again is safe (it finds the order)") from exc
         if trade.orderStatus.status in ("Cancelled", "ApiCancelled", "Inactive") and not trade.fills:
             errs = [e for e in trade.log if getattr(e, "errorCode", 0)]
             if errs:
                 raise typed_error(errs[-1].errorCode, errs[-1].message) if errs[-1].errorCode != 201 else \
                     OrderRejectedError(errs[-1].message, 201)
             raise OrderRejectedError(f"order {order.orderId} ended {trade.orderStatus.status} at once")
+        if trade.order.permId:
+            self._perm_ids[trade.order.orderId] = trade.order.permId
         return self._info(trade)
 
     def cancel_order(self, order_id: int, timeout: float | None = None) -> OrderInfo:
@@ -496,6 +513,7 @@ class IBBroker(Broker):
             shares = sum(float(f.execution.shares) for f in fills)
             return shares >= float(trade.order.totalQuantity) and all(f.commissionReport.execId for f in fills)
 
+        perm_id = trade.order.permId or trade.orderStatus.permId
         while True:
             try:
                 self._wait(done, max(0.0, deadline - time.monotonic()), f"fill of order {order_id}")
@@ -503,8 +521,8 @@ class IBBroker(Broker):
             except BrokerConnectionError:
                 if time.monotonic() >= deadline:
                     raise
-                self._ensure()  # a reconnect re-reads open orders and today's executions
-                trade = self._trade(order_id) or trade
+                self._ensure()  # a reconnect re-reads open orders, completed orders and today's executions
+                trade = self._trade(order_id, perm_id) or trade
         info = self._info(trade)
         if info.status != "Filled":
             raise OrderNotFilledError(f"order {order_id} ended {info.status} with {info.filled:g} of "

@@ -396,3 +396,50 @@ def test_non_paper_account_refuses_orders_unless_live_is_explicit(make_exchange)
 
 def test_library_under_test():
     assert IB_LIBRARY in ("ib_insync", "ib_async")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# clock, streams, pacing
+
+
+def test_running_clock_fills_a_resting_order(broker, admin):
+    bars = csv_rows(require_data() / "5m" / "SMH.csv", START, START + timedelta(hours=2))
+    limit = round(min(b[3] for b in bars[:6]) + 0.01, 2)  # reached within 30 exchange minutes
+    info = broker.place_order(OrderRequest("SMH", "BUY", 10, "run-1", "LMT", limit_price=limit))
+    admin.run(1800)  # 30 exchange minutes a real second
+    try:
+        assert broker.wait_for_fill(info.order_id, timeout=5).avg_fill_price == limit
+    finally:
+        admin.pause()
+
+
+def test_streaming_market_data_follows_the_clock(broker, admin):
+    ticker = broker.ib.reqMktData(broker.contract("AAPL"))
+    wait_until(lambda: ticker.last == bar_at("AAPL", START)[1], 5, "the first tick", poll=broker.ib.sleep)
+    admin.set_clock(START + timedelta(minutes=5))
+    nxt = bar_at("AAPL", START + timedelta(minutes=5))[1]
+    wait_until(lambda: ticker.last == nxt, 5, "the next tick", poll=broker.ib.sleep)
+    broker.ib.cancelMktData(ticker.contract)
+
+
+def test_historical_requests_are_paced(make_broker):
+    from core.broker import PacingViolationError
+
+    b = make_broker(client_id=51, historical_pacing=(2, 600.0))
+    b.historical_bars("SMH", "1 day", "5 D")
+    b.historical_bars("SMH", "1 day", "5 D")
+    with pytest.raises(PacingViolationError):
+        b.historical_bars("SMH", "1 day", "5 D")  # would wait 10 minutes, longer than the timeout
+
+
+def test_wait_for_fill_survives_a_dropped_connection(broker, admin):
+    admin.set_clock(START + timedelta(minutes=2))  # mid-bar: a market order waits for the 10:05 bar
+    info = broker.place_order(OrderRequest("AAPL", "BUY", 10, "drop-1"))
+    assert info.status == "Submitted"
+    done = broker.place_order(OrderRequest("AAPL", "BUY", 10, "drop-0", "LMT", limit_price=1000.0))
+    admin.drop()
+    wait_until(lambda: not broker.is_connected(), 5, "the drop", poll=broker.ib.sleep)
+    admin.step(180)  # both fill at 10:05 while the broker is away
+    filled = broker.wait_for_fill(info.order_id, timeout=5)
+    assert filled.filled == 10 and filled.avg_fill_price == bar_at("AAPL", START + timedelta(minutes=5))[1]
+    assert broker.wait_for_fill(done.order_id, timeout=5).commission == 1.0

@@ -218,13 +218,6 @@ class PaperExchange:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def call(self, fn, *args, timeout: float = 10.0):
-        """Run `fn(*args)` on the exchange's loop from another thread and return its result."""
-        assert self._loop is not None
-        async def wrapper():
-            return fn(*args)
-        return asyncio.run_coroutine_threadsafe(wrapper(), self._loop).result(timeout)
-
     def _spawn(self, coro) -> asyncio.Task:
         t = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(t)
