@@ -25,7 +25,6 @@ import math
 import os
 import threading
 import time
-from dataclasses import replace
 from datetime import datetime, timezone
 
 import pandas as pd

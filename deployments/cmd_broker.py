@@ -52,7 +52,8 @@ def _paper_exchange(args: argparse.Namespace) -> int:
             await asyncio.sleep(0.05)
         if not task.done():
             print(f"paper exchange: TWS API on 127.0.0.1:{ex.port}, admin on 127.0.0.1:{ex.admin_port}, "
-                  f"account {ex.account}, clock {ex.clock.now_dt().astimezone(NY).isoformat()}, speed {ex.clock.speed or 'stopped'}, "
+                  f"account {ex.account}, clock {ex.clock.now_dt().astimezone(NY).isoformat()}, "
+                  f"speed {ex.clock.speed or 'stopped'}, "
                   f"state {state}", flush=True)
         await task
 

@@ -14,7 +14,6 @@ the exchange on a background thread (tests, sync code), or `await serve_forever(
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import struct
@@ -27,7 +26,7 @@ from typing import Any
 from . import protocol as P
 from .clock import ExchangeClock
 from .engine import Engine, EngineConfig, Execution, Order, OrderError, exec_time_str
-from .market_data import NY, BadRequestError, MarketData, UnknownSymbolError
+from .market_data import NY, BadRequestError, MarketData
 
 log = logging.getLogger("tradeflow.paper_exchange")
 
@@ -607,7 +606,8 @@ class PaperExchange:
         pairs = [(k, f"{v:.2f}", "USD") for k, v in vals.items()]
         pairs.append(("CashBalance", f"{vals['CashBalance']:.2f}", "BASE"))
         pairs += [("AccountType", "INDIVIDUAL", ""), ("AccountCode", self.account, ""),
-                  ("Currency", "USD", "USD"), ("Leverage-S", f"{vals['GrossPositionValue'] / max(vals['NetLiquidation'], 1e-9):.2f}", "")]
+                  ("Currency", "USD", "USD"),
+                  ("Leverage-S", f"{vals['GrossPositionValue'] / max(vals['NetLiquidation'], 1e-9):.2f}", "")]
         return pairs
 
     def _send_account_updates(self, conn: _Conn, now: int) -> None:
