@@ -48,10 +48,11 @@ def engine(bars: Path, tmp_path: Path) -> Engine:
     return Engine(MarketData(bars), EngineConfig(initial_cash=100_000.0), tmp_path / "state.json")
 
 
-def place(e: Engine, now: int, action="BUY", qty=100.0, otype="MKT", lmt=None, aux=None, oid=None, ref="r"):
+def place(e: Engine, now: int, action="BUY", qty=100.0, otype="MKT", lmt=None, aux=None, oid=None, ref="r",
+          tif="DAY"):
     oid = oid or e.next_order_id
     return e.place(client_id=1, order_id=oid, symbol="XYZ", action=action, quantity=qty, order_type=otype,
-                   lmt_price=lmt, aux_price=aux, tif="DAY", account="", order_ref=ref, outside_rth=False, now=now)
+                   lmt_price=lmt, aux_price=aux, tif=tif, account="", order_ref=ref, outside_rth=False, now=now)
 
 
 # --- commission ------------------------------------------------------------------------------------------------
@@ -135,6 +136,16 @@ def test_stop_triggers_at_the_stop_or_at_a_gapped_open(engine):
     assert {o.order_ref: (e.price, e.time) for o, e in fills} == {"s1": (102.2, ts(D1, 9, 45)),
                                                                   "s2": (100.0, ts(D1, 9, 30))}
     assert s1.status == s2.status == "Filled"
+
+
+def test_day_orders_expire_at_the_close_gtc_orders_keep_working(engine):
+    day = place(engine, ts(D1, 10, 0), otype="LMT", lmt=50.0, ref="day")
+    gtc = place(engine, ts(D1, 10, 0), otype="LMT", lmt=101.0, ref="gtc", tif="GTC")
+    assert engine.advance(ts(D1, 11, 29)) == [] and day.is_open
+    assert engine.advance(ts(D1, 11, 30)) == []  # the last 5-minute bar of the session ended 11:30
+    assert (day.status, day.completed_at) == ("Cancelled", ts(D1, 11, 30)) and engine.pop_expired() == [day]
+    [(o, e)] = engine.advance(ts(D2, 9, 30))  # next session opens at 100 <= 101
+    assert (o.order_ref, e.price) == ("gtc", 100.0) and gtc.status == "Filled"
 
 
 def test_partial_fill_fault_leaves_the_rest_working(engine):

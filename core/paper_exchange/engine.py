@@ -14,6 +14,8 @@ exchange clock when it was placed. For each eligible bar, in time order, once th
   - LMT BUY fills at the limit if low <= limit; LMT SELL if high >= limit.
   - STP BUY fills at the stop if high >= stop; STP SELL if low <= stop.
   The fill time is the bar's end, so nothing is known before the clock reaches it.
+- A DAY order that is still working when its session closes (the end of the last bar of the session of its
+  first eligible bar) expires: it ends Cancelled. GTC orders work until filled or cancelled.
 - The whole remaining quantity fills at once, unless the partial-fill fault is armed: then that fill takes a
   fraction of the remaining quantity and the rest stays working from the next bar on.
 Commission is IB's fixed pricing: 0.005 USD a share, at least 1.00 USD, at most 1 % of the trade value, computed
@@ -169,6 +171,7 @@ class Engine:
         self.exec_seq = 0
         self.clock: int | None = None  # last clock the engine saw (persisted)
         self.faults = Faults()
+        self.expired: list[Order] = []
         if self.state_file and self.state_file.exists():
             self._load()
 
@@ -360,8 +363,9 @@ class Engine:
         except UnknownSymbolError:
             return []
         out = []
+        day_end = self._day_end(o, s) if o.tif == "DAY" else None
         i = int(np.searchsorted(s.start, o.active_from, side="left"))
-        while o.is_open and i < len(s) and s.start[i] <= now:
+        while o.is_open and i < len(s) and s.start[i] <= now and (day_end is None or s.start[i] < day_end):
             op, hi, lo, end = float(s.open[i]), float(s.high[i]), float(s.low[i]), int(s.end[i])
             buy = o.action == "BUY"
             px = None
@@ -392,6 +396,26 @@ class Engine:
             out.append((o, self._fill(o, qty, px, when)))
             o.active_from = end  # the rest works from the next bar on
             i += 1
+        if o.is_open and day_end is not None and now >= day_end:
+            o.status = "Cancelled"
+            o.completed_at = day_end
+            o.completed_status = "Expired at the session's close (DAY)"
+            self.expired.append(o)
+            self.save()
+        return out
+
+    @staticmethod
+    def _day_end(o: Order, s) -> int | None:
+        """End of the session a DAY order works in: that of the first bar starting at or after its placing."""
+        i = int(np.searchsorted(s.start, o.placed_at, side="left"))
+        if i >= len(s):
+            return None
+        j = int(np.searchsorted(s.session, s.session[i], side="right")) - 1
+        return int(s.end[j])
+
+    def pop_expired(self) -> list[Order]:
+        """DAY orders that expired since the last call (the server tells their clients)."""
+        out, self.expired = self.expired, []
         return out
 
     def _fill(self, o: Order, qty: float, px: float, when: int) -> Execution:

@@ -578,6 +578,10 @@ class PaperExchange:
         conn.send(P.exec_details_end(req_id))
 
     def _publish_fills(self, fills: list[tuple[Order, Execution]], now: int) -> None:
+        for o in self.engine.pop_expired():
+            owner = self._conn_of(o.client_id)
+            if owner is not None:
+                owner.send(P.order_status(self._view(o)))
         if not fills:
             return
         for o, e in fills:
