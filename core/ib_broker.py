@@ -249,7 +249,7 @@ class IBBroker(Broker):
                 attempt += 1
                 if attempt < self.connect_attempts:
                     delay = min(30.0, self.backoff * 2 ** (attempt - 1))
-                    log.warning("connect to %s:%d failed (%r); retrying in %.1f s", self.host, self.port, exc, delay)
+                    log.warning("connect to %s:%d failed (%r); retrying in %.2f s", self.host, self.port, exc, delay)
                     time.sleep(delay)
                 continue
             if outcome is None:
@@ -270,6 +270,10 @@ class IBBroker(Broker):
             raise BrokerConnectionError(
                 f"{connection_hint(self.host, self.port, start)} Last error: {last_exc!r}") from last_exc
         accounts = self.ib.managedAccounts()
+        if self._account and accounts and self._account not in accounts:
+            self.disconnect()
+            raise BrokerConnectionError(f"account {self._account} is not among the connection's accounts "
+                                        f"{', '.join(accounts)}")
         if not self._account:
             if not accounts:
                 self.disconnect()

@@ -118,6 +118,10 @@ class PaperExchange:
         self.engine = Engine(self.market, config or EngineConfig(), Path(state_file) if state_file else None)
         if resume and self.engine.clock is not None:
             start = datetime.fromtimestamp(self.engine.clock, timezone.utc)
+        elif self.engine.clock is not None and start.timestamp() < self.engine.clock:
+            log.warning("the clock starts at %s, before the state file's clock %s: executions may appear to be in "
+                        "the future", start.isoformat(),
+                        datetime.fromtimestamp(self.engine.clock, NY).isoformat())
         self.clock = ExchangeClock(start, speed)
         self.host = "127.0.0.1"
         self.port = port
