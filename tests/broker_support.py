@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -25,12 +24,10 @@ START = datetime(2026, 3, 2, 10, 0, tzinfo=NY)
 
 
 def data_dir() -> Path:
-    env = os.environ.get("TRADEFLOW_DATA_DIR")
-    if env:
-        return Path(env)
-    from core.settings import DEFAULT_DATA_DIR
+    """The bars directory of the settings (TRADEFLOW_DATA_DIR, `.env`, else ../shared/data/bars)."""
+    from core.settings import load_settings
 
-    return DEFAULT_DATA_DIR
+    return Path(load_settings().data_dir)
 
 
 def require_data() -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import time
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -443,3 +443,49 @@ def test_wait_for_fill_survives_a_dropped_connection(broker, admin):
     filled = broker.wait_for_fill(info.order_id, timeout=5)
     assert filled.filled == 10 and filled.avg_fill_price == bar_at("AAPL", START + timedelta(minutes=5))[1]
     assert broker.wait_for_fill(done.order_id, timeout=5).commission == 1.0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# decoder alignment: every encoder against the library's own Decoder, and the guard that catches a dropped message
+
+
+def _encoded(sv: int) -> dict[str, list]:
+    from core.paper_exchange import protocol as P
+    from core.paper_exchange.server import instrument
+
+    ins = instrument("AAPL")
+    o = P.OrderView(5, 11, 1000001, "BUY", 10, "LMT", 100.5, None, "DAY", "DU0000001", "ref", False, "Submitted",
+                    0, 0, 0, "20260302 10:00:00 America/New_York", "Filled")
+    e = P.ExecView("0001", 5, 11, 1000001, "20260302 10:00:00 America/New_York", "DU0000001", "BOT", 10, 100.5,
+                   10, 100.5, "ref", 1.0, 0.0)
+    return {
+        "openOrder": P.open_order(sv, ins, o), "completedOrder": P.completed_order(sv, ins, o),
+        "contractDetails": P.contract_details(sv, 1, ins), "execDetails": P.exec_details(-1, ins, e),
+        "commissionReport": P.commission_report(e), "position": P.position("DU0000001", ins, 10, 100.6),
+        "portfolioValue": P.portfolio_value(ins, 10, 101.0, 100.6, 4.0, 0.0, "DU0000001"),
+        "tickPrice": P.tick_price(1, 4, 100.5, 100), "orderStatus": P.order_status(o),
+        "error": P.error(sv, 5, 201, "rejected"), "historicalData": P.historical_data(1, "a", "b", [
+            ("1772463600", 1.0, 2.0, 0.5, 1.5, 100.0, 1.2, 1)]),
+    }
+
+
+def test_every_encoder_decodes_and_a_missing_field_is_caught(sv, decoder_errors):
+    import importlib
+    from unittest import mock
+
+    from core.paper_exchange.protocol import fmt
+
+    Decoder = importlib.import_module(ibapi.__name__ + ".decoder").Decoder
+    wrapper = mock.MagicMock()
+    wrapper.ib.TimezoneTWS = None
+    wrapper.defaultTimezone = timezone.utc  # ib_async
+    dec = Decoder(wrapper, sv)
+    for name, fields in _encoded(sv).items():
+        dec.interpret([fmt(f) for f in fields])
+        assert not decoder_errors.records, f"{name} at sv {sv}: " + "\n".join(decoder_errors.messages())
+    for name in ("openOrder", "completedOrder", "contractDetails", "execDetails", "commissionReport", "position",
+                 "portfolioValue", "tickPrice"):
+        fields = _encoded(sv)[name]
+        dec.interpret([fmt(f) for f in fields[:-1]])
+        assert decoder_errors.records, f"{name} minus its last field was not caught"
+        decoder_errors.records.clear()
