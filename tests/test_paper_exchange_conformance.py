@@ -489,3 +489,10 @@ def test_every_encoder_decodes_and_a_missing_field_is_caught(sv, decoder_errors)
         dec.interpret([fmt(f) for f in fields[:-1]])
         assert decoder_errors.records, f"{name} minus its last field was not caught"
         decoder_errors.records.clear()
+
+
+def test_what_if_orders_are_refused_never_executed(broker, exchange):
+    broker.ib.RaiseRequestErrors = False
+    contract = broker.contract("AAPL")
+    assert not broker.ib.whatIfOrder(contract, ibapi.MarketOrder("BUY", 5))
+    assert exchange.status()["executions"] == 0 and broker.positions() == []
