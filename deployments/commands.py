@@ -91,6 +91,14 @@ def _sql(args: argparse.Namespace) -> int:
 
 
 from deployments.cmd_backtest import register_backtest  # noqa: E402  (each module registers one command)
+from deployments.cmd_broker import register_paper_exchange, register_validate_connection  # noqa: E402
 from deployments.cmd_train import register_train  # noqa: E402
 
-REGISTRY += [register_schedule, register_sql, register_backtest, register_train]
+REGISTRY += [
+    register_schedule,
+    register_sql,
+    register_backtest,
+    register_train,
+    register_paper_exchange,
+    register_validate_connection,
+]

@@ -1,0 +1,300 @@
+"""The Broker interface the flows use, its value types and its typed errors.
+
+One implementation exists: `core.ib_broker.IBBroker` (Interactive Brokers over ib_insync). The paper exchange
+(`core.paper_exchange`) is not another implementation: it is a server the same IBBroker connects to.
+
+Units: money in USD, quantities in shares, prices in USD a share. Times are timezone-aware; market times are
+America/New_York.
+
+Historical bars (`Broker.historical_bars`) come as a DataFrame of this shape (`BARS_COLUMNS`):
+- index `timestamp`: a tz-aware DatetimeIndex in America/New_York, ascending and unique. Intraday bars are
+  stamped with their START (09:30, 09:35 ...); daily bars with midnight of the session date.
+- columns `open, high, low, close` (float64, USD a share) and `volume` (float64, shares).
+An empty result has the same columns and an empty tz-aware index.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+
+NY = ZoneInfo("America/New_York")
+BARS_COLUMNS = ("open", "high", "low", "close", "volume")
+BarSize = Literal["5 mins", "1 hour", "1 day"]
+BAR_SIZES: tuple[str, ...] = ("5 mins", "1 hour", "1 day")
+OrderType = Literal["MKT", "LMT", "STP"]
+Action = Literal["BUY", "SELL"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# errors
+
+
+class BrokerError(Exception):
+    """Base of every broker failure. `code` is IB's error code when IB gave one (else None)."""
+
+    def __init__(self, message: str, code: int | None = None):
+        super().__init__(f"IB error {code}: {message}" if code is not None else message)
+        self.code = code
+        self.message = message
+
+
+class BrokerConnectionError(BrokerError):
+    """No connection could be made or kept (refused, dropped, handshake failed); the message says what to check."""
+
+
+class ClientIdInUseError(BrokerConnectionError):
+    """IB error 326: the client id is used by another connection."""
+
+
+class BrokerTimeoutError(BrokerError):
+    """A request got no (complete) answer in time."""
+
+
+class IBError(BrokerError):
+    """An error IB reported; `code` and `message` are IB's."""
+
+
+class UnknownContractError(IBError):
+    """IB error 200: no security definition for the request."""
+
+
+class OrderRejectedError(IBError):
+    """IB rejected the order (e.g. 201: beyond buying power)."""
+
+
+class PacingViolationError(IBError):
+    """IB error 162/420 pacing violation, or the broker's own pacing would wait longer than allowed."""
+
+
+class MarketDataError(IBError):
+    """Market data unavailable (e.g. 354 not subscribed, 10167 delayed only, 10168 no delayed permission)."""
+
+
+class LiveTradingRefusedError(BrokerError):
+    """An order for an account that is not a paper account, without TRADING_MODE=live and
+    TRADEFLOW_LIVE_ACCOUNT naming that account."""
+
+
+class OrderNotFilledError(BrokerError):
+    """The order ended (cancelled, rejected, inactive) without being completely filled."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# values
+
+
+@dataclass(frozen=True)
+class AccountValues:
+    """Account values in USD: net liquidation, available funds, buying power, cash (total cash value)."""
+
+    account: str
+    net_liquidation: float
+    available_funds: float
+    buying_power: float
+    cash: float
+    currency: str = "USD"
+
+
+@dataclass(frozen=True)
+class Position:
+    """A position: `quantity` shares (negative when short), `avg_cost` USD a share (IB includes commissions)."""
+
+    account: str
+    symbol: str
+    quantity: float
+    avg_cost: float
+
+
+@dataclass(frozen=True)
+class OrderRequest:
+    """An order to place.
+
+    `order_ref` identifies the order's intent and makes placing idempotent: placing a request whose order_ref
+    is already among open orders or today's executions returns that order and sends nothing.
+    `limit_price` is required for LMT, `stop_price` for STP (USD). `quantity` is whole shares > 0.
+    """
+
+    symbol: str
+    action: Action
+    quantity: int
+    order_ref: str
+    order_type: OrderType = "MKT"
+    limit_price: float | None = None
+    stop_price: float | None = None
+    tif: Literal["DAY", "GTC"] = "DAY"
+
+    def __post_init__(self) -> None:
+        if not self.order_ref:
+            raise ValueError("every order needs an order_ref (it makes placing idempotent)")
+        if self.action not in ("BUY", "SELL"):
+            raise ValueError(f"action must be BUY or SELL, not {self.action!r}")
+        if self.order_type not in ("MKT", "LMT", "STP"):
+            raise ValueError(f"order_type must be MKT, LMT or STP, not {self.order_type!r}")
+        if int(self.quantity) != self.quantity or self.quantity <= 0:
+            raise ValueError("quantity must be a positive whole number of shares")
+        if self.order_type == "LMT" and not self.limit_price:
+            raise ValueError("a LMT order needs limit_price")
+        if self.order_type == "STP" and not self.stop_price:
+            raise ValueError("a STP order needs stop_price")
+
+
+@dataclass(frozen=True)
+class OrderInfo:
+    """An order as the broker knows it. Prices and commission USD, quantities shares.
+
+    `status` is IB's (PendingSubmit, PreSubmitted, Submitted, Filled, Cancelled, Inactive, ...). `commission`
+    sums the commission reports received for its fills. `existing` is true when `place_order` found the
+    order_ref already placed and sent nothing.
+    """
+
+    order_id: int
+    perm_id: int
+    order_ref: str
+    symbol: str
+    action: str
+    quantity: float
+    order_type: str
+    limit_price: float | None
+    stop_price: float | None
+    status: str
+    filled: float
+    remaining: float
+    avg_fill_price: float
+    commission: float
+    existing: bool = False
+
+    @property
+    def is_filled(self) -> bool:
+        return self.status == "Filled"
+
+    @property
+    def is_done(self) -> bool:
+        return self.status in ("Filled", "Cancelled", "ApiCancelled", "Inactive")
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One fill. `side` BUY/SELL, `shares`, `price` USD, `time` aware (America/New_York), commission USD
+    (0.0 until IB's commission report arrives), `realized_pnl` USD."""
+
+    exec_id: str
+    order_id: int
+    perm_id: int
+    order_ref: str
+    symbol: str
+    side: str
+    shares: float
+    price: float
+    time: datetime
+    commission: float
+    realized_pnl: float
+    account: str
+
+
+@dataclass(frozen=True)
+class Quote:
+    """A current price: `price` USD (last trade, else midpoint, else previous close), with bid/ask/last/close as
+    IB gave them (None when absent); `delayed` is true when IB served delayed data."""
+
+    symbol: str
+    price: float
+    bid: float | None = None
+    ask: float | None = None
+    last: float | None = None
+    close: float | None = None
+    delayed: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def empty_bars() -> pd.DataFrame:
+    """A bars DataFrame with no rows (the documented shape)."""
+    idx = pd.DatetimeIndex([], tz=NY, name="timestamp")
+    return pd.DataFrame({c: pd.Series([], dtype="float64", index=idx) for c in BARS_COLUMNS}, index=idx)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the interface
+
+
+class Broker(abc.ABC):
+    """What flows use to trade. A context manager: `with broker: ...` connects and disconnects.
+
+    Every method may raise BrokerConnectionError (no connection), BrokerTimeoutError (no answer in time) or an
+    IBError subclass carrying IB's code and message.
+    """
+
+    def __enter__(self) -> "Broker":
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.disconnect()
+
+    @abc.abstractmethod
+    def connect(self) -> None:
+        """Connect (with retries and backoff). Raises BrokerConnectionError saying what to check."""
+
+    @abc.abstractmethod
+    def disconnect(self) -> None:
+        """Disconnect; safe to call when not connected."""
+
+    @property
+    @abc.abstractmethod
+    def account(self) -> str:
+        """The account traded (e.g. DU1234567 for paper)."""
+
+    @abc.abstractmethod
+    def account_values(self) -> AccountValues:
+        """NetLiquidation, AvailableFunds, BuyingPower and cash, USD."""
+
+    @abc.abstractmethod
+    def positions(self) -> list[Position]:
+        """Non-zero positions of the account."""
+
+    @abc.abstractmethod
+    def open_orders(self) -> list[OrderInfo]:
+        """Orders still working (of every client of the account)."""
+
+    @abc.abstractmethod
+    def place_order(self, request: OrderRequest) -> OrderInfo:
+        """Place an order idempotently (see OrderRequest.order_ref) and wait until IB acknowledges it.
+
+        Raises LiveTradingRefusedError (non-paper account without the live opt-in), OrderRejectedError,
+        UnknownContractError, BrokerTimeoutError.
+        """
+
+    @abc.abstractmethod
+    def cancel_order(self, order_id: int, timeout: float | None = None) -> OrderInfo:
+        """Cancel an open order and wait until IB confirms; returns its final state (which may be Filled when
+        the fill won the race). Raises IBError (e.g. 10147 not found), BrokerTimeoutError."""
+
+    @abc.abstractmethod
+    def wait_for_fill(self, order_id: int, timeout: float) -> OrderInfo:
+        """Wait up to `timeout` seconds until the order is completely filled (commissions received).
+
+        Raises BrokerTimeoutError (still working), OrderNotFilledError (it ended unfilled or partly filled)."""
+
+    @abc.abstractmethod
+    def executions(self) -> list[Execution]:
+        """Today's executions of the account (IB returns those since midnight), with commissions."""
+
+    @abc.abstractmethod
+    def historical_bars(self, symbol: str, bar_size: BarSize, duration: str, end: datetime | None = None,
+                        regular_hours: bool = True) -> pd.DataFrame:
+        """Bars of `bar_size` ('5 mins', '1 hour', '1 day') covering `duration` (IB's syntax: '2 D', '1 W',
+        '3 M', '1 Y', '3600 S') and ending at the aware datetime `end` (None: now at the broker).
+        Returns the DataFrame shape of this module's docstring. Raises UnknownContractError, IBError."""
+
+    @abc.abstractmethod
+    def current_price(self, symbol: str) -> Quote:
+        """The current price, from live data, or delayed data when live data is not subscribed."""
+
+    @abc.abstractmethod
+    def vix(self) -> float:
+        """The VIX index value (CBOE), index points."""

@@ -1,0 +1,632 @@
+"""The Broker over Interactive Brokers' TWS API: the ONLY module that imports ib_insync.
+
+The client library is chosen here, once: ib_insync 0.9.86 (the locked default) or its maintained continuation
+ib_async (same API) when the environment sets `TRADEFLOW_IB_LIBRARY=ib_async`. Never install both in one
+environment (they overwrite each other's `eventkit`).
+
+What this implementation adds to the library:
+- contracts qualified once and cached (SMH, AAPL, TSLA … as SMART/USD stocks; VIX as a CBOE index);
+- a distinct client id for every concurrent connection in the process, and the next id when IB answers 326;
+- connect retries with exponential backoff, and a reconnect before any request when the connection dropped;
+- a timeout on every request; every IB error raised as a typed `core.broker` exception with IB's code;
+- historical requests paced within IB's limit (default 60 in any 600 s);
+- idempotent placing by orderRef; paper by default, with a loud refusal to trade a non-paper account unless
+  TRADING_MODE=live and TRADEFLOW_LIVE_ACCOUNT names it.
+
+The blocking API is used; do not call it from inside a running asyncio event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+import os
+import threading
+import time
+from datetime import datetime, timezone
+
+import pandas as pd
+
+from core.broker import (
+    BAR_SIZES,
+    NY,
+    AccountValues,
+    Broker,
+    BrokerConnectionError,
+    BrokerError,
+    BrokerTimeoutError,
+    ClientIdInUseError,
+    Execution,
+    IBError,
+    LiveTradingRefusedError,
+    MarketDataError,
+    OrderInfo,
+    OrderNotFilledError,
+    OrderRejectedError,
+    OrderRequest,
+    PacingViolationError,
+    Position,
+    Quote,
+    UnknownContractError,
+    empty_bars,
+)
+from core.settings import Settings, get_settings
+
+IB_LIBRARY = os.environ.get("TRADEFLOW_IB_LIBRARY", "ib_insync")
+if IB_LIBRARY == "ib_async":  # the one switch between the two libraries
+    import ib_async as ibapi  # type: ignore[import-not-found]
+else:
+    import ib_insync as ibapi
+
+log = logging.getLogger("tradeflow.broker")
+
+INDICES = {"VIX": "CBOE"}
+"""Symbols that are indices, with their exchange; everything else is a SMART/USD stock."""
+PAPER_ACCOUNT_PREFIX = "DU"
+_DONE = ("Filled", "Cancelled", "ApiCancelled", "Inactive")
+_ACKED = ("PreSubmitted", "Submitted", "Filled", "Cancelled", "ApiCancelled", "Inactive")
+
+_ids_lock = threading.Lock()
+_ids_in_use: set[tuple[str, int, int]] = set()
+
+
+def typed_error(code: int, message: str) -> IBError:
+    """The core.broker exception for an IB error code."""
+    if code == 200:
+        return UnknownContractError(message, code)
+    if code in (201, 202, 203, 103, 104, 105, 110, 135, 161, 10147, 10148):
+        return OrderRejectedError(message, code)
+    if code in (162, 420) and "pacing" in message.lower():
+        return PacingViolationError(message, code)
+    if code in (354, 10089, 10090, 10167, 10168, 10197):
+        return MarketDataError(message, code)
+    return IBError(message, code)
+
+
+def connection_hint(host: str, port: int, client_id: int) -> str:
+    """What to check when no connection can be made."""
+    return (f"could not connect to TWS API at {host}:{port} (client id {client_id}). Check that TWS or IB "
+            "Gateway (or `tradeflow paper-exchange`) is running; that the API is enabled (TWS: Configure > API > "
+            "Settings > Enable ActiveX and Socket Clients); that the port is right (IBKR_PORT: TWS 7497 paper / "
+            "7496 live, IB Gateway 4002 paper / 4001 live) and 127.0.0.1 is a trusted IP; and that the client "
+            "id is not used by another connection (IBKR_CLIENT_ID).")
+
+
+class _Pacer:
+    """At most `limit` requests in any `window` seconds (IB: about 60 historical requests per 10 minutes)."""
+
+    def __init__(self, limit: int, window: float):
+        self.limit, self.window = limit, window
+        self.times: collections.deque[float] = collections.deque()
+        self.lock = threading.Lock()
+
+    def wait_time(self, now: float) -> float:
+        while self.times and now - self.times[0] >= self.window:
+            self.times.popleft()
+        if len(self.times) < self.limit:
+            return 0.0
+        return self.times[0] + self.window - now
+
+    def record(self, now: float) -> None:
+        self.times.append(now)
+
+
+_historical_pacer = _Pacer(60, 600.0)
+
+
+class IBBroker(Broker):
+    """Broker over TWS / IB Gateway / the paper exchange.
+
+    Args:
+        host, port, client_id: default from settings (IBKR_HOST, IBKR_PORT, IBKR_CLIENT_ID). `client_id` is the
+            base id: concurrent IBBroker connections in a process take base, base+1, …; an id IB refuses
+            (326) is skipped.
+        settings: the Settings (default `get_settings()`); TRADING_MODE and TRADEFLOW_LIVE_ACCOUNT guard live
+            accounts.
+        timeout: seconds any request may take (BrokerTimeoutError after).
+        connect_timeout: seconds one connection attempt may take.
+        connect_attempts: attempts per connect (refused/timed-out connections), with backoff
+            `backoff`, 2*backoff, 4*backoff … seconds between them (at most 30 s).
+        max_client_ids: how many ids after the base to try when IB answers 326.
+        historical_pacing: (requests, seconds) allowed for historical data; a request that would have to wait
+            longer than `timeout` raises PacingViolationError instead.
+    """
+
+    def __init__(self, host: str | None = None, port: int | None = None, client_id: int | None = None, *,
+                 settings: Settings | None = None, timeout: float = 15.0, connect_timeout: float = 5.0,
+                 connect_attempts: int = 3, backoff: float = 0.5, max_client_ids: int = 32,
+                 historical_pacing: tuple[int, float] | None = None, account: str | None = None):
+        self.settings = settings or get_settings()
+        self.host = host or self.settings.ibkr_host
+        self.port = int(port or self.settings.ibkr_port)
+        self.base_client_id = self.settings.ibkr_client_id if client_id is None else int(client_id)
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.connect_attempts = max(1, connect_attempts)
+        self.backoff = backoff
+        self.max_client_ids = max_client_ids
+        self.pacer = _Pacer(*historical_pacing) if historical_pacing else _historical_pacer
+        self.client_id: int | None = None
+        self._account = account
+        self._contracts: dict[str, object] = {}
+        self._perm_ids: dict[int, int] = {}  # orderId -> permId of orders placed here (they outlive reconnects)
+        self._errors: list[tuple[int, int, str]] = []
+        self.ib = ibapi.IB()
+        self.ib.RaiseRequestErrors = True
+        self.ib.RequestTimeout = timeout
+        self.ib.errorEvent += self._on_error
+
+    # --- connection --------------------------------------------------------------------------------------------
+
+    def _on_error(self, req_id: int, code: int, message: str, *args: object) -> None:
+        self._errors.append((req_id, code, message))
+        del self._errors[:-200]
+
+    @property
+    def account(self) -> str:
+        if not self._account:
+            raise BrokerConnectionError("not connected: the account is not known yet")
+        return self._account
+
+    @property
+    def is_paper(self) -> bool:
+        """Whether the account is an IB paper account (ids start with DU)."""
+        return self.account.startswith(PAPER_ACCOUNT_PREFIX)
+
+    def is_connected(self) -> bool:
+        return self.ib.isConnected()
+
+    def _claim_id(self, start: int) -> int:
+        with _ids_lock:
+            for cid in range(start, start + self.max_client_ids):
+                key = (self.host, self.port, cid)
+                if key not in _ids_in_use:
+                    _ids_in_use.add(key)
+                    return cid
+        raise BrokerConnectionError(f"no free client id in {start}..{start + self.max_client_ids - 1}")
+
+    def _release_id(self) -> None:
+        if self.client_id is not None:
+            with _ids_lock:
+                _ids_in_use.discard((self.host, self.port, self.client_id))
+            self.client_id = None
+
+    async def _connect_once(self, cid: int) -> str | None:
+        """One attempt; returns None when connected, 'in use' on 326, else raises."""
+        loop = asyncio.get_running_loop()
+        refused: asyncio.Future = loop.create_future()
+
+        def on_error(req_id: int, code: int, message: str, *a: object) -> None:
+            if code == 326 and not refused.done():
+                refused.set_result("in use")
+
+        def on_api_error(msg: str) -> None:
+            if not refused.done():
+                refused.set_result("in use" if "already in use" in str(msg) else str(msg))
+
+        self.ib.errorEvent += on_error
+        self.ib.client.apiError += on_api_error
+        task = asyncio.ensure_future(self.ib.connectAsync(self.host, self.port, cid, timeout=self.connect_timeout,
+                                                          account=self._account or ""))
+        try:
+            done, _ = await asyncio.wait({task, refused}, timeout=self.connect_timeout * 3,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                task.result()
+                return None
+            if refused.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                self.ib.disconnect()
+                return refused.result()
+            task.cancel()
+            raise TimeoutError("connect timed out")
+        finally:
+            self.ib.errorEvent -= on_error
+            self.ib.client.apiError -= on_api_error
+
+    def connect(self) -> None:
+        """Connect with retries and backoff; takes the next client id on 326.
+
+        Raises ClientIdInUseError (every id tried was in use), BrokerConnectionError (with what to check)."""
+        if self.ib.isConnected():
+            return
+        start = self.base_client_id
+        last_exc: BaseException | None = None
+        attempt = 0
+        tried_ids = 0
+        while attempt < self.connect_attempts:
+            cid = self._claim_id(start)
+            self.client_id = cid
+            try:
+                outcome = ibapi.util.run(self._connect_once(cid))
+            except (ConnectionRefusedError, OSError, TimeoutError, asyncio.TimeoutError, ConnectionError) as exc:
+                last_exc = exc
+                self._release_id()
+                self.ib.disconnect()
+                attempt += 1
+                if attempt < self.connect_attempts:
+                    delay = min(30.0, self.backoff * 2 ** (attempt - 1))
+                    log.warning("connect to %s:%d failed (%r); retrying in %.2f s", self.host, self.port, exc, delay)
+                    time.sleep(delay)
+                continue
+            if outcome is None:
+                break
+            self._release_id()
+            if outcome == "in use":
+                tried_ids += 1
+                log.warning("client id %d is in use (IB 326); trying %d", cid, cid + 1)
+                if tried_ids >= self.max_client_ids:
+                    raise ClientIdInUseError(f"client ids {self.base_client_id}..{cid} are all in use", 326)
+                start = cid + 1
+                continue
+            last_exc = ConnectionError(outcome)
+            attempt += 1
+            if attempt < self.connect_attempts:
+                time.sleep(min(30.0, self.backoff * 2 ** (attempt - 1)))
+        else:
+            raise BrokerConnectionError(
+                f"{connection_hint(self.host, self.port, start)} Last error: {last_exc!r}") from last_exc
+        accounts = self.ib.managedAccounts()
+        if self._account and accounts and self._account not in accounts:
+            self.disconnect()
+            raise BrokerConnectionError(f"account {self._account} is not among the connection's accounts "
+                                        f"{', '.join(accounts)}")
+        if not self._account:
+            if not accounts:
+                self.disconnect()
+                raise BrokerConnectionError("IB reported no managed account")
+            self._account = accounts[0]
+        log.info("connected to %s:%d as client %s, account %s (%s)", self.host, self.port, self.client_id,
+                 self._account, "paper" if self.is_paper else "NOT PAPER")
+
+    def disconnect(self) -> None:
+        """Disconnect and free the client id; safe when not connected."""
+        try:
+            if self.ib.isConnected():
+                self.ib.disconnect()
+        finally:
+            self._release_id()
+
+    def _ensure(self) -> None:
+        if not self.ib.isConnected():
+            if self.client_id is not None or self._account:
+                log.warning("connection to %s:%d lost; reconnecting", self.host, self.port)
+            self._release_id()
+            self.connect()
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        """Run one blocking library request with the timeout and typed errors."""
+        self._ensure()
+        try:
+            return fn(*args, **kwargs)
+        except ibapi.RequestError as exc:
+            raise typed_error(exc.code, exc.message) from exc
+        except (asyncio.TimeoutError, TimeoutError) as exc:
+            raise BrokerTimeoutError(f"{what}: no answer within {self.timeout:g} s") from exc
+        except ConnectionError as exc:
+            raise BrokerConnectionError(f"{what}: {exc}") from exc
+
+    def _barrier(self) -> None:
+        """A round trip: every update IB sent before it has been processed when it returns."""
+        self._call("current time", self.ib.reqCurrentTime)
+
+    def _wait(self, cond, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BrokerTimeoutError(f"{what}: not done within {timeout:g} s")
+            if not self.ib.isConnected():
+                raise BrokerConnectionError(f"{what}: connection lost")
+            self.ib.waitOnUpdate(timeout=min(remaining, 0.25))
+
+    # --- contracts ---------------------------------------------------------------------------------------------
+
+    def contract(self, symbol: str):
+        """The qualified contract of `symbol` (cached). Raises UnknownContractError."""
+        symbol = symbol.upper()
+        c = self._contracts.get(symbol)
+        if c is None:
+            if symbol in INDICES:
+                c = ibapi.Index(symbol, INDICES[symbol], "USD")
+            else:
+                c = ibapi.Stock(symbol, "SMART", "USD")
+            got = [x for x in (self._call(f"qualify {symbol}", self.ib.qualifyContracts, c) or []) if x]
+            if not got or not getattr(c, "conId", 0):
+                raise UnknownContractError(f"no security definition for {symbol}", 200)
+            self._contracts[symbol] = c
+        return c
+
+    # --- account -------------------------------------------------------------------------------------------------
+
+    def account_values(self) -> AccountValues:
+        self._barrier()
+        values = {v.tag: v.value for v in self.ib.accountValues(self.account) if v.currency in ("USD", "")}
+        need = ("NetLiquidation", "AvailableFunds", "BuyingPower", "TotalCashValue")
+        if not all(k in values for k in need):
+            self._call("account updates", self.ib.reqAccountUpdates, self.account)
+            values = {v.tag: v.value for v in self.ib.accountValues(self.account) if v.currency in ("USD", "")}
+        missing = [k for k in need if k not in values]
+        if missing:
+            raise BrokerError(f"IB sent no {', '.join(missing)} for {self.account}")
+        return AccountValues(account=self.account, net_liquidation=float(values["NetLiquidation"]),
+                             available_funds=float(values["AvailableFunds"]),
+                             buying_power=float(values["BuyingPower"]), cash=float(values["TotalCashValue"]))
+
+    def positions(self) -> list[Position]:
+        self._barrier()
+        return [Position(account=p.account, symbol=p.contract.symbol, quantity=float(p.position),
+                         avg_cost=float(p.avgCost)) for p in self.ib.positions(self.account) if p.position]
+
+    # --- orders ----------------------------------------------------------------------------------------------------
+
+    def _commission(self, perm_id: int) -> float:
+        return sum(float(f.commissionReport.commission or 0) for f in self.ib.fills()
+                   if f.execution.permId == perm_id and f.commissionReport.execId)
+
+    def _info(self, trade, existing: bool = False) -> OrderInfo:
+        o, st = trade.order, trade.orderStatus
+        perm = o.permId or st.permId
+        fills = [f for f in self.ib.fills() if f.execution.permId == perm] if perm else list(trade.fills)
+        filled_fills = sum(float(f.execution.shares) for f in fills)
+        filled = max(float(st.filled or 0), filled_fills, float(o.filledQuantity)
+                     if o.filledQuantity not in (None, ibapi.util.UNSET_DOUBLE) else 0.0)
+        avg = float(st.avgFillPrice or 0)
+        if not avg and filled_fills:
+            avg = sum(float(f.execution.shares) * float(f.execution.price) for f in fills) / filled_fills
+        qty = float(o.totalQuantity)
+
+        def price(x):
+            return None if x in (None, ibapi.util.UNSET_DOUBLE) or (isinstance(x, float) and math.isnan(x)) \
+                or not x else float(x)
+
+        return OrderInfo(order_id=int(o.orderId or st.orderId or 0), perm_id=int(perm or 0), order_ref=o.orderRef,
+                         symbol=trade.contract.symbol, action=o.action, quantity=qty, order_type=o.orderType,
+                         limit_price=price(o.lmtPrice), stop_price=price(o.auxPrice), status=st.status,
+                         filled=filled, remaining=max(qty - filled, 0.0), avg_fill_price=avg,
+                         commission=self._commission(perm) if perm else 0.0, existing=existing)
+
+    def _trade(self, order_id: int, perm_id: int = 0):
+        perm_id = perm_id or self._perm_ids.get(order_id, 0)
+        if not perm_id:  # executions carry both ids (completed orders only the permId)
+            for f in self.ib.fills():
+                if f.execution.orderId == order_id and f.execution.clientId == self.client_id:
+                    perm_id = f.execution.permId
+        if perm_id:  # after a reconnect, an order completed meanwhile is known by its permId only
+            for t in self.ib.trades():
+                if (t.order.permId or t.orderStatus.permId) == perm_id:
+                    return t
+        for t in self.ib.trades():
+            if t.order.orderId == order_id and t.order.clientId in (self.client_id, 0):
+                return t
+        for t in self.ib.trades():
+            if t.order.orderId == order_id:
+                return t
+        return None
+
+    def open_orders(self) -> list[OrderInfo]:
+        trades = self._call("open orders", self.ib.reqAllOpenOrders)
+        return [self._info(t) for t in trades if t.orderStatus.status not in _DONE]
+
+    def find_order(self, order_ref: str) -> OrderInfo | None:
+        """The order placed with `order_ref`, searched among open orders and today's executions (None if
+        neither has it). Asks IB; does not rely on this connection's memory."""
+        for t in self.ib.trades():  # this connection's own orders first (no round trip)
+            if t.order.orderRef == order_ref and (t.orderStatus.status not in _DONE or t.fills):
+                return self._info(t, existing=True)
+        for t in self._call("open orders", self.ib.reqAllOpenOrders):
+            if t.order.orderRef == order_ref and t.orderStatus.status not in _DONE:
+                return self._info(t, existing=True)
+        fills = [f for f in self._call("executions", self.ib.reqExecutions) if f.execution.orderRef == order_ref]
+        if not fills:
+            return None
+        perm = fills[0].execution.permId
+        for t in self.ib.trades():
+            if (t.order.permId or t.orderStatus.permId) == perm:
+                return self._info(t, existing=True)
+        e = fills[0].execution
+        shares = sum(float(f.execution.shares) for f in fills)
+        avg = sum(float(f.execution.shares) * float(f.execution.price) for f in fills) / shares
+        return OrderInfo(order_id=int(e.orderId), perm_id=int(perm), order_ref=order_ref,
+                         symbol=fills[0].contract.symbol, action="BUY" if e.side == "BOT" else "SELL",
+                         quantity=shares, order_type="", limit_price=None, stop_price=None, status="Filled",
+                         filled=shares, remaining=0.0, avg_fill_price=avg, commission=self._commission(perm),
+                         existing=True)
+
+    def _guard_live(self) -> None:
+        if self.is_paper:
+            return
+        s = self.settings
+        if s.trading_mode == "live" and s.live_account and s.live_account == self.account:
+            log.warning("LIVE TRADING on account %s (TRADING_MODE=live, TRADEFLOW_LIVE_ACCOUNT=%s)", self.account,
+                        s.live_account)
+            return
+        msg = (f"REFUSED: account {self.account} is not a paper account (paper ids start with "
+               f"{PAPER_ACCOUNT_PREFIX}) and live trading is not enabled for it. To trade it, set TRADING_MODE=live "
+               f"AND TRADEFLOW_LIVE_ACCOUNT={self.account} (now TRADING_MODE={s.trading_mode}, "
+               f"TRADEFLOW_LIVE_ACCOUNT={s.live_account or 'unset'}).")
+        log.critical(msg)
+        raise LiveTradingRefusedError(msg)
+
+    def place_order(self, request: OrderRequest) -> OrderInfo:
+        self._ensure()
+        self._guard_live()
+        found = self.find_order(request.order_ref)
+        if found is not None:
+            log.info("order_ref %s already placed (order %s, %s); nothing sent", request.order_ref,
+                     found.order_id, found.status)
+            return found
+        contract = self.contract(request.symbol)
+        order = ibapi.Order(action=request.action, totalQuantity=float(request.quantity),
+                            orderType=request.order_type, tif=request.tif, orderRef=request.order_ref,
+                            account=self.account, transmit=True)
+        if request.order_type == "LMT":
+            order.lmtPrice = float(request.limit_price)  # type: ignore[arg-type]
+        if request.order_type == "STP":
+            order.auxPrice = float(request.stop_price)  # type: ignore[arg-type]
+        trade = self.ib.placeOrder(contract, order)
+        log.info("placed %s %s %s %s ref=%s as order %s", request.action, request.quantity, request.symbol,
+                 request.order_type, request.order_ref, order.orderId)
+        try:
+            self._wait(lambda: trade.orderStatus.status in _ACKED, self.timeout,
+                       f"order {order.orderId} acknowledgement")
+        except BrokerTimeoutError as exc:
+            raise BrokerTimeoutError(f"{exc}; the order may be working: placing the same order_ref "
+                                     f"{request.order_ref!r} again is safe (it finds the order)") from exc
+        if trade.orderStatus.status in ("Cancelled", "ApiCancelled", "Inactive") and not trade.fills:
+            errs = [e for e in trade.log if getattr(e, "errorCode", 0)]
+            if errs:
+                raise typed_error(errs[-1].errorCode, errs[-1].message) if errs[-1].errorCode != 201 else \
+                    OrderRejectedError(errs[-1].message, 201)
+            raise OrderRejectedError(f"order {order.orderId} ended {trade.orderStatus.status} at once")
+        if trade.order.permId:
+            self._perm_ids[trade.order.orderId] = trade.order.permId
+        return self._info(trade)
+
+    def cancel_order(self, order_id: int, timeout: float | None = None) -> OrderInfo:
+        self._ensure()
+        trade = self._trade(order_id)
+        if trade is None:
+            self._call("open orders", self.ib.reqAllOpenOrders)
+            trade = self._trade(order_id)
+        if trade is None:
+            raise OrderRejectedError(f"OrderId {order_id} that needs to be cancelled is not found.", 10147)
+        if not trade.isDone():
+            self.ib.cancelOrder(trade.order)
+            self._wait(trade.isDone, timeout or self.timeout, f"cancel of order {order_id}")
+        return self._info(trade)
+
+    def wait_for_fill(self, order_id: int, timeout: float) -> OrderInfo:
+        deadline = time.monotonic() + timeout
+        self._ensure()
+        trade = self._trade(order_id)
+        if trade is None:
+            raise BrokerError(f"order {order_id} is not known to this connection")
+
+        def done() -> bool:
+            if not trade.isDone():
+                return False
+            if trade.orderStatus.status != "Filled":
+                return True
+            perm = trade.order.permId
+            fills = [f for f in self.ib.fills() if f.execution.permId == perm]
+            shares = sum(float(f.execution.shares) for f in fills)
+            return shares >= float(trade.order.totalQuantity) and all(f.commissionReport.execId for f in fills)
+
+        perm_id = trade.order.permId or trade.orderStatus.permId
+        while True:
+            try:
+                self._wait(done, max(0.0, deadline - time.monotonic()), f"fill of order {order_id}")
+                break
+            except BrokerConnectionError:
+                if time.monotonic() >= deadline:
+                    raise
+                self._ensure()  # a reconnect re-reads open orders, completed orders and today's executions
+                trade = self._trade(order_id, perm_id) or trade
+        info = self._info(trade)
+        if info.status != "Filled":
+            raise OrderNotFilledError(f"order {order_id} ended {info.status} with {info.filled:g} of "
+                                      f"{info.quantity:g} shares filled")
+        return info
+
+    def executions(self) -> list[Execution]:
+        got = self._call("executions", self.ib.reqExecutions)
+        stored = {f.execution.execId: f for f in self.ib.fills()}
+        out = []
+        for f in got:
+            e = f.execution
+            s = stored.get(e.execId, f)
+            cr = s.commissionReport
+            t = e.time if e.time.tzinfo else e.time.replace(tzinfo=timezone.utc)
+            out.append(Execution(exec_id=e.execId, order_id=int(e.orderId), perm_id=int(e.permId),
+                                 order_ref=e.orderRef, symbol=f.contract.symbol,
+                                 side="BUY" if e.side == "BOT" else "SELL", shares=float(e.shares),
+                                 price=float(e.price), time=t.astimezone(NY), commission=float(cr.commission or 0),
+                                 realized_pnl=float(cr.realizedPNL or 0), account=e.acctNumber))
+        return out
+
+    # --- market data ----------------------------------------------------------------------------------------------
+
+    def historical_bars(self, symbol: str, bar_size: str, duration: str, end: datetime | None = None,
+                        regular_hours: bool = True) -> pd.DataFrame:
+        if bar_size not in BAR_SIZES:
+            raise ValueError(f"bar_size must be one of {BAR_SIZES}")
+        if end is not None and end.tzinfo is None:
+            raise ValueError("end must be timezone-aware")
+        contract = self.contract(symbol)
+        with self.pacer.lock:
+            wait = self.pacer.wait_time(time.monotonic())
+            if wait > self.timeout:
+                raise PacingViolationError(f"historical data pacing: next request allowed in {wait:.0f} s", None)
+            if wait > 0:
+                log.info("historical data pacing: waiting %.1f s", wait)
+                time.sleep(wait)
+            self.pacer.record(time.monotonic())
+        what = "TRADES"
+        bars = self._call(f"historical {symbol} {bar_size} {duration}", self.ib.reqHistoricalData, contract,
+                          endDateTime=end or "", durationStr=duration, barSizeSetting=bar_size,
+                          whatToShow=what, useRTH=regular_hours, formatDate=2)
+        if not bars:
+            return empty_bars()
+        stamps = []
+        for b in bars:
+            d = b.date
+            if isinstance(d, datetime):
+                stamps.append(pd.Timestamp(d if d.tzinfo else d.replace(tzinfo=timezone.utc)).tz_convert(NY))
+            else:
+                stamps.append(pd.Timestamp(d).tz_localize(NY))
+        idx = pd.DatetimeIndex(stamps, name="timestamp")
+        df = pd.DataFrame({"open": [float(b.open) for b in bars], "high": [float(b.high) for b in bars],
+                           "low": [float(b.low) for b in bars], "close": [float(b.close) for b in bars],
+                           "volume": [float(b.volume) for b in bars]}, index=idx)
+        return df[~df.index.duplicated(keep="last")].sort_index()
+
+    def _snapshot(self, contract):
+        tickers = self._call("market data", self.ib.reqTickers, contract)
+        return tickers[0] if tickers else None
+
+    def current_price(self, symbol: str) -> Quote:
+        contract = self.contract(symbol)
+        delayed = False
+        self.ib.reqMarketDataType(1)
+        try:
+            t = self._snapshot(contract)
+        except MarketDataError as exc:
+            log.info("no live market data for %s (%s); asking for delayed data", symbol, exc)
+            t = None
+        if t is None or _price_of(t) is None:
+            self.ib.reqMarketDataType(3)
+            delayed = True
+            try:
+                t = self._snapshot(contract)
+            finally:
+                self.ib.reqMarketDataType(1)
+        price = _price_of(t) if t is not None else None
+        if price is None:
+            raise MarketDataError(f"no price for {symbol} (live nor delayed)", None)
+        return Quote(symbol=symbol.upper(), price=price, bid=_num(t.bid), ask=_num(t.ask), last=_num(t.last),
+                     close=_num(t.close), delayed=delayed or getattr(t, "marketDataType", 1) in (3, 4))
+
+    def vix(self) -> float:
+        return self.current_price("VIX").price
+
+
+def _num(x) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) and v > 0 else None
+
+
+def _price_of(t) -> float | None:
+    last = _num(t.last)
+    if last is not None:
+        return last
+    bid, ask = _num(t.bid), _num(t.ask)
+    if bid is not None and ask is not None:
+        return (bid + ask) / 2
+    return _num(t.close)

@@ -1,0 +1,14 @@
+"""A paper exchange that speaks the TWS API on loopback, serves real bars and fills orders against them.
+
+- `server.PaperExchange`: the TWS API server (start()/stop() on a thread, or serve_forever() on a loop).
+- `admin.AdminClient`: the admin interface (clock, faults, status).
+- `engine`: account, orders, matching and the state file (fill rules in its docstring).
+- `market_data`: the bars served (derivation rules in its docstring).
+- `protocol`: the wire format.
+"""
+
+from .admin import AdminClient, AdminError
+from .engine import EngineConfig, commission_for
+from .server import PaperExchange
+
+__all__ = ["AdminClient", "AdminError", "EngineConfig", "PaperExchange", "commission_for"]

@@ -1,0 +1,712 @@
+"""The paper exchange server: TWS API on a loopback port, an admin interface on another.
+
+`PaperExchange` runs an asyncio server on 127.0.0.1 speaking the TWS API at server version 157 or 176 (the
+client's range is intersected with the configured version): the handshake, startApi, every request ib_insync's
+`connect()` issues, and the requests the Broker uses (contract details, historical data, market data
+snapshots and streams, orders, cancels, executions, positions, account updates and summaries, completed
+orders, current time, ids, market data type). Unknown requests are logged at WARNING and ignored.
+
+The admin interface (see `admin.py`) is JSON lines on a second loopback port. Use `start()`/`stop()` to run
+the exchange on a background thread (tests, sync code), or `await serve_forever()` on a loop of your own
+(the CLI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import struct
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import protocol as P
+from .clock import ExchangeClock
+from .engine import Engine, EngineConfig, Execution, Order, OrderError, exec_time_str
+from .market_data import NY, BadRequestError, MarketData
+
+log = logging.getLogger("tradeflow.paper_exchange")
+
+KNOWN_CON_IDS = {"AAPL": 265598, "TSLA": 76792991, "SPY": 756733, "SMH": 225130744, "VIX": 13455763}
+INDICES = {"VIX": ("CBOE", "CBOE Volatility Index")}
+PRIMARY = {"SPY": "ARCA", "SMH": "NASDAQ"}
+
+_MARKET_DATA_CACHE: dict[str, MarketData] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def shared_market_data(data_dir: Path | str) -> MarketData:
+    """One MarketData per directory per process (the files are read once)."""
+    key = str(Path(data_dir).resolve())
+    with _CACHE_LOCK:
+        md = _MARKET_DATA_CACHE.get(key)
+        if md is None:
+            md = _MARKET_DATA_CACHE[key] = MarketData(key)
+        return md
+
+
+def instrument(symbol: str) -> P.Instrument:
+    """The contract the exchange serves for `symbol` (stocks SMART/USD, VIX a CBOE index)."""
+    symbol = symbol.upper()
+    con_id = KNOWN_CON_IDS.get(symbol) or 100_000_000 + (int.from_bytes(symbol.encode()[:6], "big") % 99_999_999)
+    if symbol in INDICES:
+        exch, name = INDICES[symbol]
+        return P.Instrument(symbol, con_id, "IND", exch, exch, "USD", name)
+    return P.Instrument(symbol, con_id, "STK", "SMART", PRIMARY.get(symbol, "NASDAQ"), "USD", symbol)
+
+
+@dataclass
+class _Conn:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    sv: int = 0
+    client_id: int | None = None
+    md_type: int = 1
+    positions_sub: bool = False
+    account_sub: bool = False
+    multi_subs: set[int] = field(default_factory=set)
+    summary_subs: dict[int, list[str]] = field(default_factory=dict)
+    mkt_subs: dict[int, tuple[str, bool]] = field(default_factory=dict)  # reqId -> (symbol, delayed)
+    last_ticks: dict[int, float] = field(default_factory=dict)
+
+    def send(self, fields: list[Any]) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(P.frame(fields))
+
+
+def _parse_end(s: str) -> float | None:
+    """endDateTime of reqHistoricalData: '' (now), 'YYYYMMDD HH:MM:SS UTC|Zone', 'YYYYMMDD-HH:MM:SS' (UTC)."""
+    s = (s or "").strip()
+    if not s:
+        return None
+    from zoneinfo import ZoneInfo
+    m = re.match(r"^(\d{8})[ -](\d{2}:\d{2}:\d{2})(?:\s+(\S+))?$", s)
+    if not m:
+        if re.fullmatch(r"\d{8}", s):
+            return datetime.strptime(s + " 23:59:59", "%Y%m%d %H:%M:%S").replace(tzinfo=NY).timestamp()
+        raise BadRequestError(f"invalid endDateTime {s!r}")
+    naive = datetime.strptime(m.group(1) + " " + m.group(2), "%Y%m%d %H:%M:%S")
+    zone = m.group(3) or ("UTC" if "-" in s[8:9] else "America/New_York")
+    tz = timezone.utc if zone in ("UTC", "GMT") else ZoneInfo(zone)
+    return naive.replace(tzinfo=tz).timestamp()
+
+
+class PaperExchange:
+    """A TWS-API-speaking paper exchange.
+
+    Args:
+        data_dir: bars directory (shared/data/bars format).
+        start: the clock's start (timezone-aware); ignored when `state_file` holds a clock and `resume` is true.
+        speed: None/0 for a clock moved only through the admin interface, X to run X times real time.
+        port / admin_port: loopback ports; 0 picks free ones (read `.port` / `.admin_port` after start).
+        server_version: 157 or 176 (the highest the server agrees to).
+        state_file: JSON file that keeps the account across restarts (None: in memory only).
+        config: account parameters (starting cash USD, max leverage, account id, commission schedule).
+        realtime: whether live market data is "subscribed"; when false, live requests get IB error 354 and
+            clients must ask for delayed data (reqMarketDataType 3).
+    """
+
+    def __init__(self, data_dir: Path | str, *, start: datetime, speed: float | None = None, port: int = 0,
+                 admin_port: int = 0, server_version: int = 176, state_file: Path | str | None = None,
+                 config: EngineConfig | None = None, realtime: bool = True, resume: bool = False):
+        if server_version not in P.SUPPORTED_SERVER_VERSIONS:
+            raise ValueError(f"server_version must be one of {P.SUPPORTED_SERVER_VERSIONS}")
+        self.market = shared_market_data(data_dir)
+        self.engine = Engine(self.market, config or EngineConfig(), Path(state_file) if state_file else None)
+        if resume and self.engine.clock is not None:
+            start = datetime.fromtimestamp(self.engine.clock, timezone.utc)
+        elif self.engine.clock is not None and start.timestamp() < self.engine.clock:
+            log.warning("the clock starts at %s, before the state file's clock %s: executions may appear to be in "
+                        "the future", start.isoformat(),
+                        datetime.fromtimestamp(self.engine.clock, NY).isoformat())
+        self.clock = ExchangeClock(start, speed)
+        self.host = "127.0.0.1"
+        self.port = port
+        self.admin_port = admin_port
+        self.server_version = server_version
+        self.realtime = realtime
+        self._conns: list[_Conn] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._servers: list[asyncio.AbstractServer] = []
+        self._tasks: set[asyncio.Task] = set()
+        self._stopping: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        self._last_account_push = 0.0
+
+    # --- lifecycle -------------------------------------------------------------------------------------------
+
+    @property
+    def account(self) -> str:
+        return self.engine.config.account
+
+    def now(self) -> int:
+        return int(self.clock.now())
+
+    async def _start_servers(self) -> None:
+        self._stopping = asyncio.Event()
+        srv = await asyncio.start_server(self._handle_client, self.host, self.port)
+        self.port = srv.sockets[0].getsockname()[1]
+        from .admin import handle_admin
+        adm = await asyncio.start_server(lambda r, w: handle_admin(self, r, w), self.host, self.admin_port)
+        self.admin_port = adm.sockets[0].getsockname()[1]
+        self._servers = [srv, adm]
+        self._spawn(self._ticker())
+        self.engine.clock = self.now()
+        log.info("paper exchange on %s:%d (admin %d), server version %d, account %s, clock %s", self.host,
+                 self.port, self.admin_port, self.server_version, self.account, self.clock.now_dt().isoformat())
+
+    async def serve_forever(self) -> None:
+        """Run on the current event loop until `request_stop()` (or cancellation)."""
+        self._loop = asyncio.get_running_loop()
+        await self._start_servers()
+        self._ready.set()
+        try:
+            assert self._stopping is not None
+            await self._stopping.wait()
+        finally:
+            await self._shutdown()
+
+    def request_stop(self) -> None:
+        """Ask a running exchange to stop (thread-safe)."""
+        if self._loop and self._stopping and not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._stopping.set)
+            except RuntimeError:  # the loop closed meanwhile: already stopped
+                pass
+
+    async def _shutdown(self) -> None:
+        for s in self._servers:
+            s.close()
+        for c in list(self._conns):
+            c.writer.close()
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for s in self._servers:
+            await s.wait_closed()
+        self.engine.save()
+
+    def start(self, timeout: float = 10.0) -> "PaperExchange":
+        """Run on a background thread; returns once listening (then `.port`/`.admin_port` are set)."""
+        def run() -> None:
+            try:
+                asyncio.run(self.serve_forever())
+            except BaseException as exc:  # pragma: no cover - surfaced to start()
+                self._start_error = exc
+                self._ready.set()
+
+        self._thread = threading.Thread(target=run, name="paper-exchange", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("paper exchange did not start")
+        if self._start_error:
+            raise self._start_error
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop a background exchange and wait for its thread (the state file is saved)."""
+        self.request_stop()
+        if self._thread:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def __enter__(self) -> "PaperExchange":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _spawn(self, coro) -> asyncio.Task:
+        t = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+        return t
+
+    async def _ticker(self) -> None:
+        """While the clock runs, fill what it reaches and push streaming ticks (every 50 ms real time)."""
+        while True:
+            await asyncio.sleep(0.05)
+            if self.clock.speed:
+                self.on_clock_moved()
+
+    def on_clock_moved(self) -> None:
+        """Match open orders against the new clock and tell clients (called on the loop)."""
+        now = self.now()
+        fills = self.engine.advance(now)
+        self._publish_fills(fills, now)
+        self._push_streams(now)
+        # prices moved: re-send account values (a running clock at most once a real second)
+        mono = asyncio.get_running_loop().time()
+        if not fills and (not self.clock.speed or mono - self._last_account_push >= 1.0):
+            self._push_account(now)
+            self._last_account_push = mono
+
+    # --- connections -----------------------------------------------------------------------------------------
+
+    async def _handle_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = _Conn(reader, writer)
+        self._conns.append(conn)
+        task = asyncio.current_task()
+        if task:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        try:
+            magic = await reader.readexactly(4)
+            if magic != b"API\0":
+                log.warning("not a TWS API client (%r); closing", magic)
+                return
+            body = await self._read_msg(reader)
+            m = re.match(r"v(\d+)(?:\.\.(\d+))?", body.decode(errors="replace"))
+            if not m:
+                log.warning("bad version range %r; closing", body)
+                return
+            lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+            sv = min(hi, self.server_version)
+            if sv < lo or sv < P.MIN_CLIENT_VERSION:
+                log.warning("client versions %d..%d outside what the exchange speaks; closing", lo, hi)
+                return
+            conn.sv = sv
+            conn.send(P.handshake(sv, self.clock.now_dt().strftime("%Y%m%d %H:%M:%S UTC")))
+            await writer.drain()
+            while True:
+                body = await self._read_msg(reader)
+                fields = P.split_fields(body)
+                if not fields:
+                    continue
+                delay = self.engine.faults.reply_delay
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                try:
+                    keep = self._dispatch(conn, fields)
+                except Exception:
+                    log.exception("error handling %s", fields[:3])
+                    keep = True
+                await writer.drain()
+                if keep is False:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        except asyncio.CancelledError:
+            pass
+        finally:
+            if conn in self._conns:
+                self._conns.remove(conn)
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+
+    @staticmethod
+    async def _read_msg(reader: asyncio.StreamReader) -> bytes:
+        (n,) = struct.unpack(">I", await reader.readexactly(4))
+        return await reader.readexactly(n)
+
+    def drop_connections(self, client_id: int | None = None) -> int:
+        """Abort client connections (all, or those of one client id); returns how many."""
+        n = 0
+        for c in list(self._conns):
+            if client_id is None or c.client_id == client_id:
+                c.writer.transport.abort()
+                n += 1
+        return n
+
+    def connections(self) -> list[dict]:
+        return [{"client_id": c.client_id, "server_version": c.sv} for c in self._conns]
+
+    def _conn_of(self, client_id: int) -> _Conn | None:
+        for c in self._conns:
+            if c.client_id == client_id:
+                return c
+        return None
+
+    # --- dispatch ---------------------------------------------------------------------------------------------
+
+    def _dispatch(self, conn: _Conn, f: list[str]) -> bool:
+        msg_id = int(f[0])
+        if conn.client_id is None and msg_id != 71:
+            log.warning("request %d before startApi; ignored", msg_id)
+            return True
+        handler = self._handlers.get(msg_id)
+        if handler is None:
+            log.warning("unhandled request %d (%s); no reply sent", msg_id, "|".join(f[:6]))
+            return True
+        return handler(self, conn, f) is not False
+
+    def _start_api(self, conn: _Conn, f: list[str]) -> bool:
+        client_id = int(f[2])
+        if self._conn_of(client_id) is not None:
+            conn.send(P.error(conn.sv, -1, 326, "Unable to connect as the client id is already in use. "
+                                                 "Retry with a unique client id."))
+            return False
+        conn.client_id = client_id
+        conn.send(P.managed_accounts([self.account]))
+        conn.send(P.next_valid_id(self.engine.next_order_id))
+        conn.send(P.error(conn.sv, -1, 2104, "Market data farm connection is OK:usfarm"))
+        return True
+
+    def _req_ids(self, conn: _Conn, f: list[str]) -> None:
+        conn.send(P.next_valid_id(self.engine.next_order_id))
+
+    def _req_current_time(self, conn: _Conn, f: list[str]) -> None:
+        conn.send(P.current_time(self.now()))
+
+    def _req_market_data_type(self, conn: _Conn, f: list[str]) -> None:
+        conn.md_type = int(f[2] or 1)
+
+    def _noop(self, conn: _Conn, f: list[str]) -> None:
+        return None
+
+    # contracts ------------------------------------------------------------------------------------------------
+
+    def _symbol_of(self, c: P.ContractRef) -> str | None:
+        sym = c.symbol.upper()
+        if not sym and c.con_id:
+            for s, cid in KNOWN_CON_IDS.items():
+                if cid == c.con_id:
+                    sym = s
+        if not sym or not self.market.has(sym):
+            return None
+        ins = instrument(sym)
+        if c.sec_type and c.sec_type.upper() != ins.sec_type:
+            return None
+        if c.con_id and c.con_id != ins.con_id:
+            return None
+        if c.currency and c.currency.upper() != "USD":
+            return None
+        return sym
+
+    def _req_contract_details(self, conn: _Conn, f: list[str]) -> None:
+        req_id = int(f[2])
+        sym = self._symbol_of(P.ContractRef.parse(f, 3))
+        if sym is None:
+            conn.send(P.error(conn.sv, req_id, 200, "No security definition has been found for the request"))
+            return
+        conn.send(P.contract_details(conn.sv, req_id, instrument(sym)))
+        conn.send(P.contract_details_end(req_id))
+
+    # historical data ----------------------------------------------------------------------------------------
+
+    def _req_historical(self, conn: _Conn, f: list[str]) -> None:
+        req_id = int(f[1])
+        c = P.ContractRef.parse(f, 2)
+        end_s, bar_size, duration, fmt_date = f[15], f[16], f[17], f[20]
+        sym = self._symbol_of(c)
+        if sym is None:
+            conn.send(P.error(conn.sv, req_id, 200, "No security definition has been found for the request"))
+            return
+        now = self.now()
+        try:
+            end = _parse_end(end_s)
+            cutoff = int(min(end, now)) if end is not None else now
+            bars = self.market.history(sym, bar_size, cutoff, duration)
+        except BadRequestError as exc:
+            conn.send(P.error(conn.sv, req_id, 321, f"Error validating request.-'bP' : cause - {exc}"))
+            return
+        if not bars:
+            conn.send(P.error(conn.sv, req_id, 162, "Historical Market Data Service error message:HMDS query "
+                                                    "returned no data"))
+            return
+        daily = bar_size == "1 day"
+        out = []
+        for start, session, o, h, l, c_, v in bars:
+            if daily:
+                ds = str(session)
+            elif fmt_date == "2":
+                ds = str(start)
+            else:
+                ds = datetime.fromtimestamp(start, NY).strftime("%Y%m%d %H:%M:%S") + " America/New_York"
+            out.append((ds, o, h, l, c_, v, round((h + l + c_) / 3, 4), 1))
+        first = datetime.fromtimestamp(bars[0][0], NY).strftime("%Y%m%d %H:%M:%S")
+        last = datetime.fromtimestamp(cutoff, NY).strftime("%Y%m%d %H:%M:%S")
+        conn.send(P.historical_data(req_id, first, last, out))
+
+    # market data -------------------------------------------------------------------------------------------
+
+    def _ticks(self, sym: str, now: int) -> tuple[float | None, float | None, float]:
+        return self.market.last_price(sym, now), self.market.previous_close(sym, now), \
+            self.market.session_volume(sym, now)
+
+    def _req_mkt_data(self, conn: _Conn, f: list[str]) -> None:
+        req_id = int(f[2])
+        c = P.ContractRef.parse(f, 3)
+        i = 15
+        if c.sec_type == "BAG":
+            conn.send(P.error(conn.sv, req_id, 321, "Error validating request: combos are not supported"))
+            return
+        dnc = f[i] == "1"
+        i += 4 if dnc else 1
+        snapshot = f[i + 1] == "1"
+        sym = self._symbol_of(c)
+        if sym is None:
+            conn.send(P.error(conn.sv, req_id, 200, "No security definition has been found for the request"))
+            return
+        delayed = False
+        if not self.realtime:
+            if conn.md_type in (3, 4):
+                delayed = True
+            else:
+                conn.send(P.error(conn.sv, req_id, 354, "Requested market data is not subscribed. Delayed market "
+                                                        "data is available (reqMarketDataType 3)."))
+                return
+        conn.send(P.market_data_type(req_id, 3 if delayed else 1))
+        self._send_ticks(conn, req_id, sym, delayed, self.now(), force=True)
+        if snapshot:
+            conn.send(P.tick_snapshot_end(req_id))
+        else:
+            conn.mkt_subs[req_id] = (sym, delayed)
+
+    def _send_ticks(self, conn: _Conn, req_id: int, sym: str, delayed: bool, now: int, force: bool) -> None:
+        last, close, vol = self._ticks(sym, now)
+        if not force and conn.last_ticks.get(req_id) == last:
+            return
+        conn.last_ticks[req_id] = last if last is not None else -1
+        off = 65 if delayed else 0
+        is_index = instrument(sym).sec_type == "IND"
+        if last is not None:
+            if not is_index:
+                conn.send(P.tick_price(req_id, 1 + off, round(last - 0.01, 2), 100))
+                conn.send(P.tick_price(req_id, 2 + off, round(last + 0.01, 2), 100))
+            conn.send(P.tick_price(req_id, 68 if delayed else 4, last, 0 if is_index else 100))
+        if close is not None:
+            conn.send(P.tick_price(req_id, 75 if delayed else 9, close, 0))
+        if not is_index:
+            conn.send(P.tick_size(req_id, 74 if delayed else 8, round(vol / 100)))
+
+    def _cancel_mkt_data(self, conn: _Conn, f: list[str]) -> None:
+        conn.mkt_subs.pop(int(f[2]), None)
+
+    def _push_streams(self, now: int) -> None:
+        for conn in self._conns:
+            for req_id, (sym, delayed) in list(conn.mkt_subs.items()):
+                self._send_ticks(conn, req_id, sym, delayed, now, force=False)
+
+    # orders -----------------------------------------------------------------------------------------------------
+
+    def _view(self, o: Order) -> P.OrderView:
+        return P.OrderView(
+            order_id=o.order_id, client_id=o.client_id, perm_id=o.perm_id, action=o.action, quantity=o.quantity,
+            order_type=o.order_type, lmt_price=o.lmt_price, aux_price=o.aux_price, tif=o.tif, account=o.account,
+            order_ref=o.order_ref, outside_rth=o.outside_rth, status=o.status, filled=o.filled,
+            avg_fill_price=round(o.avg_fill_price, 8), last_fill_price=o.last_fill_price,
+            completed_time=(datetime.fromtimestamp(o.completed_at, NY).strftime("%Y%m%d %H:%M:%S")
+                            + " America/New_York") if o.completed_at else "",
+            completed_status=o.completed_status)
+
+    def _exec_view(self, e: Execution) -> P.ExecView:
+        return P.ExecView(exec_id=e.exec_id, order_id=e.order_id, client_id=e.client_id, perm_id=e.perm_id,
+                          time_str=exec_time_str(e.time), account=e.account, side=e.side, shares=e.shares,
+                          price=e.price, cum_qty=e.cum_qty, avg_price=round(e.avg_price, 8),
+                          order_ref=e.order_ref, commission=e.commission, realized_pnl=e.realized_pnl)
+
+    def _send_order_state(self, conn: _Conn, o: Order) -> None:
+        ins = instrument(o.symbol)
+        conn.send(P.open_order(conn.sv, ins, self._view(o)))
+        conn.send(P.order_status(self._view(o)))
+
+    def _place_order(self, conn: _Conn, f: list[str]) -> None:
+        req = P.parse_place_order(f, conn.sv)
+        assert conn.client_id is not None
+        if req.what_if:
+            conn.send(P.error(conn.sv, req.order_id, 201, "Order rejected - reason: what-if orders are not "
+                                                          "supported by the paper exchange"))
+            return
+        sym = self._symbol_of(req.contract) or req.contract.symbol.upper()
+        now = self.now()
+        try:
+            o = self.engine.place(client_id=conn.client_id, order_id=req.order_id, symbol=sym, action=req.action,
+                                  quantity=req.quantity, order_type=req.order_type, lmt_price=req.lmt_price,
+                                  aux_price=req.aux_price, tif=req.tif, account=req.account,
+                                  order_ref=req.order_ref, outside_rth=req.outside_rth, now=now)
+        except OrderError as exc:
+            conn.send(P.error(conn.sv, req.order_id, exc.code, exc.message))
+            return
+        self._send_order_state(conn, o)
+        self._publish_fills(self.engine.advance(now), now)
+
+    def _cancel_order(self, conn: _Conn, f: list[str]) -> None:
+        order_id = int(f[2])
+        assert conn.client_id is not None
+        try:
+            o = self.engine.cancel(conn.client_id, order_id, self.now())
+        except OrderError as exc:
+            conn.send(P.error(conn.sv, order_id, exc.code, exc.message))
+            return
+        conn.send(P.order_status(self._view(o)))
+        conn.send(P.error(conn.sv, order_id, 202, "Order Canceled - reason:"))
+
+    def _global_cancel(self, conn: _Conn, f: list[str]) -> None:
+        now = self.now()
+        for o in self.engine.open_orders():
+            self.engine.cancel(o.client_id, o.order_id, now)
+            owner = self._conn_of(o.client_id)
+            if owner:
+                owner.send(P.order_status(self._view(o)))
+                owner.send(P.error(owner.sv, o.order_id, 202, "Order Canceled - reason:"))
+
+    def _req_open_orders(self, conn: _Conn, f: list[str]) -> None:
+        for o in self.engine.open_orders(conn.client_id):
+            self._send_order_state(conn, o)
+        conn.send(P.open_order_end())
+
+    def _req_all_open_orders(self, conn: _Conn, f: list[str]) -> None:
+        for o in self.engine.open_orders():
+            self._send_order_state(conn, o)
+        conn.send(P.open_order_end())
+
+    def _req_completed_orders(self, conn: _Conn, f: list[str]) -> None:
+        for o in self.engine.completed_orders():
+            conn.send(P.completed_order(conn.sv, instrument(o.symbol), self._view(o)))
+        conn.send(P.completed_orders_end())
+
+    def _req_executions(self, conn: _Conn, f: list[str]) -> None:
+        req_id = int(f[2])
+        client_f, acct_f, sym_f, side_f = int(f[3] or 0), f[4], f[6].upper(), f[9].upper()
+        for e in self.engine.executions_on(self.now()):
+            if client_f and e.client_id != client_f:
+                continue
+            if acct_f and acct_f != e.account:
+                continue
+            if sym_f and sym_f != e.symbol:
+                continue
+            if side_f and (side_f[:1] == "B") != (e.side == "BOT"):
+                continue
+            ev = self._exec_view(e)
+            conn.send(P.exec_details(req_id, instrument(e.symbol), ev))
+            conn.send(P.commission_report(ev))
+        conn.send(P.exec_details_end(req_id))
+
+    def _publish_fills(self, fills: list[tuple[Order, Execution]], now: int) -> None:
+        for o in self.engine.pop_expired():
+            owner = self._conn_of(o.client_id)
+            if owner is not None:
+                owner.send(P.order_status(self._view(o)))
+        if not fills:
+            return
+        for o, e in fills:
+            owner = self._conn_of(o.client_id)
+            if owner is None:
+                continue
+            ins = instrument(o.symbol)
+            ev = self._exec_view(e)
+            owner.send(P.exec_details(-1, ins, ev))
+            owner.send(P.open_order(owner.sv, ins, self._view(o)))
+            owner.send(P.order_status(self._view(o)))
+            owner.send(P.commission_report(ev))
+        symbols = {o.symbol for o, _ in fills}
+        for conn in self._conns:
+            if conn.positions_sub:
+                for sym in symbols:
+                    pos = self.engine.positions.get(sym)
+                    if pos is not None:
+                        conn.send(P.position(self.account, instrument(sym), pos.quantity, pos.avg_cost))
+        self._push_account(now)
+
+    # account ----------------------------------------------------------------------------------------------------
+
+    def _account_pairs(self, now: int) -> list[tuple[str, str, str]]:
+        vals = self.engine.account_values(now)
+        pairs = [(k, f"{v:.2f}", "USD") for k, v in vals.items()]
+        pairs.append(("CashBalance", f"{vals['CashBalance']:.2f}", "BASE"))
+        pairs += [("AccountType", "INDIVIDUAL", ""), ("AccountCode", self.account, ""),
+                  ("Currency", "USD", "USD"),
+                  ("Leverage-S", f"{vals['GrossPositionValue'] / max(vals['NetLiquidation'], 1e-9):.2f}", "")]
+        return pairs
+
+    def _send_account_updates(self, conn: _Conn, now: int) -> None:
+        for k, v, cur in self._account_pairs(now):
+            conn.send(P.account_value(k, v, cur, self.account))
+        for sym, pos in self.engine.positions.items():
+            if pos.quantity == 0:
+                continue
+            p = self.engine.price(sym, now)
+            conn.send(P.portfolio_value(instrument(sym), pos.quantity, p, pos.avg_cost,
+                                        pos.quantity * (p - pos.avg_cost), pos.realized_pnl, self.account))
+        conn.send(P.account_time(datetime.fromtimestamp(now, NY).strftime("%H:%M")))
+
+    def _push_account(self, now: int) -> None:
+        for conn in self._conns:
+            if conn.account_sub:
+                self._send_account_updates(conn, now)
+            for req_id in conn.multi_subs:
+                for k, v, cur in self._account_pairs(now):
+                    conn.send(P.account_update_multi(req_id, self.account, k, v, cur))
+            for req_id, tags in conn.summary_subs.items():
+                self._send_summary(conn, req_id, tags, now, end=False)
+
+    def _req_account_updates(self, conn: _Conn, f: list[str]) -> None:
+        subscribe = f[2] == "1"
+        conn.account_sub = subscribe
+        if subscribe:
+            self._send_account_updates(conn, self.now())
+            conn.send(P.account_download_end(self.account))
+
+    def _req_account_updates_multi(self, conn: _Conn, f: list[str]) -> None:
+        req_id = int(f[2])
+        for k, v, cur in self._account_pairs(self.now()):
+            conn.send(P.account_update_multi(req_id, self.account, k, v, cur))
+        conn.send(P.account_update_multi_end(req_id))
+        conn.multi_subs.add(req_id)
+
+    def _cancel_account_updates_multi(self, conn: _Conn, f: list[str]) -> None:
+        conn.multi_subs.discard(int(f[2]))
+
+    def _send_summary(self, conn: _Conn, req_id: int, tags: list[str], now: int, end: bool = True) -> None:
+        pairs = {k: (v, cur) for k, v, cur in self._account_pairs(now) if cur != "BASE"}
+        for tag in tags:
+            if tag in pairs:
+                v, cur = pairs[tag]
+                conn.send(P.account_summary(req_id, self.account, tag, v, cur))
+        if end:
+            conn.send(P.account_summary_end(req_id))
+
+    def _req_account_summary(self, conn: _Conn, f: list[str]) -> None:
+        req_id = int(f[2])
+        tags = [t for t in f[4].split(",") if t and not t.startswith("$")] if len(f) > 4 else []
+        conn.summary_subs[req_id] = tags
+        self._send_summary(conn, req_id, tags, self.now())
+
+    def _cancel_account_summary(self, conn: _Conn, f: list[str]) -> None:
+        conn.summary_subs.pop(int(f[2]), None)
+
+    def _req_positions(self, conn: _Conn, f: list[str]) -> None:
+        conn.positions_sub = True
+        for sym, pos in self.engine.positions.items():
+            if pos.quantity != 0:
+                conn.send(P.position(self.account, instrument(sym), pos.quantity, pos.avg_cost))
+        conn.send(P.position_end())
+
+    def _cancel_positions(self, conn: _Conn, f: list[str]) -> None:
+        conn.positions_sub = False
+
+    _handlers = {
+        1: _req_mkt_data, 2: _cancel_mkt_data, 3: _place_order, 4: _cancel_order, 5: _req_open_orders,
+        6: _req_account_updates, 7: _req_executions, 8: _req_ids, 9: _req_contract_details,
+        15: _noop, 16: _req_all_open_orders, 20: _req_historical, 25: _noop, 49: _req_current_time,
+        58: _global_cancel, 59: _req_market_data_type, 61: _req_positions, 62: _req_account_summary,
+        63: _cancel_account_summary, 64: _cancel_positions, 71: _start_api, 76: _req_account_updates_multi,
+        77: _cancel_account_updates_multi, 99: _req_completed_orders,
+    }
+
+    # --- admin operations (called on the loop by admin.py) ---------------------------------------------------
+
+    def status(self) -> dict:
+        """Clock, account values (USD), positions (shares, avg cost USD), open orders, connections."""
+        now = self.now()
+        return {
+            "clock": datetime.fromtimestamp(now, NY).isoformat(), "speed": self.clock.speed,
+            "account": self.account, "values": self.engine.account_values(now),
+            "positions": {k: {"quantity": v.quantity, "avg_cost": v.avg_cost}
+                          for k, v in self.engine.positions.items() if v.quantity},
+            "open_orders": [{"perm_id": o.perm_id, "order_id": o.order_id, "client_id": o.client_id,
+                             "symbol": o.symbol, "action": o.action, "quantity": o.quantity,
+                             "order_type": o.order_type, "order_ref": o.order_ref, "filled": o.filled}
+                            for o in self.engine.open_orders()],
+            "executions": len(self.engine.executions), "connections": self.connections(),
+            "server_version": self.server_version, "realtime": self.realtime,
+        }

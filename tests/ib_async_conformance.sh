@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Run the paper-exchange conformance tests with ib_async 2.1 instead of ib_insync, in a throwaway environment.
+#
+# ib_async is never installed next to ib_insync (both ship the top-level `eventkit` package and overwrite each
+# other's files), so this makes a separate venv, installs ib_async==2.1.0 plus the few packages the tests need
+# (at the versions of uv.lock where the lock has them), puts the project on PYTHONPATH and runs
+# tests/test_paper_exchange_conformance.py with TRADEFLOW_IB_LIBRARY=ib_async (the switch in core/ib_broker.py).
+#
+# Usage: tests/ib_async_conformance.sh [pytest args...]
+# Exit codes: pytest's, or 3 when the environment could not be made (e.g. the package index is unreachable).
+# TRADEFLOW_IB_ASYNC_VENV=DIR reuses/keeps a venv there instead of a temporary one.
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+VENV="${TRADEFLOW_IB_ASYNC_VENV:-$WORK/venv}"
+PY="$VENV/bin/python"
+
+setup() {
+  [ -x "$PY" ] || uv venv -q --python 3.11 "$VENV" || return 1
+  (cd "$ROOT" && uv export -q --frozen --no-hashes --no-emit-project --all-groups) \
+    | grep -E '^(pandas|numpy|pydantic|pydantic-core|pydantic-settings|python-dotenv|typing-extensions|typing-inspection|annotated-types|python-dateutil|six|pytest|pytest-timeout|pluggy|iniconfig|packaging|pygments|nest-asyncio)==' \
+    > "$WORK/constraints.txt" || return 1
+  uv pip install -q --python "$PY" -c "$WORK/constraints.txt" \
+    "ib_async==2.1.0" "aeventkit<3" pandas numpy pydantic pydantic-settings pytest pytest-timeout tzdata || return 1
+  if "$PY" -c "import ib_insync" 2>/dev/null; then
+    echo "ib_insync is importable in the ib_async environment: refusing to mix them" >&2
+    return 1
+  fi
+}
+
+if ! setup; then
+  echo "ib_async_conformance: could not make the ib_async environment" >&2
+  exit 3
+fi
+"$PY" -c "import ib_async, sys; print('ib_async', ib_async.__version__, 'python', sys.version.split()[0])"
+cd "$ROOT"
+TRADEFLOW_IB_LIBRARY=ib_async PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" \
+  "$PY" -m pytest -q -p no:cacheprovider tests/test_paper_exchange_conformance.py "$@"
