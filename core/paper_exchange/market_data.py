@@ -8,8 +8,7 @@ Series per symbol (all times are epoch seconds internally, America/New_York at t
 - 1 hour: for sessions with 5-minute bars, aggregated from them on the 09:30, 10:30 … grid of the hourly files
   (the last bar of a session is shorter); other sessions come from the 1h file.
 - 1 day: for sessions with 5-minute bars, aggregated from them; other sessions come from the daily file.
-  A daily bar spans 09:30 to the session's close (16:00, or the last intraday bar's end when intraday bars
-  exist; early closes of daily-only sessions are treated as 16:00).
+  A daily bar spans 09:30 to the session's close on the NYSE calendar (13:00 on early closes).
 So every price served for a session with 5-minute bars agrees across bar sizes.
 
 The "fine" series (used for fills and quotes) is, per session, the 5-minute bars if any, else the hourly bars,
@@ -27,6 +26,9 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
+
+from core.bars import read_bars_csv
+from core.calendar import sessions as nyse_sessions
 
 NY = ZoneInfo("America/New_York")
 BAR_SIZES = {"5 mins": 300, "1 hour": 3600, "1 day": 86400}
@@ -81,33 +83,35 @@ def _ny_epoch(d: date, t: time) -> int:
     return int(datetime.combine(d, t, NY).timestamp())
 
 
+def _session_closes(days: list[date]) -> dict[int, int]:
+    """Close (epoch seconds) of each NYSE session from the first to the last of `days` (early closes 13:00)."""
+    return {_session_int(s.date): int(s.close.timestamp()) for s in nyse_sessions(min(days), max(days))}
+
+
 def _read_intraday(path: Path, length: int) -> pd.DataFrame:
-    df = pd.read_csv(path)
-    ts = pd.to_datetime(df["timestamp"], utc=True)
-    out = pd.DataFrame({"start": _epoch(ts)})
-    local = ts.dt.tz_convert(NY)
+    bars = read_bars_csv(path)  # checked: order, duplicates, NaN and non-positive prices
+    local = bars.index.to_series()
+    out = pd.DataFrame({"start": _epoch(local)})
     out["session"] = (local.dt.year * 10000 + local.dt.month * 100 + local.dt.day).to_numpy()
     for c in ("open", "high", "low", "close", "volume"):
-        out[c] = df[c].astype(float).to_numpy()
-    out["end"] = out["start"] + length
-    # cap each session's last bar at the session close (16:00, or 13:00 after a 12:30 last hourly bar)
-    last = out.groupby("session")["start"].transform("max")
-    if length > 300:
-        cap = np.where(last % 3600 == 1800, last + 1800, last + length)
-        out["end"] = np.minimum(out["end"].to_numpy(), cap.to_numpy() if hasattr(cap, "to_numpy") else cap)
+        out[c] = bars[c].to_numpy()
+    # a bar ends after its length, or at the session's close (the last hourly bar of 15:30 is 30 minutes)
+    closes = out["session"].map(_session_closes(sorted(set(local.dt.date))))
+    out["end"] = np.minimum(out["start"] + length, closes.fillna(np.inf)).astype("int64")
     return out
 
 
 def _read_daily(path: Path) -> pd.DataFrame:
-    df = pd.read_csv(path)
-    dates = pd.to_datetime(df["timestamp"]).dt.date
+    bars = read_bars_csv(path, daily=True)
+    dates = [d.date() for d in bars.index]
+    closes = _session_closes(dates)
     out = pd.DataFrame({
         "start": [_ny_epoch(d, time(9, 30)) for d in dates],
-        "end": [_ny_epoch(d, time(16, 0)) for d in dates],
+        "end": [closes.get(_session_int(d), _ny_epoch(d, time(16, 0))) for d in dates],
         "session": [_session_int(d) for d in dates],
     })
     for c in ("open", "high", "low", "close", "volume"):
-        out[c] = df[c].astype(float).to_numpy()
+        out[c] = bars[c].to_numpy()
     return out
 
 
