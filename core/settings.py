@@ -81,6 +81,22 @@ class Settings(BaseSettings):
         DEFAULT_DATA_DIR, description="Bars in the format of shared/data/bars (daily/, 1h/, 5m/ CSV files)."
     )
 
+    # --- the paper exchange (`tradeflow paper-exchange`) -----------------------------------------------------
+    paper_port: int = Field(7497, ge=0, le=65535, description="TWS API port on 127.0.0.1 (0: a free one).")
+    paper_admin_port: int = Field(7498, ge=0, le=65535, description="Admin port on 127.0.0.1 (0: a free one).")
+    paper_initial_cash: float = Field(1_000_000.0, gt=0, description="Starting cash of the account, USD.")
+    paper_account: str = Field("DU0000001", description="Account id (IB paper accounts start with DU).")
+    paper_max_leverage: float = Field(
+        4.0, gt=0, description="Gross position value allowed, multiple of NetLiquidation (EMA 3.75x + MTF)."
+    )
+    paper_server_version: Literal[157, 176] = Field(176, description="TWS API server version served.")
+    paper_state_file: Path | None = Field(
+        None, description="The account's state file (default: <state dir>/paper_exchange.json)."
+    )
+    paper_realtime: bool = Field(
+        True, description="Live market data subscribed; false answers IB 354 so clients use delayed data."
+    )
+
     # --- EMA 25/125 on SMH (strategies.md) ------------------------------------------------------------------
     ema_symbol: str = "SMH"
     ema_fast: int = Field(25, gt=0, description="Fast EMA span, sessions.")
@@ -119,11 +135,13 @@ class Settings(BaseSettings):
     backtest_initial_capital: float = Field(1_000_000.0, gt=0, description="USD.")
     backtest_slippage_fraction: float = Field(0.0, ge=0, description="Adverse slippage per fill, fraction.")
 
-    @field_validator("state_dir", "data_dir")
+    @field_validator("state_dir", "data_dir", "paper_state_file")
     @classmethod
-    def _resolve(cls, path: Path) -> Path:
+    def _resolve(cls, path: Path | None) -> Path | None:
         """Relative paths are relative to the project folder, wherever a flow process starts."""
-        return path if path.is_absolute() else (PROJECT_ROOT / path).resolve()
+        if path is None or path.is_absolute():
+            return path
+        return (PROJECT_ROOT / path).resolve()
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":
@@ -145,6 +163,11 @@ class Settings(BaseSettings):
     def models_dir(self) -> Path:
         """The model registry folder."""
         return self.state_dir / "models"
+
+    @property
+    def paper_exchange_state_file(self) -> Path:
+        """The paper exchange's state file."""
+        return self.paper_state_file or self.state_dir / "paper_exchange.json"
 
     @property
     def prefect_home(self) -> Path:

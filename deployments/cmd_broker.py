@@ -20,28 +20,27 @@ def _aware(s: str) -> datetime:
 
 def _paper_exchange(args: argparse.Namespace) -> int:
     from core.paper_exchange import EngineConfig, PaperExchange
-    from core.paper_exchange.config import PaperExchangeSettings
     from core.paper_exchange.market_data import NY
     from core.settings import get_settings
 
     settings = get_settings()
-    px = PaperExchangeSettings()
     data_dir = Path(args.data_dir or settings.data_dir)
     if not data_dir.is_dir():
         print(f"tradeflow paper-exchange: data directory {data_dir} not found", file=sys.stderr)
         return 2
-    state = Path(args.state_file or px.state_file or settings.state_dir / "paper_exchange.json")
+    state = Path(args.state_file or settings.paper_exchange_state_file)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ex = PaperExchange(
         data_dir, start=args.start or datetime.now().astimezone(), speed=args.speed,
-        port=px.port if args.port is None else args.port,
-        admin_port=px.admin_port if args.admin_port is None else args.admin_port,
-        server_version=args.server_version or px.server_version, state_file=state,
-        config=EngineConfig(account=px.account, initial_cash=px.initial_cash, max_leverage=px.max_leverage,
+        port=settings.paper_port if args.port is None else args.port,
+        admin_port=settings.paper_admin_port if args.admin_port is None else args.admin_port,
+        server_version=args.server_version or settings.paper_server_version, state_file=state,
+        config=EngineConfig(account=settings.paper_account, initial_cash=settings.paper_initial_cash,
+                            max_leverage=settings.paper_max_leverage,
                             commission_per_share=settings.commission_per_share,
                             commission_min=settings.commission_min,
                             commission_max_fraction=settings.commission_max_fraction),
-        realtime=px.realtime, resume=args.start is None)
+        realtime=settings.paper_realtime, resume=args.start is None)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
