@@ -574,12 +574,7 @@ def daily_stop_hit(equity: float, e0: float, stop_fraction: float = 0.02) -> boo
     Raises:
         ValueError: `equity` is NaN / infinite, `e0` not > 0, or f not in (0, 1).
     """
-    try:
-        eq = float(equity)
-    except (TypeError, ValueError):
-        raise ValueError(f"equity must be a number, got {equity!r}") from None
-    if not math.isfinite(eq):
-        raise ValueError(f"equity must be a finite number, got {equity!r}")
+    eq = require_finite("equity", equity)
     e = require_positive("e0", e0)
     f = require_positive("stop_fraction", stop_fraction)
     if f >= 1:
