@@ -15,14 +15,16 @@ WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 VENV="${TRADEFLOW_IB_ASYNC_VENV:-$WORK/venv}"
 PY="$VENV/bin/python"
+export UV_SYSTEM_CERTS="${UV_SYSTEM_CERTS:-true}"  # as ./run: TLS through the platform's certificate store
 
 setup() {
   [ -x "$PY" ] || uv venv -q --python 3.11 "$VENV" || return 1
   (cd "$ROOT" && uv export -q --frozen --no-hashes --no-emit-project --all-groups) \
-    | grep -E '^(pandas|numpy|pydantic|pydantic-core|pydantic-settings|python-dotenv|typing-extensions|typing-inspection|annotated-types|python-dateutil|six|pytest|pytest-timeout|pluggy|iniconfig|packaging|pygments|nest-asyncio)==' \
+    | grep -E '^(pandas|numpy|pydantic|pydantic-core|pydantic-settings|python-dotenv|typing-extensions|typing-inspection|annotated-types|python-dateutil|six|pytest|pytest-timeout|pluggy|iniconfig|packaging|pygments|nest-asyncio|pandas-market-calendars|exchange-calendars|korean-lunar-calendar|pyluach|toolz|pytz)==' \
     > "$WORK/constraints.txt" || return 1
   uv pip install -q --python "$PY" -c "$WORK/constraints.txt" \
-    "ib_async==2.1.0" "aeventkit<3" pandas numpy pydantic pydantic-settings pytest pytest-timeout tzdata || return 1
+    "ib_async==2.1.0" "aeventkit<3" pandas numpy pydantic pydantic-settings pandas-market-calendars \
+    pytest pytest-timeout tzdata || return 1
   if "$PY" -c "import ib_insync" 2>/dev/null; then
     echo "ib_insync is importable in the ib_async environment: refusing to mix them" >&2
     return 1
