@@ -16,25 +16,17 @@ from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import pytest
+
+from tests.data import require_bars
 
 NY = ZoneInfo("America/New_York")
 START = datetime(2026, 3, 2, 10, 0, tzinfo=NY)
 """Default exchange clock for tests: a Monday with 5-minute bars for AAPL, TSLA and SMH."""
 
 
-def data_dir() -> Path:
-    """The bars directory of the settings (TRADEFLOW_DATA_DIR, `.env`, else ../shared/data/bars)."""
-    from core.settings import load_settings
-
-    return Path(load_settings().data_dir)
-
-
 def require_data() -> Path:
-    d = data_dir()
-    if not (d / "5m" / "SMH.csv").exists():
-        pytest.skip(f"market data not found at {d} (set TRADEFLOW_DATA_DIR to a shared/data/bars directory)")
-    return d
+    """The bars folder, or a skip when its 5-minute SMH file (the conformance tests' data) is missing."""
+    return require_bars("5m/SMH.csv")
 
 
 DECODER_LOGGERS = ("ib_insync.Decoder", "ib_async.Decoder", "ib_insync.decoder", "ib_async.decoder",

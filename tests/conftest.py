@@ -1,13 +1,11 @@
 """Shared fixtures.
 
-`data_dir`: the real market data (`TRADEFLOW_DATA_DIR`, default `../shared/data/bars`); tests that need it
-are skipped with a message saying where it was looked for. `state_dir`: a fresh state directory whose path
+The real market data: `tests/data.py` (`require_bars`). `state_dir`: a fresh state directory whose path
 is exported as `TRADEFLOW_STATE_DIR` for the test and any process it starts.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -29,13 +27,3 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TRADEFLOW_STATE_DIR", str(state))
     return state
 
-
-@pytest.fixture(scope="session")
-def data_dir() -> Path:
-    path = Path(os.environ.get("TRADEFLOW_DATA_DIR") or get_settings().data_dir)
-    if not (path / "daily").is_dir():
-        pytest.skip(
-            f"needs the shared market data: no bars at {path} (clone the project beside shared/, "
-            "or set TRADEFLOW_DATA_DIR)"
-        )
-    return path

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 
@@ -15,12 +14,12 @@ from core.bars import BarsError, load_daily_bars
 from core.backtest.ema import EmaBacktestConfig, run_ema_backtest
 from core.backtest.metrics import max_drawdown
 from core.costs import CommissionSchedule, ib_fixed_commission
-from core.settings import DEFAULT_DATA_DIR
 from core.strategies.ema import EmaParams, init_ema_state, stop_price
 from deployments.cli import main
 
-DATA_DIR = Path(os.environ.get("TRADEFLOW_DATA_DIR", DEFAULT_DATA_DIR))
-HAVE_DATA = (DATA_DIR / "daily" / "SMH.csv").is_file() and (DATA_DIR / "daily" / "VIX.csv").is_file()
+from tests.data import DATA_DIR, require_bars
+
+REAL_FILES = ("daily/SMH.csv", "daily/VIX.csv")
 
 CAPITAL = 1_000_000.0
 
@@ -257,8 +256,7 @@ def test_cli_missing_data_names_file(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def real_bars():
-    if not HAVE_DATA:
-        pytest.skip(f"real market data not found in {DATA_DIR} (TRADEFLOW_DATA_DIR)")
+    require_bars(*REAL_FILES)
     return load_daily_bars(DATA_DIR, "SMH"), load_daily_bars(DATA_DIR, "VIX")
 
 
@@ -289,8 +287,7 @@ def test_full_history_is_fast(real_bars):
 
 @pytest.mark.needs_data
 def test_cli_on_real_data(tmp_path, capsys):
-    if not HAVE_DATA:
-        pytest.skip(f"real market data not found in {DATA_DIR} (TRADEFLOW_DATA_DIR)")
+    require_bars(*REAL_FILES)
     code = main(
         [
             "backtest",

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import ta  # an independent TA implementation (dev dependency of the lock)
 
 from core.bars import load_hourly_bars
 from core.features import (
@@ -21,15 +22,13 @@ from core.features import (
     macd,
     rsi_wilder,
 )
-from core.settings import get_settings
+from tests.data import DATA_DIR, require_bars
 
-DATA_DIR = Path(get_settings().data_dir)
 RAW_IBKR = DATA_DIR.parent / "raw" / "ibkr_TSLA_1h.csv"
 
 
 def _need(path: Path) -> None:
-    if not path.exists():
-        pytest.skip(f"market data not found at {path} (set TRADEFLOW_DATA_DIR to shared/data/bars)")
+    require_bars(path)
 
 
 def yf_bars(symbol: str) -> pd.DataFrame:
@@ -178,7 +177,6 @@ BURN_IN = 300  # bars; the RSI seed (ta: first change, here: Wilder's mean of 14
 
 @pytest.mark.needs_data
 def test_rsi_matches_ta(aapl):
-    ta = pytest.importorskip("ta")
     ours = rsi_wilder(aapl["close"], 14)
     ref = ta.momentum.RSIIndicator(aapl["close"], window=14).rsi()
     np.testing.assert_allclose(ours.iloc[BURN_IN:], ref.iloc[BURN_IN:], atol=1e-6)
@@ -188,7 +186,6 @@ def test_rsi_matches_ta(aapl):
 
 @pytest.mark.needs_data
 def test_macd_matches_ta(aapl):
-    ta = pytest.importorskip("ta")
     close = aapl["close"]
     ref = ta.trend.MACD(close, window_slow=26, window_fast=12, window_sign=9)
     line, sig, hist = macd(close)
@@ -202,7 +199,6 @@ def test_macd_matches_ta(aapl):
 
 @pytest.mark.needs_data
 def test_bollinger_matches_ta(aapl):
-    ta = pytest.importorskip("ta")
     close = aapl["close"]
     ref = ta.volatility.BollingerBands(close, window=20, window_dev=2)
     pctb, width = bollinger(close, 20, 2.0)
@@ -214,7 +210,6 @@ def test_bollinger_matches_ta(aapl):
 
 @pytest.mark.needs_data
 def test_atr_matches_ta(aapl):
-    ta = pytest.importorskip("ta")
     ref = ta.volatility.AverageTrueRange(aapl["high"], aapl["low"], aapl["close"], window=14).average_true_range()
     ours = atr_wilder(aapl["high"], aapl["low"], aapl["close"], 14)
     # ta writes 0 (not NaN) during the warm-up

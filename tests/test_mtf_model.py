@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 
 from core.bars import load_hourly_bars
-from core.settings import PROJECT_ROOT, get_settings
+from core.settings import PROJECT_ROOT
 from models.evaluate import RuleParams, buy_and_hold, classification_metrics, commission, simulate_rules
 from models.mtf import TrainConfig, chronological_split, fit_scaler, make_labels, windows
 from models.registry import ModelRegistry, RegistryError
+from tests.data import DATA_DIR, require_bars
 
 AS_OF = datetime(2026, 3, 12, 21, 0, tzinfo=timezone.utc)
-DATA_DIR = Path(get_settings().data_dir)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -234,9 +234,7 @@ def test_numpy_lstm_equals_keras_for_stacked_layers():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    path = DATA_DIR / "1h" / "TSLA.csv"
-    if not path.exists():
-        pytest.skip(f"market data not found at {path} (set TRADEFLOW_DATA_DIR to shared/data/bars)")
+    require_bars("1h/TSLA.csv")
     from models.pipeline import train_and_register
 
     bars = load_hourly_bars(DATA_DIR, "TSLA").iloc[-2600:]  # about 1,450 feature rows after the warm-up
