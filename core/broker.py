@@ -250,6 +250,13 @@ class Broker(abc.ABC):
         """The account traded (e.g. DU1234567 for paper)."""
 
     @abc.abstractmethod
+    def current_time(self) -> datetime:
+        """The broker's clock (TWS's `reqCurrentTime`; the paper exchange's replay clock), aware, America/New_York.
+
+        Flows compare it with their `as_of` to refuse acting late: it is the time the market is at, which in a
+        replay is not the host's clock."""
+
+    @abc.abstractmethod
     def account_values(self) -> AccountValues:
         """NetLiquidation, AvailableFunds, BuyingPower and cash, USD."""
 

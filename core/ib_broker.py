@@ -342,6 +342,10 @@ class IBBroker(Broker):
 
     # --- account -------------------------------------------------------------------------------------------------
 
+    def current_time(self) -> datetime:
+        t = self._call("current time", self.ib.reqCurrentTime)
+        return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).astimezone(NY)
+
     def account_values(self) -> AccountValues:
         self._barrier()
         values = {v.tag: v.value for v in self.ib.accountValues(self.account) if v.currency in ("USD", "")}

@@ -271,8 +271,48 @@ SELECT * EXCLUDE (rn) FROM (
 ORDER BY strategy, symbol;
 """
 
+_SCHEMA_V2 = """
+CREATE TABLE controls (
+    action_at    TIMESTAMPTZ NOT NULL,
+    action       VARCHAR     NOT NULL CHECK (action IN ('halt', 'resume', 'flatten', 'resolve')),
+    who          VARCHAR     NOT NULL,   -- the operator (login name, or as given)
+    reason       VARCHAR     NOT NULL,
+    symbol       VARCHAR,                -- 'resolve': the symbol whose break was settled
+    details      JSON,                   -- e.g. what a flatten cancelled and sold
+    recorded_at  TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (action_at, action)
+);
+CREATE TABLE position_breaks (
+    symbol            VARCHAR     NOT NULL,
+    detected_session  DATE        NOT NULL,
+    broker_quantity   DOUBLE      NOT NULL,   -- shares the broker holds
+    journal_quantity  DOUBLE      NOT NULL,   -- shares the journal's executions add up to
+    detected_at       TIMESTAMPTZ NOT NULL,
+    run_id            VARCHAR,
+    resolved_at       TIMESTAMPTZ,            -- NULL while the break blocks orders for the symbol
+    resolved_by       VARCHAR,
+    resolution        VARCHAR,
+    recorded_at       TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (symbol, detected_session)
+);
+CREATE TABLE daily_pnl (
+    session         DATE        NOT NULL,
+    strategy        VARCHAR     NOT NULL,   -- 'ema', 'mtf', 'external', or 'account' for the whole account
+    realized_pnl    DOUBLE      NOT NULL,   -- USD, before commissions
+    unrealized_pnl  DOUBLE      NOT NULL,   -- USD, open positions marked at the session's close
+    commissions     DOUBLE      NOT NULL,   -- USD, >= 0
+    net_pnl         DOUBLE      NOT NULL,   -- realized + unrealized change - commissions, USD
+    end_equity      DOUBLE,                 -- NetLiquidation at the end of the session ('account' row), USD
+    as_of           TIMESTAMPTZ NOT NULL,
+    run_id          VARCHAR,
+    recorded_at     TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (session, strategy)
+);
+"""
+
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (1, "tables and views of the first journal", _SCHEMA_V1),
+    (2, "operator controls (halt, resume, flatten, resolve), position breaks, daily P&L", _SCHEMA_V2),
 )
 """(version, description, SQL) in order; a new schema change appends one entry and never edits old ones."""
 
@@ -402,9 +442,10 @@ class JournalTx:
                 run_id,
                 external,
             ],
-        ) or self._fill_order_ids(order_ref, perm_id, order_id)
+        ) or self.record_order_ids(order_ref, perm_id=perm_id, order_id=order_id)
 
-    def _fill_order_ids(self, order_ref: str, perm_id: int | None, order_id: int | None) -> bool:
+    def record_order_ids(self, order_ref: str, *, perm_id: int | None, order_id: int | None) -> bool:
+        """Fill in the broker's ids of a recorded order where they are still unknown; True when any was."""
         if perm_id is None and order_id is None:
             return False
         return self._insert(
@@ -665,6 +706,77 @@ class JournalTx:
             " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING 1",
             [run_id, event, deployment, _aware(as_of, "as_of"), outcome, _json(details)],
         )
+
+    def fetch(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple]:
+        """Read inside this transaction (it sees the live file, including this transaction's own writes)."""
+        return self.con.execute(sql, list(params or [])).fetchall()
+
+    def record_control(
+        self,
+        action: str,
+        who: str,
+        reason: str,
+        at: dt.datetime,
+        *,
+        symbol: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Record an operator action ('halt', 'resume', 'flatten', 'resolve') with who did it and why.
+
+        Raises:
+            ValueError: an unknown action, or an empty `who` or `reason`.
+        """
+        if action not in ("halt", "resume", "flatten", "resolve"):
+            raise ValueError(f"action must be halt, resume, flatten or resolve, got {action!r}")
+        if not who or not reason:
+            raise ValueError("an operator action needs who did it and why (who and reason must be non-empty)")
+        return self._insert(
+            "INSERT INTO controls (action_at, action, who, reason, symbol, details) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING RETURNING 1",
+            [_aware(at, "at"), action, who, reason, symbol, _json(details)],
+        )
+
+    def record_break(
+        self,
+        symbol: str,
+        session: dt.date,
+        broker_quantity: float,
+        journal_quantity: float,
+        detected_at: dt.datetime,
+        *,
+        run_id: str | None = None,
+    ) -> bool:
+        """Record a position break (broker and journal disagree on `symbol`'s shares), once per session. While
+        any break of a symbol is unresolved, `open_breaks` names it and no new order for it may be sent."""
+        return self._insert(
+            "INSERT INTO position_breaks (symbol, detected_session, broker_quantity, journal_quantity,"
+            " detected_at, run_id) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING 1",
+            [symbol, session, _finite(broker_quantity, "broker_quantity"),
+             _finite(journal_quantity, "journal_quantity"), _aware(detected_at, "detected_at"), run_id],
+        )
+
+    def open_breaks(self, symbol: str | None = None) -> list[dict[str, Any]]:
+        """Unresolved position breaks (all, or of `symbol`), oldest first, as dicts of the table's columns."""
+        sql = "SELECT * FROM position_breaks WHERE resolved_at IS NULL"
+        params: list[Any] = []
+        if symbol is not None:
+            sql += " AND symbol = ?"
+            params.append(symbol)
+        cur = self.con.execute(sql + " ORDER BY detected_at", params)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def resolve_breaks(self, symbol: str, who: str, note: str, at: dt.datetime) -> int:
+        """Mark every unresolved break of `symbol` settled (by `who`, how: `note`) and record the control
+        action. Returns how many breaks were resolved (0: none was open)."""
+        rows = self.con.execute(
+            "UPDATE position_breaks SET resolved_at = ?, resolved_by = ?, resolution = ?"
+            " WHERE symbol = ? AND resolved_at IS NULL RETURNING 1",
+            [_aware(at, "at"), who, note, symbol],
+        ).fetchall()
+        if rows:
+            self.record_control("resolve", who, note, at, symbol=symbol, details={"breaks": len(rows)})
+        return len(rows)
 
 
 @dataclass

@@ -50,13 +50,14 @@ def test_new_journal_has_the_schema_and_its_version(journal):
 def test_migrates_forward_keeping_data(journal, monkeypatch):
     with journal.transaction() as tx:
         tx.record_signal("mtf", "AAPL", T0, DAY, "NO_TRADE", "below threshold", probability=0.4)
-    v2 = (2, "signals get a note", "ALTER TABLE signals ADD COLUMN note VARCHAR")
-    monkeypatch.setattr(journal_module, "MIGRATIONS", (*journal_module.MIGRATIONS, v2))
-    monkeypatch.setattr(journal_module, "SCHEMA_VERSION", 2)
+    nxt = journal_module.SCHEMA_VERSION + 1
+    step = (nxt, "signals get a note", "ALTER TABLE signals ADD COLUMN note VARCHAR")
+    monkeypatch.setattr(journal_module, "MIGRATIONS", (*journal_module.MIGRATIONS, step))
+    monkeypatch.setattr(journal_module, "SCHEMA_VERSION", nxt)
     journal.ensure()
     frame = journal.query("SELECT reason, note FROM signals")
     assert list(frame["reason"]) == ["below threshold"]
-    assert journal.query("SELECT max(version) AS v FROM schema_version")["v"][0] == 2
+    assert journal.query("SELECT max(version) AS v FROM schema_version")["v"][0] == nxt
 
 
 def test_refuses_a_journal_newer_than_the_code(journal):

@@ -1,0 +1,189 @@
+"""The one path by which an order leaves the system: checks, journal first, then the broker.
+
+`OrderGateway.submit` does, in this order:
+
+1. refuses when trading is halted (`core.controls.KillSwitch`), unless the order is an exit an operator asked
+   for (`operator=True`: `tradeflow flatten`);
+2. in one journal transaction: refuses when the symbol has an unresolved position break (`position_breaks`,
+   written by reconciliation) and records the order with its `order_ref` and status `Created` *before* it is
+   sent, so that an order whose process dies right after sending is still known by its orderRef;
+3. checks the kill switch again, immediately before sending (a halt set while the flow was deciding or writing
+   the journal still stops the order);
+4. sends it with `Broker.place_order`, which is idempotent by orderRef among the broker's open orders and the
+   day's executions, and records the broker's acknowledgement (orderId, permId, status).
+
+A rerun with the same `order_ref` sends nothing when the journal already holds the order as sent (any status
+after `Created`, including `Cancelled`, which the broker no longer lists) or when the broker finds it.
+
+Errors: `TradingHaltedError`, `PositionBreakError` (both `OrderBlockedError`: nothing was sent), and the broker's
+typed errors (`core.broker`). A rejection is journaled as the order's final status `Inactive` with IB's message;
+a timeout leaves it `Created` (unknown: the next run or reconciliation finds out).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from core.broker import Broker, Execution, OrderInfo, OrderRejectedError, OrderRequest, UnknownContractError
+from core.controls import KillSwitch
+from core.journal import Journal
+
+NOT_SENT = "Created"
+"""The journal status of an order recorded but not (yet known to be) acknowledged by the broker."""
+
+
+class OrderBlockedError(RuntimeError):
+    """The order was not sent, for a reason of this system (not the broker's); the message says which."""
+
+
+class TradingHaltedError(OrderBlockedError):
+    """Trading is halted (`tradeflow halt`); only operator exits may be sent."""
+
+
+class PositionBreakError(OrderBlockedError):
+    """The symbol has an unresolved position break (`tradeflow resolve SYMBOL --note ...` lifts it)."""
+
+
+def side_of(action: str) -> str:
+    """IB's execution side for an order action: BUY -> 'BOT', SELL -> 'SLD'."""
+    return {"BUY": "BOT", "SELL": "SLD"}[action]
+
+
+@dataclass
+class OrderGateway:
+    """Sends orders for one flow run.
+
+    Args:
+        broker: a connected Broker.
+        journal: the journal orders and fills are recorded in.
+        kill_switch: the halt file of the state directory.
+        run_id: the Prefect flow run id recorded with each order (None outside a run).
+        now: the clock used for the *recording* times of statuses and controls (not for decisions); default
+            the broker's clock, so that a replay records exchange times.
+    """
+
+    broker: Broker
+    journal: Journal
+    kill_switch: KillSwitch
+    run_id: str | None = None
+    now: Callable[[], dt.datetime] | None = None
+
+    def _now(self) -> dt.datetime:
+        return self.now() if self.now else self.broker.current_time()
+
+    def check_halt(self, what: str) -> None:
+        """Raise TradingHaltedError naming `what` when trading is halted."""
+        halt = self.kill_switch.current()
+        if halt is not None:
+            raise TradingHaltedError(f"{what} not sent: {halt.describe()} (`tradeflow resume` lifts it)")
+
+    def submit(self, request: OrderRequest, *, strategy: str, intent: str, session: dt.date, as_of: dt.datetime,
+               operator: bool = False) -> OrderInfo:
+        """Send `request` once (see the module docstring); returns the broker's view of the order, with
+        `existing=True` when it had been sent before and nothing was sent now.
+
+        Args:
+            request: the order; its `order_ref` must be unique to (strategy, symbol, run or session, intent).
+            strategy: 'ema', 'mtf' or 'manual' (journal `orders.strategy`).
+            intent: 'entry', 'exit', 'stop', 'flatten', ... (journal `orders.intent`).
+            session: the NYSE session the order belongs to (New York date).
+            as_of: the decision time (aware).
+            operator: True only for exits an operator asked for (flatten): they pass a halt and a break.
+
+        Raises:
+            TradingHaltedError, PositionBreakError: nothing was sent.
+            core.broker.BrokerError subclasses: from the broker (see `Broker.place_order`).
+        """
+        what = f"{request.action} {request.quantity} {request.symbol} ({strategy} {intent}, ref {request.order_ref})"
+        if not operator:
+            self.check_halt(what)
+        with self.journal.transaction() as tx:
+            if not operator:
+                breaks = tx.open_breaks(request.symbol)
+                if breaks:
+                    b = breaks[0]
+                    raise PositionBreakError(
+                        f"{what} not sent: {request.symbol} has an unresolved position break since "
+                        f"{b['detected_session']} (broker {b['broker_quantity']:g} shares, journal "
+                        f"{b['journal_quantity']:g}); settle it with `tradeflow resolve {request.symbol} --note ...`")
+            prior = tx.fetch("SELECT status, order_id, perm_id FROM orders WHERE order_ref = ?", [request.order_ref])
+            tx.record_order(request.order_ref, strategy=strategy, symbol=request.symbol, intent=intent,
+                            action=request.action, quantity=request.quantity, order_type=request.order_type,
+                            session=session, as_of=as_of, limit_price=request.limit_price,
+                            stop_price=request.stop_price, run_id=self.run_id)
+        if prior and prior[0][0] != NOT_SENT:
+            status, order_id, perm_id = prior[0]
+            return self._journaled(request, status, order_id, perm_id)
+        if not operator:
+            self.check_halt(what)
+        try:
+            info = self.broker.place_order(request)
+        except (OrderRejectedError, UnknownContractError) as exc:
+            with self.journal.transaction() as tx:
+                tx.record_order_status(request.order_ref, "Inactive", self._now(), message=str(exc))
+            raise
+        self.record_status(info)
+        return info
+
+    def _journaled(self, request: OrderRequest, status: str, order_id: int | None, perm_id: int | None) -> OrderInfo:
+        """The order as the journal knows it, for a rerun that sends nothing."""
+        rows = self.journal_fills(request.order_ref)
+        filled = sum(r[0] for r in rows)
+        avg = sum(r[0] * r[1] for r in rows) / filled if filled else 0.0
+        return OrderInfo(order_id=int(order_id or 0), perm_id=int(perm_id or 0), order_ref=request.order_ref,
+                         symbol=request.symbol, action=request.action, quantity=float(request.quantity),
+                         order_type=request.order_type, limit_price=request.limit_price,
+                         stop_price=request.stop_price, status=status, filled=filled,
+                         remaining=max(0.0, float(request.quantity) - filled), avg_fill_price=avg,
+                         commission=sum(r[2] or 0.0 for r in rows), existing=True)
+
+    def journal_fills(self, order_ref: str) -> list[tuple[float, float, float | None]]:
+        """(shares, price, commission) of the fills the journal holds for `order_ref`."""
+        with self.journal.transaction() as tx:
+            return [tuple(r) for r in tx.fetch(
+                "SELECT shares, price, commission FROM executions WHERE order_ref = ? ORDER BY exec_time",
+                [order_ref])]
+
+    def record_status(self, info: OrderInfo, message: str | None = None) -> None:
+        """Journal the broker's view of an order: its ids and its current status."""
+        with self.journal.transaction() as tx:
+            tx.record_order_ids(info.order_ref, perm_id=info.perm_id or None, order_id=info.order_id or None)
+            tx.record_order_status(info.order_ref, info.status, self._now(), filled=info.filled,
+                                   remaining=info.remaining, avg_fill_price=info.avg_fill_price or None,
+                                   perm_id=info.perm_id or None, message=message)
+
+    def record_fills(self, info: OrderInfo, strategy: str) -> list[Execution]:
+        """Journal the broker's executions of the order `info` (matched by permId, else orderRef) with their
+        commissions, and the order's status. Returns the executions found. Idempotent."""
+        fills = [e for e in self.broker.executions()
+                 if (info.perm_id and e.perm_id == info.perm_id) or e.order_ref == info.order_ref]
+        with self.journal.transaction() as tx:
+            for e in fills:
+                tx.record_execution(e.exec_id, symbol=e.symbol, side=e.side, shares=e.shares, price=e.price,
+                                    exec_time=e.time, order_ref=e.order_ref or info.order_ref,
+                                    perm_id=e.perm_id or None, order_id=e.order_id or None, strategy=strategy,
+                                    commission=e.commission if e.commission else None,
+                                    realized_pnl=e.realized_pnl if e.realized_pnl else None, account=e.account)
+        self.record_status(info)
+        return fills
+
+
+def order_ref(strategy: str, symbol: str, when: dt.date | dt.datetime, intent: str) -> str:
+    """The orderRef of an order: unique to strategy, symbol, session (a date) or run (a datetime, to the minute,
+    New York time) and intent, e.g. `ema-SMH-20260302-entry`, `mtf-AAPL-20260302T1005-exit`. The same decision
+    always gets the same ref, which is what makes a rerun send nothing new.
+
+    Raises:
+        ValueError: a naive datetime.
+    """
+    if isinstance(when, dt.datetime):
+        if when.tzinfo is None:
+            raise ValueError("order_ref: the run time must be timezone-aware")
+        from core.calendar import NY
+
+        stamp = when.astimezone(NY).strftime("%Y%m%dT%H%M")
+    else:
+        stamp = when.strftime("%Y%m%d")
+    return f"{strategy}-{symbol}-{stamp}-{intent}"

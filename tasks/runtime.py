@@ -1,0 +1,182 @@
+"""What every flow does the same way: its `as_of`, its journal record, its broker, lateness, its artifact.
+
+A flow uses it like this (see `flows/`):
+
+    @flow(name="ema-entry")
+    def ema_entry(as_of: datetime | None = None):
+        with flow_run("ema-entry", as_of) as run:          # resolves as_of, journals started/completed/failed
+            with run.broker() as broker:                   # IBBroker, a client id of its own per deployment
+                late = run.refuse_if_late(broker, run.settings.late_run_max_minutes)
+                if late is not None:
+                    return late                            # a Cancelled state named "SkippedLate"
+                gateway = run.gateway(broker)              # the one order path (core.orders)
+                ...
+            run.publish(markdown)                          # the run's artifact in the Prefect UI
+
+`as_of` (DESIGN.md): a flow's `as_of` defaults to its run's scheduled start time, so a retry in the UI or a
+`prefect deployment run` with the same `as_of` repeats the same decision instead of a new one.
+
+Lateness is measured on the broker's clock (`Broker.current_time`): against TWS that is the wall clock; in a
+replay it is the paper exchange's clock, so a replayed 15:55 run is on time while a real one started at 16:10
+(a worker back after downtime, a retry clicked later) is late.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect.states import Cancelled, State
+
+from core.calendar import NY, Session, session_for
+from core.controls import KillSwitch
+from core.ib_broker import IBBroker
+from core.journal import Journal
+from core.orders import OrderGateway
+from core.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+CLIENT_ID_OFFSETS = {
+    "equity-snapshot": 10,
+    "mtf-signal": 20,
+    "ema-entry": 30,
+    "ema-update": 40,
+    "reconciliation": 50,
+    "retrain": 60,
+    "replay": 70,
+    "operator": 80,
+}
+"""Client id of each deployment's connection = IBKR_CLIENT_ID + offset, so that flows overlapping at 15:55-16:00
+never share an id (IB error 326); IBBroker still moves to the next id when one is taken."""
+
+LATE_STATE_NAME = "SkippedLate"
+"""Name of the Cancelled state a flow ends in when it started too late to act (the alert automation matches it)."""
+
+
+def resolve_as_of(as_of: dt.datetime | str | None) -> dt.datetime:
+    """The run's decision time, aware, America/New_York: `as_of` when given (an aware datetime or ISO string),
+    else the flow run's scheduled start time (Prefect runtime), else, outside any run, an error.
+
+    Raises:
+        ValueError: `as_of` is naive or unparseable, or None outside a Prefect flow run.
+    """
+    if as_of is None:
+        from prefect.runtime import flow_run as current
+
+        if current.id is None:
+            raise ValueError("as_of is required outside a Prefect flow run (give an aware datetime)")
+        as_of = current.scheduled_start_time
+    if isinstance(as_of, str):
+        try:
+            as_of = dt.datetime.fromisoformat(as_of)
+        except ValueError:
+            raise ValueError(f"as_of {as_of!r} is not an ISO 8601 date-time") from None
+    if as_of.tzinfo is None:
+        raise ValueError(f"as_of {as_of.isoformat()} has no timezone: give one (e.g. -05:00 for New York)")
+    return dt.datetime.fromtimestamp(as_of.timestamp(), NY)
+
+
+def current_run_id() -> str:
+    """The Prefect flow run id, or 'local-<uuid>' when the code runs outside a flow run."""
+    from prefect.runtime import flow_run as current
+
+    return str(current.id) if current.id else f"local-{uuid.uuid4()}"
+
+
+@dataclass
+class FlowRun:
+    """One flow run's context: deployment name, `as_of`, session, run id, settings and journal."""
+
+    deployment: str
+    as_of: dt.datetime
+    run_id: str
+    settings: Settings
+    journal: Journal
+    session: Session | None
+    outcome: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+    skipped: str | None = None
+
+    @property
+    def kill_switch(self) -> KillSwitch:
+        return KillSwitch(self.settings.state_dir)
+
+    @contextmanager
+    def broker(self) -> Iterator[IBBroker]:
+        """A connected IBBroker with this deployment's client id (IBKR_CLIENT_ID + CLIENT_ID_OFFSETS);
+        disconnected on exit. Raises BrokerConnectionError naming host and port."""
+        offset = CLIENT_ID_OFFSETS.get(self.deployment, 90)
+        broker = IBBroker(client_id=self.settings.ibkr_client_id + offset, settings=self.settings)
+        with broker:
+            yield broker
+
+    def gateway(self, broker: IBBroker) -> OrderGateway:
+        """The order path of this run (kill switch, breaks, journal first; see core.orders)."""
+        return OrderGateway(broker=broker, journal=self.journal, kill_switch=self.kill_switch, run_id=self.run_id)
+
+    def skip(self, reason: str) -> State:
+        """End the run without acting: journal 'skipped' with `reason`, return a Cancelled state named
+        `SkippedLate` for the flow to return (the alert automation matches that name)."""
+        self.skipped = reason
+        with self.journal.transaction() as tx:
+            tx.record_flow_event(self.run_id, "skipped", self.deployment, self.as_of, outcome=reason)
+        log.warning("%s %s: %s", self.deployment, self.as_of.isoformat(), reason)
+        self.publish(f"### {self.deployment} skipped\n\n`as_of` {self.as_of.isoformat()}\n\n{reason}\n")
+        return Cancelled(name=LATE_STATE_NAME, message=reason)
+
+    def refuse_if_late(self, broker: IBBroker, max_minutes: float) -> State | None:
+        """A `SkippedLate` state when the broker's clock is more than `max_minutes` past `as_of`, else None."""
+        now = broker.current_time()
+        late = (now - self.as_of).total_seconds() / 60.0
+        if late > max_minutes:
+            return self.skip(f"started {late:.1f} minutes after its scheduled time {self.as_of.isoformat()} "
+                             f"(broker clock {now.isoformat()}); runs later than {max_minutes:g} minutes do not "
+                             f"trade")
+        return None
+
+    def publish(self, markdown: str, table: list[dict[str, Any]] | None = None) -> None:
+        """The run's artifact in the Prefect UI (keyed by deployment, so the UI shows its history). Outside a
+        flow run it only logs."""
+        from prefect.runtime import flow_run as current
+
+        if current.id is None:
+            log.info("%s", markdown)
+            return
+        from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+        key = self.deployment.replace("_", "-")
+        create_markdown_artifact(markdown=markdown, key=key, description=f"{self.deployment} {self.as_of.isoformat()}")
+        if table:
+            create_table_artifact(table=table, key=f"{key}-table", description=f"{self.deployment} details")
+
+
+@contextmanager
+def flow_run(deployment: str, as_of: dt.datetime | str | None, settings: Settings | None = None) -> Iterator[FlowRun]:
+    """Open a flow run's context: resolve `as_of`, journal 'started', and on exit 'completed' (with
+    `run.outcome`) or, when an exception escapes, 'failed' with the error (then re-raise it)."""
+    settings = settings or get_settings()
+    when = resolve_as_of(as_of)
+    run = FlowRun(deployment=deployment, as_of=when, run_id=current_run_id(), settings=settings,
+                  journal=Journal(settings.journal_path), session=session_for(when))
+    with run.journal.transaction() as tx:
+        tx.record_flow_event(run.run_id, "started", deployment, when)
+    try:
+        yield run
+    except BaseException as exc:
+        try:
+            with run.journal.transaction() as tx:
+                tx.record_flow_event(run.run_id, "failed", deployment, when, outcome=f"{type(exc).__name__}: {exc}",
+                                     details=run.details or None)
+        except Exception:  # noqa: BLE001 - the original error matters more than the failure to journal it
+            log.exception("could not journal the failure of %s", deployment)
+        raise
+    if run.skipped is None:
+        with run.journal.transaction() as tx:
+            tx.record_flow_event(run.run_id, "completed", deployment, when, outcome=run.outcome or None,
+                                 details=run.details or None)
