@@ -310,9 +310,36 @@ CREATE TABLE daily_pnl (
 );
 """
 
+_SCHEMA_V3 = """
+CREATE TABLE position_adjustments (
+    symbol          VARCHAR     NOT NULL,
+    shares          DOUBLE      NOT NULL,   -- signed shares added to the journal's quantity of the symbol
+    adjusted_at     TIMESTAMPTZ NOT NULL,
+    who             VARCHAR     NOT NULL,   -- the operator who resolved the break
+    note            VARCHAR     NOT NULL,   -- how the break was settled
+    broker_quantity DOUBLE,                 -- shares the broker held when the break was resolved
+    recorded_at     TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (symbol, adjusted_at)
+);
+
+CREATE VIEW v_journal_positions AS
+WITH executed AS (
+    SELECT symbol, sum(signed_shares) AS shares FROM v_fills GROUP BY symbol
+), adjusted AS (
+    SELECT symbol, sum(shares) AS shares FROM position_adjustments GROUP BY symbol
+)
+SELECT coalesce(e.symbol, a.symbol) AS symbol,
+       coalesce(e.shares, 0) AS executed_shares,
+       coalesce(a.shares, 0) AS adjusted_shares,
+       coalesce(e.shares, 0) + coalesce(a.shares, 0) AS quantity   -- what reconciliation compares with the broker
+FROM executed e FULL OUTER JOIN adjusted a ON e.symbol = a.symbol
+ORDER BY symbol;
+"""
+
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (1, "tables and views of the first journal", _SCHEMA_V1),
     (2, "operator controls (halt, resume, flatten, resolve), position breaks, daily P&L", _SCHEMA_V2),
+    (3, "position adjustments recorded when a break is resolved; the journal's position per symbol", _SCHEMA_V3),
 )
 """(version, description, SQL) in order; a new schema change appends one entry and never edits old ones."""
 
@@ -766,17 +793,59 @@ class JournalTx:
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
-    def resolve_breaks(self, symbol: str, who: str, note: str, at: dt.datetime) -> int:
+    def resolve_breaks(self, symbol: str, who: str, note: str, at: dt.datetime, *,
+                       adjustment: float | None = None, broker_quantity: float | None = None) -> int:
         """Mark every unresolved break of `symbol` settled (by `who`, how: `note`) and record the control
-        action. Returns how many breaks were resolved (0: none was open)."""
+        action. With a non-zero `adjustment` (signed shares: the broker's quantity minus the journal's, at
+        resolution), also record it in `position_adjustments`, so that the journal's quantity
+        (`v_journal_positions`) agrees with the broker's from now on. Returns how many breaks were resolved
+        (0: none was open, and nothing is recorded)."""
         rows = self.con.execute(
             "UPDATE position_breaks SET resolved_at = ?, resolved_by = ?, resolution = ?"
             " WHERE symbol = ? AND resolved_at IS NULL RETURNING 1",
             [_aware(at, "at"), who, note, symbol],
         ).fetchall()
         if rows:
-            self.record_control("resolve", who, note, at, symbol=symbol, details={"breaks": len(rows)})
+            details: dict[str, Any] = {"breaks": len(rows)}
+            if adjustment:
+                self._insert(
+                    "INSERT INTO position_adjustments (symbol, shares, adjusted_at, who, note, broker_quantity)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING 1",
+                    [symbol, _finite(adjustment, "adjustment"), at, who, note,
+                     _finite(broker_quantity, "broker_quantity")],
+                )
+                details.update(adjustment_shares=adjustment, broker_quantity=broker_quantity)
+            self.record_control("resolve", who, note, at, symbol=symbol, details=details)
         return len(rows)
+
+    def record_daily_pnl(
+        self,
+        session: dt.date,
+        strategy: str,
+        *,
+        realized_pnl: float,
+        unrealized_pnl: float,
+        commissions: float,
+        net_pnl: float,
+        as_of: dt.datetime,
+        end_equity: float | None = None,
+        run_id: str | None = None,
+    ) -> bool:
+        """Record one strategy's (or, `strategy='account'`, the account's) P&L of `session` in USD, once per
+        (session, strategy): a repeat changes nothing.
+
+        Raises:
+            ValueError: a non-finite amount, negative commissions, a naive `as_of`.
+        """
+        if _finite(commissions, "commissions") < 0:
+            raise ValueError(f"commissions must be >= 0 USD, got {commissions!r}")
+        return self._insert(
+            "INSERT INTO daily_pnl (session, strategy, realized_pnl, unrealized_pnl, commissions, net_pnl,"
+            " end_equity, as_of, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING 1",
+            [session, strategy, _finite(realized_pnl, "realized_pnl"), _finite(unrealized_pnl, "unrealized_pnl"),
+             commissions, _finite(net_pnl, "net_pnl"), _finite(end_equity, "end_equity", positive=True),
+             _aware(as_of, "as_of"), run_id],
+        )
 
 
 @dataclass
