@@ -269,6 +269,12 @@ class Broker(abc.ABC):
         """Orders still working (of every client of the account)."""
 
     @abc.abstractmethod
+    def completed_orders(self) -> list[OrderInfo]:
+        """Orders that ended (Filled, Cancelled, Inactive), of every client of the account, as IB lists them
+        (TWS keeps them since its last restart; the paper exchange keeps every one): how reconciliation learns
+        the final state of an order whose process died."""
+
+    @abc.abstractmethod
     def place_order(self, request: OrderRequest) -> OrderInfo:
         """Place an order idempotently (see OrderRequest.order_ref) and wait until IB acknowledges it.
 

@@ -415,6 +415,10 @@ class IBBroker(Broker):
         trades = self._call("open orders", self.ib.reqAllOpenOrders)
         return [self._info(t) for t in trades if t.orderStatus.status not in _DONE]
 
+    def completed_orders(self) -> list[OrderInfo]:
+        trades = self._call("completed orders", self.ib.reqCompletedOrders, False)
+        return [self._info(t) for t in trades]
+
     def find_order(self, order_ref: str) -> OrderInfo | None:
         """The order placed with `order_ref`, searched among open orders and today's executions (None if
         neither has it). Asks IB; does not rely on this connection's memory."""
@@ -548,8 +552,8 @@ class IBBroker(Broker):
             out.append(Execution(exec_id=e.execId, order_id=int(e.orderId), perm_id=int(e.permId),
                                  order_ref=e.orderRef, symbol=f.contract.symbol,
                                  side="BUY" if e.side == "BOT" else "SELL", shares=float(e.shares),
-                                 price=float(e.price), time=t.astimezone(NY), commission=float(cr.commission or 0),
-                                 realized_pnl=float(cr.realizedPNL or 0), account=e.acctNumber))
+                                 price=float(e.price), time=t.astimezone(NY), commission=_reported(cr.commission),
+                                 realized_pnl=_reported(cr.realizedPNL), account=e.acctNumber))
         return out
 
     # --- market data ----------------------------------------------------------------------------------------------
@@ -624,6 +628,16 @@ def _num(x) -> float | None:
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) and v > 0 else None
+
+
+def _reported(x) -> float:
+    """A commission report's amount, USD; 0.0 when absent or IB's 'unset' (it sends the largest double as the
+    realized P&L of an opening fill)."""
+    try:
+        v = float(x or 0)
+    except (TypeError, ValueError):
+        return 0.0
+    return v if math.isfinite(v) and v != ibapi.util.UNSET_DOUBLE else 0.0
 
 
 def _price_of(t) -> float | None:
