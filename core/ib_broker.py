@@ -233,6 +233,7 @@ class IBBroker(Broker):
         Raises ClientIdInUseError (every id tried was in use), BrokerConnectionError (with what to check)."""
         if self.ib.isConnected():
             return
+        _ensure_event_loop()
         start = self.base_client_id
         last_exc: BaseException | None = None
         attempt = 0
@@ -628,6 +629,15 @@ def _num(x) -> float | None:
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) and v > 0 else None
+
+
+def _ensure_event_loop() -> None:
+    """ib_insync runs every request on the thread's event loop: give the thread one when it has none (an
+    `asyncio.run()` earlier in the same thread, e.g. a Prefect client call, leaves none set)."""
+    try:
+        asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
 
 
 def _reported(x) -> float:

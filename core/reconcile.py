@@ -19,7 +19,8 @@ Definitions (USD, shares, New York time):
   completed orders), else 'Filled' when its executions cover its quantity, else, when its session has closed,
   it was decided before that close and the broker knows nothing of it (not working, no final state, no fill),
   'Inactive' with a message saying so (never sent, or expired unseen): a DAY order cannot work after its close
-  and a GTC order would be listed as working.
+  and a GTC order would be listed as working. A final state is never replaced: when the broker's final state
+  differs (a fill that won the race with a cancel), it is added to the order's history and reported.
 * **The journal's quantity** of a symbol (`v_journal_positions.quantity`) is the sum of the signed shares of all
   its executions of all time, every strategy and the external ones included, plus the adjustments recorded when
   breaks were resolved (`position_adjustments`). It assumes the journal started with the account flat; a position
@@ -367,6 +368,16 @@ def plan_reconciliation(broker: BrokerState, journal: JournalState, *, as_of: dt
     for o in journal.orders:
         if not o.is_final:
             candidates.append((o.order_ref, o.perm_id, o.order_id, o.status, o.quantity, o.filled, o))
+            continue
+        info = broker_orders.get(o.perm_id) if o.perm_id else None
+        if info is not None and info.is_done and info.status != o.status:  # e.g. a fill won the race with a cancel
+            plan.warnings.append(f"order {o.order_ref} ended {info.status} at the broker ({info.filled:g} shares "
+                                 f"filled) but the journal's final state is {o.status}: the broker's is added to "
+                                 f"its history (order_events), the recorded state is kept")
+            plan.statuses.append(StatusUpdate(
+                order_ref=o.order_ref, status=info.status, filled=float(info.filled), remaining=float(info.remaining),
+                avg_fill_price=float(info.avg_fill_price) or None, perm_id=o.perm_id, order_id=o.order_id,
+                message="reconciliation: the broker's final state differs from the journal's"))
     for x in plan.external_orders:
         candidates.append((x.order_ref, x.order.perm_id or None, x.order.order_id or None, "Created",
                            x.order.quantity, 0.0, None))

@@ -4,6 +4,7 @@ happened, orders of another client, a break blocking its symbol until `tradeflow
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import datetime as dt
 
@@ -100,6 +101,15 @@ def test_an_order_never_sent_is_closed_after_its_session_and_left_alone_before()
     during = plan_reconciliation(_broker(when=START + dt.timedelta(hours=1)), JournalState(orders=(order,)),
                                  as_of=START)
     assert not during.statuses and "not known to the broker" in during.warnings[0]
+
+
+def test_a_final_state_is_kept_and_the_brokers_different_one_goes_to_its_history():
+    cancelled = _order("mtf-AAPL-x-exit", perm_id=501, status="Cancelled")
+    broker = _broker([_exec("e1", 501, "mtf-AAPL-x-exit")], [Position("DU1", "AAPL", 10, 100.0)],
+                     completed=[_info(501, "mtf-AAPL-x-exit")])  # the fill won the race with the cancel
+    plan = plan_reconciliation(broker, JournalState(orders=(cancelled,)), as_of=EVENING)
+    assert [(s.order_ref, s.status) for s in plan.statuses] == [("mtf-AAPL-x-exit", "Filled")]
+    assert "the recorded state is kept" in plan.warnings[0] and [e.new for e in plan.executions] == [True]
 
 
 def test_a_disagreement_is_a_break_once_per_session_and_a_fill_between_the_reads_asks_for_a_fresh_read():
@@ -263,6 +273,12 @@ def test_a_break_blocks_its_symbol_until_resolved(parts, exchange, capsys):  # n
     after = reconcile_account(broker, journal, next_day + dt.timedelta(minutes=5))
     assert after.failure is None and not after.plan.new_breaks
     assert main(["resolve", "AAPL", "--note", "again"]) == 1  # nothing left to resolve
+
+
+def test_the_broker_connects_after_asyncio_run_left_the_thread_without_a_loop(exchange):  # noqa: F811
+    asyncio.run(asyncio.sleep(0))  # as a Prefect client call does (tests/test_prefect_server.py)
+    with IBBroker(client_id=23) as broker:
+        assert broker.current_time() == START
 
 
 def test_export_writes_the_three_files(parts, exchange, tmp_path, capsys):  # noqa: F811
