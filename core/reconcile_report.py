@@ -91,10 +91,12 @@ def _sections(result: Reconciliation, markdown: bool) -> list[tuple[str, str]]:
         text += f"\n\n{result.pnl_note}" if markdown else f"\n  ({result.pnl_note})"
         out.append((f"P&L of {result.day} (USD)", text))
         if result.end_equity is not None:
-            line = f"end of day NetLiquidation {_usd(result.end_equity, False)} USD"
+            line = (f"NetLiquidation {_usd(result.end_equity, False)} USD at "
+                    f"{result.broker.time.astimezone(NY):%Y-%m-%d %H:%M}")
             if result.previous_equity is not None:
                 change = result.end_equity - result.previous_equity
-                line += (f"; change {_usd(change)} since {_usd(result.previous_equity, False)}, of which the "
+                line += (f"; change {_usd(change)} since {_usd(result.previous_equity, False)} (the previous "
+                         f"session's end, else this one's start), of which the "
                          f"strategies' P&L {_usd(a.net)} and other (interest, fees, positions outside the journal) "
                          f"{_usd(change - a.net)}")
             out.append(("Equity", line))

@@ -266,7 +266,7 @@ def previous_equity(journal: Journal, day: dt.date) -> float | None:
     with journal.transaction() as tx:
         rows = tx.fetch("SELECT net_liquidation FROM equity_snapshots WHERE (session < ? AND kind = 'end_of_day')"
                         " OR (session = ? AND kind = 'day_start')"
-                        " ORDER BY session DESC, kind = 'end_of_day' DESC LIMIT 1", [day, day])
+                        " ORDER BY kind = 'end_of_day' DESC, session DESC LIMIT 1", [day, day])
     return float(rows[0][0]) if rows else None
 
 

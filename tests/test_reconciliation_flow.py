@@ -6,6 +6,7 @@ the run Failed naming the symbol, after everything was recorded."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 
@@ -103,6 +104,8 @@ def test_a_scripted_day_pnl_per_strategy_is_its_round_trips_and_commissions(exch
     artifacts = _artifacts(state.state_details.flow_run_id)
     assert {"reconciliation", "reconciliation-table", "reconciliation-equity-curve"} <= set(artifacts)
     assert "P&L of 2026-03-02" in artifacts["reconciliation"] and "external" in artifacts["reconciliation"]
+    assert re.search(r"of which the strategies' P&L [+-][\d,.]+ and other \(.*?\) [+-]0\.00",
+                     artifacts["reconciliation"])  # the equity change is explained to the cent
     assert "data:image/png;base64,iVBOR" in artifacts["reconciliation-equity-curve"]
     assert (settings.state_dir / "reports" / "equity-2026-03-02.png").read_bytes()[:4] == b"\x89PNG"
 
