@@ -40,7 +40,8 @@ def register_resolve(sub: argparse._SubParsersAction) -> None:
         description="Records today's missing fills first (like `tradeflow reconcile`), then marks the symbol's "
         "unresolved breaks settled, by your login name, with the note; whatever difference remains between the "
         "broker's and the journal's quantity is recorded as an adjustment, so the journal agrees with the broker "
-        "from now on. Exit code 1 when the symbol has no unresolved break.",
+        "from now on. It needs the broker (IBKR_HOST/IBKR_PORT) to read the positions. Exit code 1 when the "
+        "symbol has no unresolved break or the broker cannot be reached.",
     )
     p.add_argument("symbol", help="e.g. AAPL")
     p.add_argument("--note", required=True, help='how the break was settled, e.g. "bought by hand in TWS"')

@@ -151,8 +151,10 @@ def journal_state(tx: JournalTx, snapshot: BrokerState) -> JournalState:
         quantities=quantities, breaks=tuple(breaks))
 
 
-def apply_plan(tx: JournalTx, plan: Plan, *, as_of: dt.datetime, run_id: str | None) -> dict[str, int]:
-    """Record `plan` in `tx`; returns how many rows of each kind were new (a second run: all zero)."""
+def apply_plan(tx: JournalTx, plan: Plan, *, as_of: dt.datetime, run_id: str | None,
+               account: str | None = None) -> dict[str, int]:
+    """Record `plan` in `tx` (position snapshots at `as_of`, of `account`); returns how many rows of each kind
+    were new (a second run: all zero)."""
     n = dict.fromkeys(("external_orders", "executions", "commissions", "order_ids", "order_states", "breaks",
                        "position_snapshots"), 0)
     for x in plan.external_orders:
@@ -178,7 +180,7 @@ def apply_plan(tx: JournalTx, plan: Plan, *, as_of: dt.datetime, run_id: str | N
                                        run_id=run_id)
     n["position_snapshots"] += tx.record_positions(
         as_of, {p.symbol: (p.broker_quantity, p.broker_avg_cost) for p in plan.positions if p.broker_quantity},
-        source="broker", account=None, run_id=run_id)
+        source="broker", account=account, run_id=run_id)
     n["position_snapshots"] += tx.record_positions(
         as_of, {p.symbol: (p.journal_quantity, None) for p in plan.positions}, source="journal", run_id=run_id)
     return n
@@ -236,7 +238,7 @@ def record_repairs(journal: Journal, snapshot: BrokerState, as_of: dt.datetime, 
         if plan.retry and not final:
             log.warning("reconciliation: %s; reading the broker again", "; ".join(plan.warnings))
             return None
-        recorded = apply_plan(tx, plan, as_of=as_of, run_id=run_id)
+        recorded = apply_plan(tx, plan, as_of=as_of, run_id=run_id, account=snapshot.account)
         trades, orders = day_rows(tx, plan.day)
     return Reconciliation(as_of=as_of, plan=plan, broker=snapshot, recorded=recorded, trades=trades, orders=orders)
 
@@ -359,7 +361,7 @@ def resolve_break(broker: Broker, journal: Journal, symbol: str, who: str, note:
             plan = plan_reconciliation(snapshot, journal_state(tx, snapshot), as_of=at)
             if plan.retry and attempt < READ_ATTEMPTS - 1:
                 continue
-            apply_plan(tx, plan, as_of=at, run_id=None)
+            apply_plan(tx, plan, as_of=at, run_id=None, account=snapshot.account)
             check = next((p for p in plan.positions if p.symbol == symbol), None)
             broker_q = check.broker_quantity if check else 0.0
             journal_q = check.journal_quantity if check else 0.0
