@@ -517,7 +517,6 @@ class _Book:
 
     def apply(self, shares: float, price: float) -> float:
         """Apply a fill of `shares` (signed) at `price`; returns the realized P&L, USD."""
-        realized = 0.0
         q = self.quantity
         if q == 0 or (q > 0) == (shares > 0):  # opening or adding
             total = q + shares
