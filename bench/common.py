@@ -97,14 +97,17 @@ def percentile(values: Iterable[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
-def time_calls(fn: Callable[[], Any], repeats: int) -> list[float]:
-    """Call ``fn`` ``repeats`` times; the wall time of each call in seconds (``time.perf_counter``)."""
-    out = []
+def time_calls(fn: Callable[[], Any], repeats: int) -> tuple[list[float], list[float]]:
+    """Call ``fn`` ``repeats`` times; per call the wall time and the CPU time of this process (all its threads,
+    ``time.process_time``), in seconds. CPU time hardly moves when other processes load the machine; wall
+    time does."""
+    wall, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         fn()
-        out.append(time.perf_counter() - t0)
-    return out
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return wall, cpu
 
 
 def summary_ms(name: str, seconds: Sequence[float]) -> dict[str, float]:
