@@ -15,7 +15,8 @@ methods. The rows follow the NYSE calendar (`core.calendar.sessions`, 2016-2025)
 Measured:
 - ``v_daily_pnl`` and ``v_round_trips``: ``SELECT * FROM view`` to a DataFrame (what `tradeflow sql` does), p50
   and p95 of ``view_repeats`` runs on one open read session (target p95 <= 200 ms), and the same through
-  `Journal.query` (a new connection each time, as each `tradeflow sql` call opens one);
+  `Journal.query` (a new connection each time, as each `tradeflow sql` call opens one), and filtered on one
+  symbol or one strategy (such filters reach below the views' window functions);
 - one writer: ``record_signal`` in its own transaction, ``writes`` times, on this journal and on an empty one:
   p50/p95 latency and, inside it, the read-snapshot refresh (copying the whole file; timed by wrapping
   `Journal._refresh_snapshot`);
@@ -338,6 +339,11 @@ def run(signals: int = 1_000_000, executions: int = 100_000, view_repeats: int =
                 figures[f"{view}_rows"] = len(con.execute(f"SELECT * FROM {view}").df())
                 figures.update(summary_ms(view, wall))
                 figures[f"{view}_cpu_p50_ms"] = 1000 * statistics.median(cpu)
+            # filters on the partition columns (strategy, symbol) reach below the views' window functions
+            for label, sql in (("v_round_trips_one_symbol", "SELECT * FROM v_round_trips WHERE symbol = 'S01'"),
+                               ("v_daily_pnl_one_strategy", "SELECT * FROM v_daily_pnl WHERE strategy = 'ema'")):
+                wall, _cpu = time_calls(lambda q=sql: con.execute(q).df(), view_repeats)
+                figures[f"{label}_p50_ms"] = 1000 * statistics.median(wall)
         for view in VIEWS:
             wall, _cpu = time_calls(lambda v=view: big.query(f"SELECT * FROM {v}"), max(3, view_repeats // 2))
             figures.update({f"{k}_new_connection": v for k, v in summary_ms(view, wall).items()})
