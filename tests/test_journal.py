@@ -277,3 +277,19 @@ def test_the_duckdb_cli_opens_the_read_snapshot(journal):
                           "SELECT reason FROM v_latest_signals"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["reason", "seen from the CLI"]
+
+
+def test_a_write_leaves_no_retired_snapshot_and_an_open_reader_keeps_its_view(journal):
+    with journal.transaction() as tx:
+        tx.record_signal("ema", "SMH", T0, DAY, "HOLD", "first")
+    held = duckdb.connect(str(journal.snapshot_path), read_only=True)  # a person's session on the snapshot
+    try:
+        for n in range(1, 4):
+            with journal.transaction() as tx:
+                tx.record_signal("ema", "SMH", T0 + dt.timedelta(days=n), DAY, "HOLD", f"write {n}")
+        assert held.execute("SELECT count(*) FROM signals").fetchone()[0] == 1  # its file was never changed
+    finally:
+        held.close()
+    assert journal.query("SELECT count(*) AS n FROM signals")["n"][0] == 4
+    assert sorted(p.name for p in journal.path.parent.iterdir()) == [
+        "journal.duckdb", "journal.duckdb.lock", "journal.read.duckdb"]

@@ -1,0 +1,76 @@
+"""The benchmarks (bench/) still run: tiny configurations through bench.run_all, checking the JSON they write.
+
+No timing is asserted: the figures of a tiny run mean nothing; the point is that the code and its result shape
+do not rot between benchmark runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from bench import run_all
+from bench.common import RESULT_KEYS, Target, make_result, percentile
+from bench.training import run_child
+from tests.data import require_bars
+
+
+def _check_shape(path, name):
+    res = json.loads(path.read_text())
+    assert res["error"] is None, res["error"]
+    assert set(RESULT_KEYS) <= set(res) and res["name"] == name
+    assert res["figures"] and all(isinstance(v, (int, float)) for v in res["figures"].values())
+    assert set(res["meets_target"]) == set(res["targets"]) and all(t in res["figures"] for t in res["targets"])
+    assert res["run"]["machine"]["cpus"] >= 1 and res["run"]["wall_s"] > 0
+    return res
+
+
+def test_run_all_lists_the_benchmarks():
+    assert {"backtest", "features_scale", "journal_scale", "training"} <= set(run_all.available())
+    assert run_all.main(["no_such_benchmark"]) == 2
+
+
+@pytest.mark.needs_data
+def test_features_and_backtest_tiny(tmp_path):
+    require_bars("1h/AAPL.csv", "1h/TSLA.csv", "daily/SMH.csv", "daily/VIX.csv")
+    run_all.run_one("features_scale", {"sizes": (2, 4), "repeats": 1, "bars_per_symbol": 700}, tmp_path)
+    feats = _check_shape(tmp_path / "features_scale.json", "features_scale")
+    assert feats["figures"]["symbols"] == 4 and feats["config"]["bars_per_symbol"] == 700
+    run_all.run_one("backtest", {"repeats": 1}, tmp_path)
+    bt = _check_shape(tmp_path / "backtest.json", "backtest")
+    assert bt["figures"]["sessions"] > 3000  # the whole daily history, not a slice
+    assert "backtest" in run_all.table([bt]) and "simulation_s" in run_all.table([bt])
+
+
+def test_journal_tiny(tmp_path):
+    options = {"signals": 3000, "executions": 400, "view_repeats": 2, "writes": 2, "workers": 2,
+               "writes_per_worker": 2}
+    run_all.run_one("journal_scale", options, tmp_path)
+    res = _check_shape(tmp_path / "journal_scale.json", "journal_scale")
+    f = res["figures"]
+    assert (f["signals_rows"], f["executions_rows"], f["orders_rows"]) == (3000, 400, 400)
+    assert f["v_round_trips_rows"] > 100 and f["v_daily_pnl_rows"] > 10
+    assert f["empty_2proc_tx_per_s"] > 0 and f["big_2proc_tx_per_s"] > 0
+
+
+def test_a_failing_benchmark_is_recorded_not_raised(tmp_path):
+    res = run_all.run_one("backtest", {"no_such_option": 1}, tmp_path)
+    assert "no_such_option" in res["error"]
+    assert json.loads((tmp_path / "backtest.json").read_text())["error"] == res["error"]
+
+
+def test_child_process_figures():
+    code, out, wall, peak_mb, cpu_s = run_child(
+        [sys.executable, "-c", "b = bytearray(64 * 2**20); print('done'); raise SystemExit(3)"], {}, None, 60)
+    assert (code, out.strip()) == (3, "done") and wall > 0 and cpu_s > 0
+    assert peak_mb > 64  # the child's own peak, which held 64 MiB
+
+
+def test_targets_and_percentiles():
+    assert Target("<=", 1.0).met_by(1.0) and not Target("<=", 1.0).met_by(float("nan"))
+    assert Target(">=", 5).met_by(6) and not Target(">=", 5).met_by(4)
+    assert percentile([1, 2, 3, 4, 5], 50) == 3 and percentile([1, 2], 95) == pytest.approx(1.95)
+    with pytest.raises(KeyError, match="unmeasured"):
+        make_result("x", "", {"a": 1.0}, {"b": Target("<=", 1)}, {})
