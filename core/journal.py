@@ -951,7 +951,7 @@ class Journal:
         deadline = time.monotonic() + self.lock_timeout
         try:
             lock = FileLock(str(self.lock_path), timeout=self.lock_timeout)
-            lock.acquire()
+            lock.acquire(poll_interval=0.005)  # filelock polls; its 50 ms default starves waiting writers
         except Timeout as exc:
             raise JournalError(
                 f"journal {self.path}: another writer held the lock for more than {self.lock_timeout} s"
