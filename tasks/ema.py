@@ -430,7 +430,9 @@ def arm_stop(run: FlowRun, broker: Broker, gateway: OrderGateway, *, intent: str
 
     Raises:
         ValueError: a bad input (e.g. qty <= 0, p_ref not > 0).
-        core.orders.OrderBlockedError, core.broker.BrokerError: from sending.
+        core.orders.OrderBlockedError: trading is halted or SMH has a position break (checked before the old
+            stop is cancelled: it stays working).
+        core.broker.BrokerError: from sending.
     """
     symbol, f = symbol_of(run), run.settings.daily_stop_fraction
     ref = ema_ref(run, intent)
@@ -454,10 +456,12 @@ def arm_stop(run: FlowRun, broker: Broker, gateway: OrderGateway, *, intent: str
         record_signal(run, "ema_stop", "SELL", reason, price=p_ref, quantity=qty, ref=ref, inputs=inputs)
     if order_px is None:
         return {"order_ref": None, "stop_price": None, "status": "none", **inputs}
+    request = OrderRequest(symbol=symbol, action="SELL", quantity=int(qty), order_ref=ref, order_type="STP",
+                           stop_price=float(order_px), tif="GTC")
+    gateway.check_sendable(request, strategy="ema", intent=intent)  # a halt must not leave the old stop cancelled
     cancel_ema_stops(run, broker, gateway, keep=ref, why=f"replaced by {ref}")
-    info = gateway.submit(OrderRequest(symbol=symbol, action="SELL", quantity=int(qty), order_ref=ref,
-                                       order_type="STP", stop_price=float(order_px), tif="GTC"),
-                          strategy="ema", intent=intent, session=require_session(run).date, as_of=run.as_of)
+    info = gateway.submit(request, strategy="ema", intent=intent, session=require_session(run).date,
+                          as_of=run.as_of)
     return {"order_ref": ref, "stop_price": order_px, "status": info.status, **inputs}
 
 
@@ -535,9 +539,16 @@ def sell_position(run: FlowRun, broker: Broker, gateway: OrderGateway, *, ref: s
     """Sell up to `shares` SMH at market (DAY) with orderRef `ref`. The first time (the journal does not hold
     `ref` yet), the working EMA stops are cancelled first (the sale replaces them; both could fill and leave a
     short) and the position re-read: nothing is sent when it is flat by then (a stop filled). A rerun sends
-    nothing new (the gateway returns the order sent before). Returns (the order or None, what happened)."""
+    nothing new (the gateway returns the order sent before). Returns (the order or None, what happened).
+
+    Raises:
+        core.orders.OrderBlockedError: trading is halted or SMH has a position break; checked BEFORE the stops
+            are cancelled, so a refused sale never leaves the position without its stop.
+    """
     symbol = symbol_of(run)
     if not order_known(run, ref):
+        gateway.check_sendable(OrderRequest(symbol=symbol, action="SELL", quantity=max(int(shares), 1),
+                                            order_ref=ref), strategy="ema", intent=intent)  # before the stop goes
         cancel_ema_stops(run, broker, gateway, why=why)
         held = position_qty(broker, symbol)
         if held == 0:

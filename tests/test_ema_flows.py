@@ -29,6 +29,7 @@ from prefect import flow
 from prefect.states import StateType
 
 from core.broker import OrderRequest
+from core.controls import KillSwitch
 from core.ib_broker import IBBroker
 from core.journal import Journal
 from core.paper_exchange import PaperExchange
@@ -340,6 +341,17 @@ def test_an_entry_partly_filled_in_time_is_cancelled_and_what_was_bought_is_prot
     assert stop.is_open and stop.quantity == entry.filled == m.position()
     assert "not done within" in m.q("SELECT outcome FROM flow_events WHERE event = 'failed'")["outcome"][0]
     assert m.q("SELECT status FROM orders WHERE order_ref = 'ema-SMH-20250527-entry'")["status"][0] == "Cancelled"
+
+
+def test_a_halt_keeps_yesterdays_stop_working(market):
+    m = market(at(2025, 5, 27, 15, 55))
+    ema_entry(as_of=at(2025, 5, 27, 15, 55))
+    KillSwitch(get_settings().state_dir).halt(m.journal, "tester", "testing", at(2025, 5, 27, 17, 0))
+    m.to(at(2025, 5, 28, 9, 30))
+    state = equity_snapshot(as_of=at(2025, 5, 28, 9, 30), return_state=True)
+    assert state.type == StateType.FAILED
+    assert "TradingHaltedError" in m.q("SELECT outcome FROM flow_events WHERE event = 'failed'")["outcome"][0]
+    assert m.orders("ema-SMH-20250527-entry-stop")[0].is_open and not m.orders("ema-SMH-20250528-stop")
 
 
 def test_a_late_entry_does_not_trade_and_says_why(market):
