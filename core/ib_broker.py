@@ -503,10 +503,35 @@ class IBBroker(Broker):
             trade = self._trade(order_id)
         if trade is None:
             raise OrderRejectedError(f"OrderId {order_id} that needs to be cancelled is not found.", 10147)
+        owner = trade.order.clientId
+        if not trade.isDone() and owner and owner != self.client_id:
+            return self._cancel_as_owner(trade, timeout)
         if not trade.isDone():
             self.ib.cancelOrder(trade.order)
             self._wait(trade.isDone, timeout or self.timeout, f"cancel of order {order_id}")
         return self._info(trade)
+
+    def _cancel_as_owner(self, trade, timeout: float | None) -> OrderInfo:
+        """Cancel an order placed by another client id through a short connection with that id: IB's
+        cancelOrder only acts on orders of the connection's own client id (deployments have distinct ids, and
+        e.g. ema-entry cancels the stop that equity-snapshot placed). Raises BrokerConnectionError when the
+        owner's client id is connected elsewhere at that moment (only it can cancel the order then)."""
+        owner, order_id = int(trade.order.clientId), int(trade.order.orderId)
+        perm_id = int(trade.order.permId or trade.orderStatus.permId or 0)
+        log.info("order %s (permId %s) belongs to client %s: cancelling it through that client id", order_id,
+                 perm_id, owner)
+        other = IBBroker(self.host, self.port, owner, settings=self.settings, timeout=self.timeout,
+                         connect_timeout=self.connect_timeout, connect_attempts=self.connect_attempts,
+                         backoff=self.backoff, max_client_ids=1, account=self._account)
+        try:
+            with other:
+                info = other.cancel_order(order_id, timeout)
+        except BrokerConnectionError as exc:
+            raise BrokerConnectionError(f"order {order_id} (permId {perm_id}) was placed by client id {owner}, "
+                                        f"the only one allowed to cancel it, and that id could not connect: {exc}",
+                                        exc.code) from exc
+        self._call("open orders", self.ib.reqAllOpenOrders)  # our view of the order follows the cancel
+        return info
 
     def wait_for_fill(self, order_id: int, timeout: float) -> OrderInfo:
         deadline = time.monotonic() + timeout

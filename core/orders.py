@@ -96,18 +96,12 @@ class OrderGateway:
             TradingHaltedError, PositionBreakError: nothing was sent.
             core.broker.BrokerError subclasses: from the broker (see `Broker.place_order`).
         """
-        what = f"{request.action} {request.quantity} {request.symbol} ({strategy} {intent}, ref {request.order_ref})"
+        what = _describe(request, strategy, intent)
         if not operator:
             self.check_halt(what)
         with self.journal.transaction() as tx:
             if not operator:
-                breaks = tx.open_breaks(request.symbol)
-                if breaks:
-                    b = breaks[0]
-                    raise PositionBreakError(
-                        f"{what} not sent: {request.symbol} has an unresolved position break since "
-                        f"{b['detected_session']} (broker {b['broker_quantity']:g} shares, journal "
-                        f"{b['journal_quantity']:g}); settle it with `tradeflow resolve {request.symbol} --note ...`")
+                _check_breaks(tx, request.symbol, what)
             prior = tx.fetch("SELECT status, order_id, perm_id FROM orders WHERE order_ref = ?", [request.order_ref])
             tx.record_order(request.order_ref, strategy=strategy, symbol=request.symbol, intent=intent,
                             action=request.action, quantity=request.quantity, order_type=request.order_type,
@@ -126,6 +120,15 @@ class OrderGateway:
             raise
         self.record_status(info)
         return info
+
+    def check_sendable(self, request: OrderRequest, *, strategy: str, intent: str) -> None:
+        """Raise what `submit` would raise before sending (TradingHaltedError, PositionBreakError), sending and
+        journaling nothing: for a caller that must not take a step unless the order can follow it (cancelling
+        the stop that an exit or a new stop replaces)."""
+        what = _describe(request, strategy, intent)
+        self.check_halt(what)
+        with self.journal.transaction() as tx:
+            _check_breaks(tx, request.symbol, what)
 
     def _journaled(self, request: OrderRequest, status: str, order_id: int | None, perm_id: int | None) -> OrderInfo:
         """The order as the journal knows it, for a rerun that sends nothing."""
@@ -159,15 +162,37 @@ class OrderGateway:
         commissions, and the order's status. Returns the executions found. Idempotent."""
         fills = [e for e in self.broker.executions()
                  if (info.perm_id and e.perm_id == info.perm_id) or e.order_ref == info.order_ref]
-        with self.journal.transaction() as tx:
-            for e in fills:
-                tx.record_execution(e.exec_id, symbol=e.symbol, side=side_of(e.side), shares=e.shares, price=e.price,
-                                    exec_time=e.time, order_ref=e.order_ref or info.order_ref,
-                                    perm_id=e.perm_id or None, order_id=e.order_id or None, strategy=strategy,
-                                    commission=e.commission if e.commission else None,
-                                    realized_pnl=e.realized_pnl if e.realized_pnl else None, account=e.account)
+        self.record_executions(fills, strategy, order_ref=info.order_ref)
         self.record_status(info)
         return fills
+
+    def record_executions(self, fills: list[Execution], strategy: str, order_ref: str | None = None) -> int:
+        """Journal executions (the broker's side BUY/SELL becomes the journal's BOT/SLD), under `order_ref` when
+        an execution carries none. Returns how many were new or completed (commission). Idempotent."""
+        count = 0
+        with self.journal.transaction() as tx:
+            for e in fills:
+                count += tx.record_execution(
+                    e.exec_id, symbol=e.symbol, side=side_of(e.side) if e.side in ("BUY", "SELL") else e.side,
+                    shares=e.shares, price=e.price, exec_time=e.time, order_ref=e.order_ref or order_ref,
+                    perm_id=e.perm_id or None, order_id=e.order_id or None, strategy=strategy,
+                    commission=e.commission if e.commission else None,
+                    realized_pnl=e.realized_pnl if e.realized_pnl else None, account=e.account)
+        return count
+
+
+def _describe(request: OrderRequest, strategy: str, intent: str) -> str:
+    return f"{request.action} {request.quantity} {request.symbol} ({strategy} {intent}, ref {request.order_ref})"
+
+
+def _check_breaks(tx, symbol: str, what: str) -> None:
+    breaks = tx.open_breaks(symbol)
+    if breaks:
+        b = breaks[0]
+        raise PositionBreakError(
+            f"{what} not sent: {symbol} has an unresolved position break since {b['detected_session']} (broker "
+            f"{b['broker_quantity']:g} shares, journal {b['journal_quantity']:g}); settle it with "
+            f"`tradeflow resolve {symbol} --note ...`")
 
 
 def order_ref(strategy: str, symbol: str, when: dt.date | dt.datetime, intent: str) -> str:

@@ -114,6 +114,18 @@ class Settings(BaseSettings):
     late_run_max_minutes: float = Field(
         3.0, ge=0, description="An order flow starting later than this after its scheduled time does not trade."
     )
+    ema_fill_timeout_seconds: float = Field(
+        60.0, gt=0, description="How long an EMA flow waits for its market order to fill, seconds."
+    )
+    ema_close_settle_seconds: float = Field(
+        300.0, ge=0, description="After the close, seconds before the day's bar counts as final (IB's official close)."
+    )
+    ema_close_max_wait_seconds: float = Field(
+        1800.0, gt=0, description="How long ema-update waits for the final daily bar before failing, seconds."
+    )
+    ema_close_retry_seconds: float = Field(
+        30.0, gt=0, description="Seconds between ema-update's looks at the daily bar while it is not final."
+    )
 
     # --- MTF LSTM on AAPL and TSLA (strategies.md) ----------------------------------------------------------
     mtf_symbols: list[str] = Field(default=["AAPL", "TSLA"])

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -25,10 +26,14 @@ from core.strategies.ema import (
     ema_step,
     init_ema_state,
     leverage_for_vix,
+    next_open_exit,
+    official_close,
     position_size,
     provisional,
+    second_line_check,
     signal_of,
     stop_fill_price,
+    stop_order_price,
     stop_price,
     target_shares,
 )
@@ -354,6 +359,75 @@ def test_close_update_bear_while_long_exits_next_open():
     assert u.signal is Signal.BEAR and not u.exit_next_open
     u = close_update(st, date(2024, 3, 4), 120.0, position_qty=100)
     assert u.signal is Signal.BULL and not u.exit_next_open
+
+
+# --- Stop orders, the second line, the final close ---------------------------------------------------------------
+
+
+def test_stop_order_price_rounds_up_to_the_cent_and_refuses_unreachable():
+    assert stop_order_price(243.4671) == 243.47
+    assert stop_order_price(243.47) == 243.47  # exact cents stay (no float creep to 243.48)
+    assert stop_order_price(0.004) == 0.01
+    assert stop_order_price(0.0) is None and stop_order_price(-5.0) is None
+    with pytest.raises(ValueError, match="p_stop"):
+        stop_order_price(float("nan"))
+
+
+def test_second_line_held_position_uses_equity_against_e0():
+    c = second_line_check(equity=980_000.0, e0=1_000_000.0, position_qty=100)
+    assert c.hit and c.reference == "day_start" and c.threshold_equity == 980_000.0
+    c = second_line_check(equity=980_000.01, e0=1_000_000.0, position_qty=100)
+    assert not c.hit and "980,000.01" in c.reason
+    assert second_line_check(equity=1.0, e0=1_000_000.0, position_qty=0).reference == "none"
+
+
+def test_second_line_re_entered_position_uses_its_entry_stop():
+    # stopped out earlier (equity below 0.98 E0), re-entered 10,000 shares at 100: its stop is 100 - 0.02e6/1e4 = 98
+    c = second_line_check(equity=970_000.0, e0=1_000_000.0, position_qty=10_000, price=98.5, entry_price=100.0)
+    assert not c.hit and c.reference == "entry" and c.threshold_price == pytest.approx(98.0)
+    c = second_line_check(equity=965_000.0, e0=1_000_000.0, position_qty=10_000, price=98.0, entry_price=100.0)
+    assert c.hit
+    with pytest.raises(ValueError, match="price is required"):
+        second_line_check(equity=1e6, e0=1e6, position_qty=10, entry_price=100.0)
+    with pytest.raises(ValueError, match="position_qty"):
+        second_line_check(equity=1e6, e0=1e6, position_qty=-1)
+
+
+NY = ZoneInfo("America/New_York")
+
+
+def _daily(rows: dict[str, float]) -> pd.DataFrame:
+    idx = pd.DatetimeIndex([pd.Timestamp(d, tz=NY) for d in rows], name="timestamp")
+    return pd.DataFrame({"close": list(rows.values())}, index=idx)
+
+
+def test_official_close_needs_the_clock_past_close_plus_settle_and_the_bar():
+    close = datetime(2025, 11, 28, 13, 0, tzinfo=NY)
+    bars = _daily({"2025-11-26": 347.74, "2025-11-28": 352.5})
+    early = official_close(bars, date(2025, 11, 28), close, close - timedelta(minutes=1), 0)
+    assert not early.final and "before the close" in early.reason
+    settling = official_close(bars, date(2025, 11, 28), close, close + timedelta(seconds=60), 120)
+    assert not settling.final and "120 s" in settling.reason
+    got = official_close(bars, date(2025, 11, 28), close, close + timedelta(seconds=120), 120)
+    assert got.final and got.close == 352.5
+    missing = official_close(bars.iloc[:1], date(2025, 11, 28), close, close, 0)
+    assert not missing.final and "no daily bar for 2025-11-28" in missing.reason
+    nan = official_close(_daily({"2025-11-28": float("nan")}), date(2025, 11, 28), close, close, 0)
+    assert not nan.final and "no usable close" in nan.reason
+    with pytest.raises(ValueError, match="aware"):
+        official_close(bars, date(2025, 11, 28), close.replace(tzinfo=None), close, 0)
+
+
+def test_next_open_exit_only_before_the_next_open():
+    st = ready_state(100.0, 99.9, session=date(2025, 5, 20))
+    upd = close_update(st, date(2025, 5, 21), 80.0, position_qty=100)
+    nxt = datetime(2025, 5, 22, 9, 30, tzinfo=NY)
+    send, reason = next_open_exit(upd, datetime(2025, 5, 21, 16, 5, tzinfo=NY), nxt)
+    assert send and "2025-05-22" in reason
+    send, reason = next_open_exit(upd, nxt, nxt)
+    assert not send and "NOT sent" in reason
+    flat = close_update(st, date(2025, 5, 21), 80.0, position_qty=0)
+    assert next_open_exit(flat, datetime(2025, 5, 21, 16, 5, tzinfo=NY), nxt) == (False, flat.reason)
 
 
 # --- House rules ----------------------------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ Commands:
 - `delay {"seconds": S}`: every request is answered S seconds late until `delay {"seconds": 0}`.
 - `drop {"client_id": N}` (or no client_id for all): abort client connections.
 - `market_data {"realtime": bool}`: whether live market data is "subscribed" (else IB error 354).
+- `no_data {"symbol": "VIX", "quotes": true, "history": true}`: the symbol's quotes (live and delayed) get
+  IB error 354 and its historical requests IB error 162 (no data), until `clear_faults`.
 - `clear_faults`.
 """
 
@@ -74,7 +76,12 @@ def _execute(ex: "PaperExchange", req: dict) -> dict:
     if cmd == "market_data":
         ex.realtime = bool(req.get("realtime", True))
         return {}
+    if cmd == "no_data":
+        kinds = {k for k in ("quotes", "history") if req.get(k, True)}
+        faults.no_data[str(req["symbol"]).upper()] = kinds
+        return {}
     if cmd == "clear_faults":
+        faults.no_data.clear()
         faults.reject_next = None
         faults.partial_fraction = None
         faults.reply_delay = 0.0
@@ -163,6 +170,10 @@ class AdminClient:
 
     def market_data(self, realtime: bool) -> dict:
         return self.call("market_data", realtime=realtime)
+
+    def no_data(self, symbol: str, quotes: bool = True, history: bool = True) -> dict:
+        """Make `symbol`'s quotes (IB 354) and/or historical bars (IB 162) unavailable until clear_faults."""
+        return self.call("no_data", symbol=symbol, quotes=quotes, history=history)
 
     def clear_faults(self) -> dict:
         return self.call("clear_faults")

@@ -33,7 +33,7 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -128,6 +128,7 @@ class Faults:
     reject_next: dict | None = None  # {"code": 201, "message": "..."}
     partial_fraction: float | None = None  # next fill takes this fraction of the remaining quantity
     reply_delay: float = 0.0  # seconds added before each request is handled
+    no_data: dict[str, set[str]] = field(default_factory=dict)  # symbol -> {"quotes", "history"} refused
 
 
 class OrderError(Exception):

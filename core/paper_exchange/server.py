@@ -400,6 +400,10 @@ class PaperExchange:
         if sym is None:
             conn.send(P.error(conn.sv, req_id, 200, "No security definition has been found for the request"))
             return
+        if "history" in self.engine.faults.no_data.get(sym, ()):
+            conn.send(P.error(conn.sv, req_id, 162, "Historical Market Data Service error message:HMDS query "
+                                                    f"returned no data ({sym}: no_data fault)"))
+            return
         now = self.now()
         try:
             end = _parse_end(end_s)
@@ -445,6 +449,10 @@ class PaperExchange:
         sym = self._symbol_of(c)
         if sym is None:
             conn.send(P.error(conn.sv, req_id, 200, "No security definition has been found for the request"))
+            return
+        if "quotes" in self.engine.faults.no_data.get(sym, ()):
+            conn.send(P.error(conn.sv, req_id, 354, f"Requested market data is not subscribed ({sym}: no_data "
+                                                    "fault)"))
             return
         delayed = False
         if not self.realtime:

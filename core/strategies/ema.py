@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -41,12 +41,14 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "Action",
     "CloseUpdate",
+    "DailyClose",
     "EmaDecision",
     "EmaParams",
     "EmaState",
     "LeverageChoice",
     "Provisional",
     "Signal",
+    "StopCheck",
     "VixInfo",
     "choose_leverage",
     "close_update",
@@ -57,10 +59,14 @@ __all__ = [
     "ema_step",
     "init_ema_state",
     "leverage_for_vix",
+    "next_open_exit",
+    "official_close",
     "position_size",
     "provisional",
+    "second_line_check",
     "signal_of",
     "stop_fill_price",
+    "stop_order_price",
     "stop_price",
     "target_shares",
 ]
@@ -603,6 +609,97 @@ def stop_fill_price(open_: float, low: float, p_stop: float) -> float | None:
     return None
 
 
+def stop_order_price(p_stop: float, tick: float = 0.01) -> float | None:
+    """The stop price sent to the broker for `P_stop`: rounded UP to the price tick, so that rounding never lets
+    the loss at the trigger exceed `f * E0`; None when `P_stop` <= 0 (the stop cannot be reached: no order).
+
+    Args:
+        p_stop: :func:`stop_price`, USD a share (finite).
+        tick: the price increment, USD (0.01 for US stocks above 1 USD).
+
+    Raises:
+        ValueError: `p_stop` NaN / infinite, `tick` not > 0.
+    """
+    p = require_finite("p_stop", p_stop)
+    t = require_positive("tick", tick)
+    if p <= 0:
+        return None
+    steps = math.ceil(round(p / t, 9))
+    return round(steps * t, 10)
+
+
+@dataclass(frozen=True, slots=True)
+class StopCheck:
+    """The stop's second line for one check (see :func:`second_line_check`).
+
+    Attributes:
+        hit: True when the position must be sold at market now.
+        reference: "day_start" (position held since before the session: equity against E0) or "entry" (entered
+            this session: price against the stop of the entry), or "none" (no position).
+        threshold_equity: (1 - f) * E0, USD (reference "day_start").
+        threshold_price: the entry's stop price, USD (reference "entry").
+        reason: one line for the journal.
+    """
+
+    hit: bool
+    reference: str
+    threshold_equity: float | None
+    threshold_price: float | None
+    reason: str
+
+
+def second_line_check(
+    *,
+    equity: float,
+    e0: float,
+    position_qty: int,
+    stop_fraction: float = 0.02,
+    price: float | None = None,
+    entry_price: float | None = None,
+) -> StopCheck:
+    """Whether the daily stop's second line must exit now (strategies.md, "Daily stop").
+
+    A position held since before the session is stopped when equity <= (1 - f) * E0 (:func:`daily_stop_hit`).
+    A position entered during the session (the 15:55 entry, possibly a re-entry after the day's stop already
+    fired, when equity is below (1 - f) * E0 from the start) is protected like its stop order: exit when the SMH
+    price <= :func:`stop_price` (P_ref = `entry_price`, the same E0); otherwise a re-entry would be sold at once.
+
+    Args:
+        equity: NetLiquidation now, USD (finite).
+        e0: the session's day-start equity, USD (> 0).
+        position_qty: SMH shares held (>= 0).
+        stop_fraction: f in (0, 1).
+        price: SMH price now, USD; required when `entry_price` is given.
+        entry_price: average fill price of the position's entry this session, USD; None when the position was
+            held at the open.
+
+    Raises:
+        ValueError: a bad input (named), or `entry_price` given without a usable `price`.
+    """
+    qty = require_whole_shares("position_qty", position_qty)
+    if qty < 0:
+        raise ValueError(f"position_qty must be >= 0 (the strategy is long only), got {position_qty!r}")
+    e = require_positive("e0", e0)
+    eq = require_finite("equity", equity)
+    if qty == 0:
+        return StopCheck(False, "none", None, None, "no position")
+    if entry_price is not None:
+        if price is None:
+            raise ValueError("price is required to check a position entered this session against its stop")
+        p = require_positive("price", price)
+        limit = stop_price(entry_price, e, qty, stop_fraction)
+        hit = p <= limit
+        rel = "<=" if hit else ">"
+        return StopCheck(hit, "entry", None, limit,
+                         f"entered this session at {entry_price:.4f} USD: price {p:.4f} {rel} its stop {limit:.4f} "
+                         f"USD (P_ref - {stop_fraction:g} x E0 {e:,.2f} / {qty} shares)")
+    threshold = (1.0 - stop_fraction) * e
+    hit = daily_stop_hit(eq, e, stop_fraction)
+    rel = "<=" if hit else ">"
+    return StopCheck(hit, "day_start", threshold, None,
+                     f"equity {eq:,.2f} USD {rel} {1 - stop_fraction:g} x E0 {e:,.2f} = {threshold:,.2f} USD")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The two decisions of the day
 # --------------------------------------------------------------------------------------------------------------
@@ -811,3 +908,87 @@ def close_update(state: EmaState, session: date, close: float, position_qty: int
     else:
         reason = f"final {sig.value} (EMA{new.fast_span} {new.ema_fast:.4f}, EMA{new.slow_span} {new.ema_slow:.4f})"
     return CloseUpdate(state=new, close=float(close), signal=sig, exit_next_open=exit_due, reason=reason)
+
+
+@dataclass(frozen=True, slots=True)
+class DailyClose:
+    """Whether the session's official daily close is known yet (see :func:`official_close`).
+
+    Attributes:
+        final: True when `close` is the session's official close.
+        close: the close, USD (None when not final).
+        reason: why it is, or is not yet, final (for the journal and the retry log).
+    """
+
+    final: bool
+    close: float | None
+    reason: str
+
+
+def official_close(
+    bars: pd.DataFrame,
+    session: date,
+    session_close: datetime,
+    now: datetime,
+    settle_seconds: float = 0.0,
+) -> DailyClose:
+    """Recognise the session's final daily bar among broker daily bars.
+
+    The rule (the same for IB and the paper exchange): the bar is final when the broker's clock `now` is at or
+    after the session's close plus `settle_seconds` AND a bar stamped with the session's date is present with a
+    usable close. Before the close both serve a partial bar of the session (the paper exchange aggregates the
+    5-minute bars that ended; IB its running daily bar), indistinguishable from a final one by its content; after
+    the close IB folds the closing auction's official print into the day's bar within minutes, which
+    `settle_seconds` waits for (the paper exchange serves the whole bar from the close on: settle 0 is exact there).
+
+    Args:
+        bars: daily bars in the shape of `core.broker` (index: tz-aware midnight of each session date).
+        session: the session whose close is wanted (New York date).
+        session_close: the session's close, aware (16:00, or 13:00 on early closes).
+        now: the broker's clock, aware.
+        settle_seconds: seconds after the close before the bar counts as final (>= 0).
+
+    Raises:
+        ValueError: a naive `session_close` / `now`, or a negative `settle_seconds`.
+    """
+    if session_close.tzinfo is None or now.tzinfo is None:
+        raise ValueError("session_close and now must be timezone-aware")
+    settle = require_finite("settle_seconds", settle_seconds)
+    if settle < 0:
+        raise ValueError(f"settle_seconds must be >= 0, got {settle_seconds!r}")
+    ready_at = session_close + timedelta(seconds=settle)
+    if now < ready_at:
+        return DailyClose(False, None, f"broker clock {now.isoformat()} is before the close {session_close.isoformat()}"
+                                       f" + {settle:g} s settling: the daily bar may still change")
+    day = _as_session("session", session)
+    rows = [i for i, ts in enumerate(bars.index) if ts.date() == day] if len(bars) else []
+    if not rows:
+        last = bars.index[-1].date() if len(bars) else None
+        return DailyClose(False, None, f"no daily bar for {day} yet (latest: {last})")
+    value = bars["close"].iloc[rows[-1]]
+    try:
+        close = float(value)
+    except (TypeError, ValueError):
+        close = float("nan")
+    if not math.isfinite(close) or close <= 0:
+        return DailyClose(False, None, f"the daily bar of {day} has no usable close ({value!r})")
+    return DailyClose(True, close, f"daily bar of {day} final: broker clock {now.isoformat()} >= close + {settle:g} s; "
+                                   f"close {close:.4f} USD")
+
+
+def next_open_exit(update: CloseUpdate, now: datetime, next_open: datetime) -> tuple[bool, str]:
+    """Whether the update's exit for the next open may be sent now: only when `update.exit_next_open` and the
+    broker clock `now` is before the next session's open `next_open` (a market order sent later would fill at
+    once, at an unplanned time). Returns (send, reason).
+
+    Raises:
+        ValueError: a naive datetime.
+    """
+    if now.tzinfo is None or next_open.tzinfo is None:
+        raise ValueError("now and next_open must be timezone-aware")
+    if not update.exit_next_open:
+        return False, update.reason
+    if now >= next_open:
+        return False, (f"{update.reason}; NOT sent: the broker clock {now.isoformat()} is past the next open "
+                       f"{next_open.isoformat()} (the 15:55 decision of that session decides instead)")
+    return True, f"{update.reason}: market order held by the broker for the open of {next_open.date()}"
