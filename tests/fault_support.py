@@ -160,3 +160,47 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def damaged_data_dir(source: Path, target: Path, edits: dict[str, Callable[[Any], Any]]) -> Path:
+    """A bars folder at `target` built from the real one at `source`: every file is a symbolic link to the real
+    file except those named in `edits` ("5m/SMH.csv": fn), which are written as `fn(frame)` of the real CSV read
+    as plain text columns (a few rows altered or removed). Never inside the repository."""
+    import pandas as pd
+
+    for sub in ("daily", "1h", "5m"):
+        (target / sub).mkdir(parents=True, exist_ok=True)
+        for real in sorted((source / sub).glob("*.csv")):
+            name = f"{sub}/{real.name}"
+            if name in edits:
+                frame = pd.read_csv(real, dtype={"timestamp": str})
+                edits[name](frame).to_csv(target / name, index=False)
+            else:
+                (target / name).symlink_to(real.resolve())
+    return target
+
+
+def start_exchange(data_dir: Path, start: datetime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                   ) -> PaperExchange:
+    """A paper exchange on `data_dir` (as the `exchange` fixture, for another bars folder), with IBKR_HOST,
+    IBKR_PORT and TRADEFLOW_DATA_DIR exported. The caller stops it."""
+    ex = PaperExchange(data_dir, start=start, state_file=tmp_path / "paper-exchange.json").start()
+    monkeypatch.setenv("IBKR_HOST", "127.0.0.1")
+    monkeypatch.setenv("IBKR_PORT", str(ex.port))
+    monkeypatch.setenv("TRADEFLOW_DATA_DIR", str(data_dir))
+    return ex
+
+
+def serve_altered_history(exchange: PaperExchange, monkeypatch: pytest.MonkeyPatch, symbol: str, bar_size: str,
+                          alter: Callable[[list[tuple]], list[tuple]]) -> None:
+    """Make the exchange answer historical requests for (`symbol`, `bar_size`) with `alter(bars)`: bars as the
+    exchange's MarketData.history gives them, (start, session, open, high, low, close, volume) tuples. For bad
+    values the exchange itself refuses to load from a file (it checks its bars like core.bars does)."""
+    market = exchange.market
+    original = market.history
+
+    def history(sym: str, size: str, end: int, duration: str):
+        bars = original(sym, size, end, duration)
+        return alter(bars) if (sym.upper(), size) == (symbol, bar_size) else bars
+
+    monkeypatch.setattr(market, "history", history)

@@ -28,7 +28,8 @@ def main(argv: list[str]) -> int:
     name, as_of = argv[0], datetime.fromisoformat(argv[1])
     state = flow_of(name)(as_of=as_of, return_state=True)
     result = state.result(raise_on_failure=False) if state.is_completed() else None
-    print(json.dumps({"flow": name, "run_id": str(state.state_details.flow_run_id), "type": state.type.value, "name": state.name, "message": state.message,
+    print(json.dumps({"flow": name, "run_id": str(state.state_details.flow_run_id), "type": state.type.value,
+                      "name": state.name, "message": state.message,
                       "result": result if isinstance(result, dict) else None}, default=str), flush=True)
     return 0
 
