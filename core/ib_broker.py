@@ -55,6 +55,21 @@ from core.broker import (
 )
 from core.settings import Settings, get_settings
 
+
+def _ensure_event_loop() -> None:
+    """ib_insync runs every request on the thread's event loop: give the thread one when it has none (an
+    `asyncio.run()` earlier in the same thread, e.g. a Prefect client call, leaves none set)."""
+    try:
+        asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+
+
+# eventkit (imported by the library) asks for the importing thread's event loop at import time, and a thread other
+# than the main one has none: Prefect imports a deployment's flow module in a worker thread, so without this every
+# served or worker run of a flow crashed before starting ("There is no current event loop in thread 'AnyIO worker
+# thread'").
+_ensure_event_loop()
 IB_LIBRARY = os.environ.get("TRADEFLOW_IB_LIBRARY", "ib_insync")
 if IB_LIBRARY == "ib_async":  # the one switch between the two libraries
     import ib_async as ibapi  # type: ignore[import-not-found]
@@ -688,15 +703,6 @@ def _num(x) -> float | None:
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) and v > 0 else None
-
-
-def _ensure_event_loop() -> None:
-    """ib_insync runs every request on the thread's event loop: give the thread one when it has none (an
-    `asyncio.run()` earlier in the same thread, e.g. a Prefect client call, leaves none set)."""
-    try:
-        asyncio.get_event_loop_policy().get_event_loop()
-    except RuntimeError:
-        asyncio.set_event_loop(asyncio.new_event_loop())
 
 
 def _reported(x) -> float:

@@ -153,15 +153,6 @@ def assert_nothing_lost(before: dict[str, set[tuple]], after: dict[str, set[tupl
         assert not lost, f"{table}: {len(lost)} row(s) lost, e.g. {sorted(lost, key=str)[:2]}"
 
 
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound to 0 and released)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def damaged_data_dir(source: Path, target: Path, edits: dict[str, Callable[[Any], Any]]) -> Path:
     """A bars folder at `target` built from the real one at `source`: every file is a symbolic link to the real
     file except those named in `edits` ("5m/SMH.csv": fn), which are written as `fn(frame)` of the real CSV read

@@ -28,7 +28,6 @@ from flows.ema_entry import ema_entry
 from flows.reconciliation import reconciliation
 from tests.fault_support import (
     assert_nothing_lost,
-    closed_port,
     drop,
     flow_process,
     journal_rows,
@@ -37,6 +36,7 @@ from tests.fault_support import (
 )
 from tests.fault_workers import flow_of
 from tests.flow_support import exchange, prefect_harness  # noqa: F401
+from tests.test_ib_broker_unit import closed_port
 
 DAY = datetime(2026, 3, 2, tzinfo=NY).date()
 ENTRY = datetime(2026, 3, 2, 15, 55, tzinfo=NY)
