@@ -159,15 +159,20 @@ class OrderGateway:
         commissions, and the order's status. Returns the executions found. Idempotent."""
         fills = [e for e in self.broker.executions()
                  if (info.perm_id and e.perm_id == info.perm_id) or e.order_ref == info.order_ref]
+        self.record_executions(fills, strategy, info.order_ref)
+        self.record_status(info)
+        return fills
+
+    def record_executions(self, fills: list[Execution], strategy: str, order_ref: str | None = None) -> None:
+        """Journal executions with their commissions as fills of `strategy` (`order_ref` for those the broker
+        gave without one); the Broker's side BUY/SELL becomes the journal's BOT/SLD. Idempotent."""
         with self.journal.transaction() as tx:
             for e in fills:
-                tx.record_execution(e.exec_id, symbol=e.symbol, side=e.side, shares=e.shares, price=e.price,
-                                    exec_time=e.time, order_ref=e.order_ref or info.order_ref,
+                tx.record_execution(e.exec_id, symbol=e.symbol, side=side_of(e.side), shares=e.shares, price=e.price,
+                                    exec_time=e.time, order_ref=e.order_ref or order_ref,
                                     perm_id=e.perm_id or None, order_id=e.order_id or None, strategy=strategy,
                                     commission=e.commission if e.commission else None,
                                     realized_pnl=e.realized_pnl if e.realized_pnl else None, account=e.account)
-        self.record_status(info)
-        return fills
 
 
 def order_ref(strategy: str, symbol: str, when: dt.date | dt.datetime, intent: str) -> str:
