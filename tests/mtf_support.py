@@ -86,3 +86,32 @@ def fresh_pacing(monkeypatch: pytest.MonkeyPatch) -> None:
     import core.ib_broker as ib_broker
 
     monkeypatch.setattr(ib_broker, "_historical_pacer", ib_broker._Pacer(60, 600.0))
+
+
+def fitted_model(bars, start, end, invert: bool = False, lookback: int = 24, horizon: int = 4):
+    """(model, scaler, weights) of an LSTM fitted ON the hours in [start, end) themselves (many epochs, no
+    dropout): in sample it ranks those hours far better than any honest model, so a retrain evaluated on that
+    window must keep it. ``invert`` flips its output (P -> 1 - P): then it is far worse than chance there.
+    Test scaffolding for a champion of known quality, not a way to train."""
+    import keras
+    from sklearn.preprocessing import StandardScaler
+
+    from core.features import FEATURES, compute_features, first_complete_row
+    from models.mtf import TrainConfig, build_model, export_weights, make_labels, windows
+
+    keras.utils.set_random_seed(7)
+    bars = bars[bars.index < end]
+    frame = compute_features(bars)
+    feats = frame.to_numpy()
+    y = make_labels(bars["close"].to_numpy(), horizon)
+    rows = np.flatnonzero((bars.index >= start) & ~np.isnan(y))
+    scaler = StandardScaler().fit(feats[first_complete_row(frame):])
+    x = windows(np.nan_to_num(scaler.transform(feats)), rows, lookback)
+    model = build_model(lookback, len(FEATURES), TrainConfig(lookback=lookback, lstm_units=(32,), dropout=0.0,
+                                                             learning_rate=0.01))
+    model.fit(x, y[rows].astype(np.float32), epochs=60, batch_size=32, verbose=0)
+    if invert:
+        dense = model.layers[-1]
+        kernel, bias = dense.get_weights()
+        dense.set_weights([-kernel, -bias])
+    return model, scaler, export_weights(model, scaler, lookback)
