@@ -4,7 +4,8 @@ Registry versions are numbered per symbol (AAPL v0001, TSLA v0001), while the jo
 table's key, so the journal names a version ``<SYMBOL>/<version>`` (e.g. ``AAPL/v0003``): :func:`journal_id`.
 
 `models.status`: 'champion' (the registry's champion), 'challenger' (registered, never promoted, or passed over
-by a retrain), 'retired' (a former champion; `tradeflow models rollback` can bring it back).
+by a retrain), 'retired' (a former champion: `tradeflow models promote` brings any back, `rollback` the one the
+current champion replaced).
 
 `model_metrics` rows, per version and evaluation window (``val`` and ``test``: the training run's own windows;
 ``oos:YYYY-MM``: the retrain's out-of-sample month), metric names:
