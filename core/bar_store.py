@@ -33,6 +33,7 @@ from filelock import FileLock
 
 from core.bars import BarsError, bars_path, read_bars_csv
 from core.broker import BARS_COLUMNS, NY, Broker, IBError, empty_bars
+from core.features import validate_bars
 
 __all__ = ["MAX_BAR_AGE", "BarStore", "BarsError", "StoreUpdate", "bar_ends", "bars_problem", "complete_bars",
            "session_time_between", "store_root"]
@@ -213,6 +214,8 @@ class BarStore:
 
         Raises:
             core.bars.BarsError: the stored file is damaged.
+            core.features.FeatureInputError: the Broker's bars are bad (NaN, non-positive prices, high below low):
+                nothing is stored.
             core.broker.BrokerError: the Broker failed (other than "no data").
         """
         if cutoff.tzinfo is None or need_from.tzinfo is None:
@@ -235,6 +238,8 @@ class BarStore:
                                                     cutoff, budget)
                 merged = _merge(older, merged)
             merged = complete_bars(merged, cutoff)
+            if len(merged):
+                validate_bars(merged)  # NaN, non-positive prices, high < low: never stored
             added = len(merged.index.difference(stored.index))
             if not merged.equals(stored):
                 self.save(symbol, merged)

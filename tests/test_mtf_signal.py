@@ -64,7 +64,8 @@ def exchange_orders(exchange):  # noqa: F811
 def test_entry_buys_10000_usd_and_journals_every_decision(signal, models, exchange):  # noqa: F811
     aapl = models.champion("AAPL", 0.9)
     models.champion("TSLA", 0.1)
-    out = signal(at(10, 5))
+    state = signal(at(10, 5), return_state=True)
+    out = state.result()
     by = {r["symbol"]: r for r in out["decisions"]}
     assert by["AAPL"]["decision"] == "BUY" and by["TSLA"]["decision"] == "NO_TRADE"
 
@@ -88,6 +89,23 @@ def test_entry_buys_10000_usd_and_journals_every_decision(signal, models, exchan
     assert fills.values.tolist() == [["AAPL", "BOT", orders[0].quantity, "mtf", orders[0].order_ref]]
     order = journal().query("SELECT status, intent FROM orders").iloc[0]
     assert (order.status, order.intent) == ("Filled", "entry")
+
+    table = artifact_table(state.state_details.flow_run_id)  # what the Prefect UI shows for the run
+    assert [(r["symbol"], r["decision"]) for r in table] == [("AAPL", "BUY"), ("TSLA", "NO_TRADE")]
+    assert table[0]["P(up)"] == pytest.approx(0.9, abs=1e-4) and table[0]["order"].startswith(orders[0].order_ref)
+    assert "< 0.52" in table[1]["reason"]
+
+
+def artifact_table(flow_run_id) -> list[dict]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), type=ArtifactFilterType(any_=["table"])))
+    assert len(found) == 1
+    data = found[0].data
+    return json.loads(data) if isinstance(data, str) else data
 
 
 def test_exit_after_the_maximum_hold_counts_missed_runs(signal, models, exchange):  # noqa: F811
