@@ -16,7 +16,9 @@ One run, for `as_of` (default: its scheduled start):
    early), checks they are fresh, computes the 45 features and the champion's P(up) of the last complete bar,
    and takes the current quote.
 6. The session's P&L (`core.strategies.mtf.day_pnl`: the journal's fills, current quotes, previous closes)
-   and the daily loss limit (latched by earlier runs of the session).
+   and the daily loss limit: reached now or by an earlier run of the session (it latches), no entries for the
+   rest of the session. A P&L that cannot be computed (no quote for a held symbol) holds entries back for this
+   run only, and says why.
 7. Per symbol: the decision (`core.strategies.mtf.decide`, the same function the backtest uses), journaled in
    `signals` with all its inputs (also NO_TRADE / HOLD with P(up) and the reason), then its order through the
    gateway with orderRef `mtf-<SYMBOL>-<YYYYMMDDTHHMM>-entry|exit` (unique to symbol and run), a wait of up to
@@ -61,8 +63,8 @@ def mtf_signal(as_of: datetime | None = None, symbols: list[str] | None = None,
         fill_timeout_seconds: how long to wait for a market order's fill before leaving it to the next run.
 
     Returns:
-        {"as_of", "decisions": [{symbol, p_up, decision, reason, order_ref, order_status, ...}], "day_pnl",
-        "loss_limit_hit", "ema_stop"}, or the `SkippedLate` state of a late or off-session run.
+        {"as_of", "decisions": [{symbol, p_up, decision, reason, order_ref, order, ...}], "day_pnl",
+        "loss_limit_reached", "ema_stop"}, or the `SkippedLate` state of a late or off-session run.
 
     Raises:
         tasks.mtf_signal.ModelUnavailableError: a symbol has no usable champion (nothing was traded).
@@ -88,9 +90,10 @@ def mtf_signal(as_of: datetime | None = None, symbols: list[str] | None = None,
             views = {sym: observe_symbol(run, broker, champions[sym], cutoff) for sym in syms
                      if sym not in book.earlier}
             pnl, pnl_problem = _session_pnl(run, book, views)
-            limit = loss_limit_reached(pnl, rules.daily_loss_limit_usd, book.limit_hit_earlier)
-            context = {"day_pnl": pnl, "day_pnl_problem": pnl_problem, "loss_limit_hit": limit,
-                       "loss_limit_hit_earlier": book.limit_hit_earlier, "cutoff": cutoff.isoformat()}
+            limit = book.limit_hit_earlier or (pnl is not None and loss_limit_reached(pnl, rules.daily_loss_limit_usd))
+            context = {"day_pnl": pnl, "day_pnl_problem": pnl_problem, "loss_limit_reached": limit,
+                       "loss_limit_reached_earlier": book.limit_hit_earlier, "entries_barred": limit or pnl is None,
+                       "cutoff": cutoff.isoformat()}
             rows = []
             for sym in syms:
                 try:
@@ -104,7 +107,7 @@ def mtf_signal(as_of: datetime | None = None, symbols: list[str] | None = None,
                     rows.append({"symbol": sym, "p_up": None, "decision": "ERROR", "reason": str(exc),
                                  "order": None})
             failures += [f"{v.symbol}: {v.broker_error}" for v in views.values() if v.broker_error]
-        summary = {"as_of": run.as_of.isoformat(), "decisions": rows, "day_pnl": pnl, "loss_limit_hit": limit,
+        summary = {"as_of": run.as_of.isoformat(), "decisions": rows, "day_pnl": pnl, "loss_limit_reached": limit,
                    "ema_stop": stop}
         run.outcome = "; ".join(f"{r['symbol']} {r['decision']}" for r in rows)
         run.details = summary
@@ -130,7 +133,7 @@ def _session_pnl(run: FlowRun, book: BookState, views: dict[str, SymbolView]) ->
     try:
         return day_pnl(book.all_fills(), run.session.open, marks, closes), None
     except ValueError as exc:
-        return None, f"the session's P&L is unknown ({exc}): entries wait"
+        return None, f"the session's P&L is unknown ({exc}): no entry in this run"
 
 
 def _decide(run: FlowRun, broker, gateway, rules: MtfRules, champion: Champion, view: SymbolView,
@@ -147,10 +150,10 @@ def _decide(run: FlowRun, broker, gateway, rules: MtfRules, champion: Champion, 
         blocked = (f"the broker holds {at_broker:g} {sym} shares but the journal's MTF fills add up to {qty}: "
                    "no order until reconciliation settles it")
     runs = runs_held(entry, run.as_of, runs_sessions(entry, run.as_of)) if qty > 0 and entry else None
-    decision = decide(qty, runs, view.p_up, view.price, context["loss_limit_hit"], rules,
+    decision = decide(qty, runs, view.p_up, view.price, context["entries_barred"], rules,
                       market_open=run.as_of < run.session.close, blocked=blocked,
                       no_probability=view.problem or "no P(up)", no_price=view.price_problem or "no usable price",
-                      loss_limit_reason=context["day_pnl_problem"])
+                      loss_limit_reason=None if context["loss_limit_reached"] else context["day_pnl_problem"])
     ref = mtf_order_ref(sym, run.as_of, decision)
     halted = run.kill_switch.current() if ref else None
     if halted is not None:
@@ -196,7 +199,7 @@ def _markdown(run: FlowRun, rows: list[dict], context: dict, stop: dict, failure
         p = "-" if r["P(up)"] is None else f"{r['P(up)']:.3f}"
         lines.append(f"| {r['symbol']} | {p} | {r['decision']} | {r['reason']} | {r['order']} |")
     lines += ["", f"Session P&L (MTF): {'unknown' if pnl is None else f'{pnl:,.2f} USD'}; daily loss limit "
-                  f"{'reached: no new entries' if context['loss_limit_hit'] else 'not reached'}.",
+                  f"{'reached: no new entries today' if context['loss_limit_reached'] else 'not reached'}.",
               f"EMA stop second line: {stop.get('action')}: {stop.get('reason')}"]
     if failures:
         lines += ["", "**Failures:** " + "; ".join(failures)]

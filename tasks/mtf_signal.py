@@ -127,7 +127,7 @@ def read_book(run: FlowRun, broker: Broker, gateway: OrderGateway, symbols: list
         earlier_rows = tx.fetch("SELECT symbol, decision, quantity, order_ref, reason, probability FROM signals "
                                 "WHERE strategy = ? AND as_of = ?", [STRATEGY, run.as_of])
         latch = tx.fetch("SELECT count(*) FROM signals WHERE strategy = ? AND session = ? AND as_of < ? "
-                         "AND json_extract(inputs, '$.loss_limit_hit')::BOOLEAN", [STRATEGY, session.date, run.as_of])
+                         "AND json_extract(inputs, '$.loss_limit_reached')::BOOLEAN", [STRATEGY, session.date, run.as_of])
     fills: dict[str, list[Fill]] = {}
     for sym, shares, price, commission, when in rows:
         if when <= run.as_of:  # a replay of an earlier as_of ignores later fills

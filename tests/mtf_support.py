@@ -88,6 +88,19 @@ def fresh_pacing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ib_broker, "_historical_pacer", ib_broker._Pacer(60, 600.0))
 
 
+@pytest.fixture
+def event_loop_for_ib() -> None:
+    """A current asyncio event loop in the main thread for an IBBroker used outside a flow: an earlier test's
+    `asyncio.run` (tests/test_prefect_server.py) leaves the thread without one, and ib_insync's blocking API
+    then fails with "There is no current event loop" (a process running one flow never meets this)."""
+    import asyncio
+
+    try:
+        asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+
+
 def fitted_model(bars, start, end, invert: bool = False, lookback: int = 24, horizon: int = 4):
     """(model, scaler, weights) of an LSTM fitted ON the hours in [start, end) themselves (many epochs, no
     dropout): in sample it ranks those hours far better than any honest model, so a retrain evaluated on that

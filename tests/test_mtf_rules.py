@@ -64,8 +64,7 @@ def test_blocked_closed_and_short_send_nothing():
     assert decide(37, 30, 0.1, 250.0, False, R, market_open=False).action == "HOLD"
     assert decide(0, None, 0.9, 250.0, False, R, market_open=False).code == "closed"
     assert decide(-5, None, 0.9, 250.0, False, R).code == "short"
-    assert decide(0, None, 0.9, 250.0, True, R, loss_limit_reason="P&L unknown").reason.startswith(
-        "daily loss limit: P&L unknown")
+    assert decide(0, None, 0.9, 250.0, True, R, loss_limit_reason="P&L unknown").reason.startswith("P&L unknown")
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -85,12 +84,11 @@ def test_rules_come_from_the_settings():
     assert RuleParams.from_settings(s).max_hold_runs == 12
 
 
-def test_loss_limit_latches_and_unknown_pnl_bars_entries():
+def test_loss_limit_latches():
     assert not loss_limit_reached(-1999.99, 2000)
     assert loss_limit_reached(-2000, 2000)
     assert loss_limit_reached(500, 2000, hit_earlier=True)
-    assert loss_limit_reached(None, 2000)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="day_pnl_usd"):
         loss_limit_reached(float("nan"), 2000)
 
 

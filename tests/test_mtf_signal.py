@@ -158,7 +158,7 @@ def test_daily_loss_limit_blocks_entries_and_exits_still_run(signal, models, exc
     assert blocked["TSLA"]["decision"] == "NO_TRADE" and "daily loss limit" in blocked["TSLA"]["reason"]
     assert blocked["AAPL"]["decision"] == "HOLD"
     row = signals("symbol = 'TSLA'")[-1]["inputs"]
-    assert row["loss_limit_hit"] is True and row["day_pnl"] <= -2_000
+    assert row["loss_limit_reached"] is True and row["day_pnl"] <= -2_000
     fill = journal().query("SELECT price, commission FROM executions").iloc[0]
     mark = exchange.engine.market.last_price("AAPL", int(at(12, 35, day).timestamp()))
     assert row["day_pnl"] == pytest.approx(qty * (mark - fill.price) - fill.commission, abs=0.01)

@@ -109,18 +109,17 @@ class MtfDecision:
         return {"BUY": "entry", "SELL": "exit"}.get(self.action)
 
 
-def loss_limit_reached(day_pnl_usd: float | None, limit_usd: float, hit_earlier: bool = False) -> bool:
-    """True when new entries are barred for the rest of the session: the limit was hit earlier in the session,
-    the session's P&L (USD) is at or below ``-limit_usd``, or that P&L is unknown (None: it cannot be shown to
-    be above the limit, so entries wait; exits are unaffected).
+def loss_limit_reached(day_pnl_usd: float, limit_usd: float, hit_earlier: bool = False) -> bool:
+    """True when the daily loss limit bars new entries for the rest of the session: it was reached earlier in
+    the session (it latches), or the session's P&L (USD) is at or below ``-limit_usd`` now.
+
+    (A flow that cannot compute the P&L holds entries back for that run only: see flows/mtf_signal.py.)
 
     Raises:
-        ValueError: ``limit_usd`` not > 0, or a NaN P&L.
+        ValueError: ``limit_usd`` not > 0, or a P&L that is not a finite number.
     """
     require_positive("daily_loss_limit_usd", limit_usd)
-    if hit_earlier or day_pnl_usd is None:
-        return True
-    return require_finite("day_pnl_usd", day_pnl_usd) <= -limit_usd
+    return hit_earlier or require_finite("day_pnl_usd", day_pnl_usd) <= -limit_usd
 
 
 def decide(position: int, runs: int | None, p_up: float | None, price: float | None, loss_limit: bool,
@@ -136,7 +135,7 @@ def decide(position: int, runs: int | None, p_up: float | None, price: float | N
             says why).
         price: the price an entry would be sized from (USD a share, a live quote), or None when there is none
             usable (``no_price`` says why).
-        loss_limit: :func:`loss_limit_reached` for the session (bars entries only).
+        loss_limit: whether entries are barred (:func:`loss_limit_reached`, or the P&L is unknown); exits run.
         market_open: False at or after the session's close: no order is sent.
         blocked: a reason that forbids any order for the symbol now (working order, position mismatch).
         no_probability, no_price, loss_limit_reason: the reasons to journal when there is no P(up), no usable
@@ -181,9 +180,9 @@ def decide(position: int, runs: int | None, p_up: float | None, price: float | N
     if p_up is None:
         return MtfDecision("NO_TRADE", 0, "no_probability", no_probability)
     if loss_limit:
-        why = loss_limit_reason or f"the session's P&L is at or below -{rules.daily_loss_limit_usd:,.0f} USD"
-        return MtfDecision("NO_TRADE", 0, "loss_limit", f"daily loss limit: {why}; no new entries today "
-                                                        f"(P(up) {p_up:.3f})")
+        why = loss_limit_reason or (f"daily loss limit: the session's P&L is at or below "
+                                    f"-{rules.daily_loss_limit_usd:,.0f} USD; no new entries today")
+        return MtfDecision("NO_TRADE", 0, "loss_limit", f"{why} (P(up) {p_up:.3f})")
     if p_up < rules.entry_threshold:
         return MtfDecision("NO_TRADE", 0, "below_entry", f"P(up) {p_up:.3f} < {rules.entry_threshold:.2f}")
     if price is None:
