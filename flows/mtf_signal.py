@@ -30,8 +30,8 @@ decision is replayed (its order re-submitted through the gateway, which sends no
 so a retry in the UI sends nothing new even if the market or the model changed meanwhile.
 
 Failures: a model problem fails the run before anything is sent; bad or stale bars give NO_TRADE (HOLD when
-long) with the reason; a broker error for one symbol, or an order the broker rejects, is journaled, the other
-symbols are still decided, and the run then fails so the alert fires.
+long) with the reason; a broker error for one symbol, a damaged bar store file, or an order the broker rejects,
+is journaled, the other symbols are still decided, and the run then fails so the alert fires.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def mtf_signal(as_of: datetime | None = None, symbols: list[str] | None = None,
                     failures.append(f"{sym}: {type(exc).__name__}: {exc}")
                     rows.append({"symbol": sym, "p_up": None, "decision": "ERROR", "reason": str(exc),
                                  "order": None})
-            failures += [f"{v.symbol}: {v.broker_error}" for v in views.values() if v.broker_error]
+            failures += [f"{v.symbol}: {v.failure}" for v in views.values() if v.failure]
         summary = {"as_of": run.as_of.isoformat(), "decisions": rows, "day_pnl": pnl, "loss_limit_reached": limit,
                    "ema_stop": stop}
         run.outcome = "; ".join(f"{r['symbol']} {r['decision']}" for r in rows)

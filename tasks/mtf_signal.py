@@ -184,7 +184,7 @@ class SymbolView:
     mark: float | None = None  # USD, the quote used to value a position (live or delayed)
     quote_delayed: bool | None = None
     store: dict[str, Any] = field(default_factory=dict)
-    broker_error: str | None = None  # the broker failed for this symbol (the run ends failed)
+    failure: str | None = None  # needs a person: the broker failed, the store is damaged (the run ends failed)
 
 
 @task(cache_policy=NONE)
@@ -205,13 +205,13 @@ def observe_symbol(run: FlowRun, broker: Broker, champion: Champion, cutoff: dt.
         view.store = {"requests": upd.requests, "added": upd.added, "note": upd.note}
         bars = complete_bars(store.load(sym), cutoff)
     except BarsError as exc:
-        view.problem = f"bar store damaged: {exc} (delete the file to rebuild it from the broker)"
+        view.problem = view.failure = f"bar store damaged: {exc} (delete the file to rebuild it from the broker)"
     except FeatureInputError as exc:
         view.problem = f"bad bars from the broker: {exc}"
     except (BrokerConnectionError, BrokerTimeoutError):
         raise
     except BrokerError as exc:
-        view.problem = view.broker_error = f"hourly bars unavailable: {exc}"
+        view.problem = view.failure = f"hourly bars unavailable: {exc}"
     if bars is not None:
         _p_up(view, bars, champion, run)
     try:

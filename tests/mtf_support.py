@@ -51,13 +51,19 @@ def register_constant(registry: ModelRegistry, symbol: str, p_up: float) -> str:
     return registry.register(symbol, model, scaler, weights, meta, CREATED).version
 
 
+_templates: list[tuple[Path, dict[tuple[str, float], str]]] = []
+
+
 @pytest.fixture(scope="session")
 def model_templates(tmp_path_factory) -> tuple[Path, dict[tuple[str, float], str]]:
-    """A registry folder with AAPL and TSLA versions of each P(up) in PROBABILITIES, and their version names."""
-    root = tmp_path_factory.mktemp("model-templates")
-    reg = ModelRegistry(root)
-    versions = {(sym, p): register_constant(reg, sym, p) for sym in ("AAPL", "TSLA") for p in PROBABILITIES}
-    return root, versions
+    """A registry folder with AAPL and TSLA versions of each P(up) in PROBABILITIES, and their version names
+    (built once per test session, also when several modules import this fixture)."""
+    if not _templates:
+        root = tmp_path_factory.mktemp("model-templates")
+        reg = ModelRegistry(root)
+        versions = {(sym, p): register_constant(reg, sym, p) for sym in ("AAPL", "TSLA") for p in PROBABILITIES}
+        _templates.append((root, versions))
+    return _templates[0]
 
 
 class Models:

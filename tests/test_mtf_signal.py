@@ -222,3 +222,40 @@ def test_a_late_run_is_skipped(signal, models, exchange):  # noqa: F811
     state = mtf_signal(as_of=at(10, 5), return_state=True)
     assert state.name == "SkippedLate" and "4.0 minutes after" in state.message
     assert exchange_orders(exchange) == [] and signals() == []
+
+
+def test_bad_stored_bars_trade_nothing_and_the_journal_says_why(signal, models, exchange):  # noqa: F811
+    from core.bar_store import BarStore, store_root
+
+    models.champion("AAPL", 0.9)
+    models.champion("TSLA", 0.9)
+    signal(at(10, 5))  # enters both, and fills the bar store
+    path = BarStore(store_root(get_settings().state_dir)).path("TSLA")
+    lines = path.read_text().splitlines()
+    lines[-3] = lines[-3].rsplit(",", 2)[0] + ",-1.0,100"  # a negative close
+    path.write_text("\n".join(lines) + "\n")
+    models.champion("AAPL", 0.1)
+    models.champion("TSLA", 0.1)
+    with pytest.raises(RuntimeError, match="TSLA: bar store damaged"):  # it needs a person: the run fails
+        signal(at(10, 15))
+    failed = journal().query("SELECT details FROM flow_events WHERE event = 'failed'")
+    out = {r["symbol"]: r for r in json.loads(failed["details"][0])["decisions"]}
+    assert out["AAPL"]["decision"] == "SELL"
+    assert out["TSLA"]["decision"] == "HOLD" and "bar store damaged" in out["TSLA"]["reason"]
+    assert "non-positive price" in out["TSLA"]["reason"]
+    assert [o.symbol for o in exchange_orders(exchange)] == ["AAPL", "TSLA", "AAPL"]  # no TSLA exit on bad data
+    assert signals("symbol = 'TSLA'")[-1]["probability"] is None
+
+
+def test_a_halt_journals_the_decision_and_sends_nothing(signal, models, exchange):  # noqa: F811
+    from core.controls import KillSwitch
+
+    models.champion("AAPL", 0.9)
+    models.champion("TSLA", 0.1)
+    KillSwitch(get_settings().state_dir).halt(journal(), "tester", "testing the halt", at(10, 0))
+    out = signal(at(10, 5))["decisions"][0]
+    assert out["decision"] == "BUY" and "not sent: " in out["reason"] and "tester" in out["reason"]
+    assert exchange_orders(exchange) == []
+    row = signals("symbol = 'AAPL'")[0]
+    assert row["decision"] == "BUY" and "not sent" in row["reason"]
+    assert journal().query("SELECT count(*) AS n FROM orders")["n"][0] == 0
