@@ -86,7 +86,7 @@ def mtf_signal(as_of: datetime | None = None, symbols: list[str] | None = None,
             gateway = run.gateway(broker)
             stop = _second_line(run, broker, failures)
             cutoff = min(run.as_of, broker.current_time())
-            book = read_book(run, broker, gateway, syms)
+            book = read_book(run, broker, gateway)
             views = {sym: observe_symbol(run, broker, champions[sym], cutoff) for sym in syms
                      if sym not in book.earlier}
             pnl, pnl_problem = _session_pnl(run, book, views)

@@ -89,8 +89,8 @@ def retrain(as_of: datetime | None = None, symbols: list[str] | None = None, his
             journal_retrain(run, outcome, window)
             results.append(_result(outcome, updates[sym]))
         run.details = {"window": window.label, "results": results, "failures": failures}
-        run.outcome = "; ".join(f"{r['symbol']} " + (f"promoted {r['challenger']}" if r["promoted"]
-                                                       else f"kept {r['champion']}") for r in results) or "nothing retrained"
+        run.outcome = "; ".join(f"{r['symbol']} promoted {r['challenger']}" if r["promoted"] else
+                                f"{r['symbol']} kept {r['champion']}" for r in results) or "nothing retrained"
         run.publish(_markdown(window.label, results, failures), [_row(r) for r in results])
         if failures:
             raise RuntimeError(f"retrain {run.as_of.isoformat()}: " + "; ".join(failures))

@@ -103,7 +103,7 @@ class BookState:
 
 
 @task(cache_policy=NONE)
-def read_book(run: FlowRun, broker: Broker, gateway: OrderGateway, symbols: list[str]) -> BookState:
+def read_book(run: FlowRun, broker: Broker, gateway: OrderGateway) -> BookState:
     """Record the strategy's executions the journal lacks (an order that filled after its run stopped waiting)
     and the final status of its orders, then read fills, positions, working orders, breaks, the decisions
     already taken at this `as_of` and the session's loss-limit latch."""
@@ -127,7 +127,8 @@ def read_book(run: FlowRun, broker: Broker, gateway: OrderGateway, symbols: list
         earlier_rows = tx.fetch("SELECT symbol, decision, quantity, order_ref, reason, probability FROM signals "
                                 "WHERE strategy = ? AND as_of = ?", [STRATEGY, run.as_of])
         latch = tx.fetch("SELECT count(*) FROM signals WHERE strategy = ? AND session = ? AND as_of < ? "
-                         "AND json_extract(inputs, '$.loss_limit_reached')::BOOLEAN", [STRATEGY, session.date, run.as_of])
+                         "AND json_extract(inputs, '$.loss_limit_reached')::BOOLEAN",
+                         [STRATEGY, session.date, run.as_of])
     fills: dict[str, list[Fill]] = {}
     for sym, shares, price, commission, when in rows:
         if when <= run.as_of:  # a replay of an earlier as_of ignores later fills
