@@ -7,7 +7,7 @@ One run, for `as_of` (default: its scheduled start):
 2. The hourly bar store (`core.bar_store`, `<state dir>/bars/1h/<SYMBOL>.csv`) is brought up to date from the
    Broker: only what is missing is requested (the bars since the last stored one; history back to
    `history_months` before the evaluation month in `1 M` chunks), at most `max_requests` historical requests in
-   the run, shared by the symbols (default 50: below IB's 60 in 10 minutes; IBBroker paces as well). A first run
+   the run, shared by the symbols (default 56: below IB's 60 in 10 minutes; IBBroker paces as well). A first run
    with an empty store backfills; later runs make about one request per symbol.
 3. Per symbol: a challenger is trained on the stored bars before the evaluation month (same model and splits as
    `tradeflow train`) and registered; champion and challenger are evaluated on the evaluation month with the
@@ -44,7 +44,7 @@ DEPLOYMENT = "retrain"
 
 @flow(name=DEPLOYMENT)
 def retrain(as_of: datetime | None = None, symbols: list[str] | None = None, history_months: int = 24,
-            max_requests: int = 50, epochs: int | None = None, lstm_units: list[int] | None = None,
+            max_requests: int = 56, epochs: int | None = None, lstm_units: list[int] | None = None,
             min_auc_gain: float = PromotionRule.min_auc_gain,
             max_log_loss_increase: float = PromotionRule.max_log_loss_increase,
             min_samples: int = PromotionRule.min_samples) -> dict[str, Any]:
