@@ -12,7 +12,6 @@ from core.calendar import NY
 from core.ib_broker import IBBroker
 from core.paper_exchange import AdminClient
 from tests.broker_support import START
-from tests.flow_support import exchange  # noqa: F401
 from tests.mtf_support import event_loop_for_ib, fresh_pacing  # noqa: F401
 
 CLOCK = START + timedelta(minutes=5)  # 2026-03-02 10:05: the 09:30 hourly bar is in progress

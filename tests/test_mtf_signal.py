@@ -18,7 +18,6 @@ from core.calendar import NY
 from core.journal import Journal
 from core.paper_exchange import AdminClient
 from core.settings import get_settings
-from tests.flow_support import exchange, prefect_harness  # noqa: F401
 from tests.mtf_support import fresh_pacing, model_templates, models  # noqa: F401
 
 DAY = datetime(2026, 3, 2, tzinfo=NY)

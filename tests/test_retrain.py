@@ -21,7 +21,6 @@ from core.settings import get_settings
 from models.registry import ModelRegistry
 from models.retrain import evaluation_month
 from tests.broker_support import START
-from tests.flow_support import exchange, prefect_harness  # noqa: F401
 from tests.mtf_support import CREATED, event_loop_for_ib, fitted_model, fresh_pacing  # noqa: F401
 
 FEB = datetime(2026, 2, 1, tzinfo=NY)
