@@ -3,7 +3,9 @@
 Reads ``<data_dir>/1h/<SYMBOL>.csv``, prints progress per epoch and one table per symbol (classification metrics
 vs the majority-class baseline on validation and test; the decision rules vs buy and hold vs the source system's
 reported figures on the test window), registers each model under ``settings.models_dir`` and makes it champion
-when the symbol has none. Exit code 0 when every symbol trained, 1 when one failed (the others still run).
+when the symbol has none, and records each version and its validation/test metrics in the journal (tables
+`models` and `model_metrics`, version named `<SYMBOL>/<version>`: see models/records.py). Exit code 0 when every
+symbol trained, 1 when one failed (the others still run).
 """
 
 from __future__ import annotations
@@ -90,9 +92,11 @@ def _handle(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     print("loading TensorFlow/Keras …", flush=True)
     from core.bars import load_hourly_bars
+    from core.journal import Journal
     from models.evaluate import RuleParams
     from models.mtf import TrainConfig
     from models.pipeline import train_and_register
+    from models.records import journal_id, record_training_metrics, record_version
     from models.registry import ModelRegistry
 
     import keras  # noqa: F401  (pay the import once, visibly)
@@ -127,6 +131,10 @@ def _handle(args: argparse.Namespace) -> int:
             failed += 1
             continue
         print(format_report(sym, out.metrics, out.version.metadata))
+        with Journal(s.journal_path).transaction() as tx:
+            record_version(tx, out.version, "champion" if out.became_champion else "challenger")
+            record_training_metrics(tx, out.version, as_of)
+        print(f"  journal: models and model_metrics of {journal_id(out.version)}")
         champ = registry.champion(sym)
         print(f"  registered {sym} {out.version.version} at {out.version.path}"
               f"{' -> champion (none before)' if out.became_champion else ''}; "

@@ -92,6 +92,7 @@ def _sql(args: argparse.Namespace) -> int:
 
 from deployments.cmd_backtest import register_backtest  # noqa: E402  (each module registers one command)
 from deployments.cmd_broker import register_paper_exchange, register_validate_connection  # noqa: E402
+from deployments.cmd_models import register_models  # noqa: E402
 from deployments.cmd_train import register_train  # noqa: E402
 from deployments.cmd_reconcile import register_reconcile, register_resolve  # noqa: E402
 
@@ -104,4 +105,5 @@ REGISTRY += [
     register_validate_connection,
     register_reconcile,
     register_resolve,
+    register_models,
 ]

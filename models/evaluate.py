@@ -4,9 +4,9 @@ Classification (:func:`classification_metrics`): accuracy, precision, recall (cl
 and log loss of P(up), next to the majority-class baseline: the class that was more frequent in the TRAINING
 labels, predicted for every test sample (its log loss uses the training base rate as a constant probability).
 
-Decision rules (:func:`simulate_rules`, strategies.md "Decisions, each 5-minute run"), on hourly bars. The live
-system decides every 5 minutes; here a decision is taken once per base bar, at its close, with that bar's P(up),
-filling at that close:
+Decision rules (:func:`simulate_rules`, strategies.md "Decisions, each 5-minute run"), on hourly bars, with the
+live flow's own rule function (:func:`core.strategies.mtf.decide`). The live system decides every 5 minutes;
+here a decision is taken once per base bar, at its close, with that bar's P(up), filling at that close:
 - entry: flat and P(up) >= 0.52: buy floor(10,000 USD / close) shares;
 - exit: long and (held >= 24 runs, or held >= 2 runs and P(up) < 0.50).
 Runs are mapped to bars by elapsed session time: one hourly bar = 12 five-minute runs, so the 24-run (2-hour)
@@ -16,7 +16,8 @@ yfinance's 15:30 bar) counts as 12 runs too (a simplification: bar end times are
 happen in the session, so a position open at the close is carried overnight and its count continues at the
 next session (as the live rules would do).
 - daily loss limit: when the day's P&L (realized + unrealized, marked at bar closes, from the previous session's
-  last close) is at or below -2,000 USD, no new entries that session; exits still run.
+  last close) is at or below -2,000 USD, no new entries for the rest of that session (it latches, as live);
+  exits still run.
 - after an exit no entry on the same bar (one decision per run: a run either manages the position or enters).
 - costs: IB fixed commission per order, 0.005 USD a share, min 1.00 USD, max 1 % of the trade value; no slippage
   unless ``slippage`` is set (fraction, adverse on each fill). A position open at the end of the window is closed
@@ -36,6 +37,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, log_loss, precision_score, recall_score, roc_auc_score
+
+from core.strategies.mtf import MtfRules, decide, loss_limit_reached
 
 SOURCE_FIGURES = {
     "AAPL": {"accuracy": 0.626, "return": 0.2523, "win_rate": 0.614, "trades": 57, "sharpe": 4.30},
@@ -77,17 +80,13 @@ def classification_metrics(y_true: np.ndarray, p_up: np.ndarray, y_train: np.nda
     return {"model": m(pred, p), "baseline": m(bpred, bprob) | {"majority_class": majority}}
 
 
-@dataclass
-class RuleParams:
-    """Decision-rule parameters (defaults: strategies.md / core.settings mtf_*)."""
+@dataclass(frozen=True)
+class RuleParams(MtfRules):
+    """The decision rules (:class:`core.strategies.mtf.MtfRules`) plus what a simulation on hourly bars adds:
+    5-minute runs per bar, IB fixed commission (USD a share, minimum USD an order, maximum fraction of the trade
+    value) and adverse slippage (fraction of the price, per fill)."""
 
-    entry_threshold: float = 0.52
-    exit_threshold: float = 0.50
-    min_hold_runs: int = 2
-    max_hold_runs: int = 24
     runs_per_bar: int = 12  # hourly bars, 5-minute runs
-    position_usd: float = 10_000.0
-    daily_loss_limit_usd: float = 2_000.0
     commission_per_share: float = 0.005
     commission_min: float = 1.0
     commission_max_fraction: float = 0.01
@@ -95,11 +94,9 @@ class RuleParams:
 
     @classmethod
     def from_settings(cls, s) -> "RuleParams":
-        return cls(entry_threshold=s.mtf_entry_threshold, exit_threshold=s.mtf_exit_threshold,
-                   min_hold_runs=s.mtf_min_hold_runs, max_hold_runs=s.mtf_max_hold_runs,
-                   position_usd=s.mtf_position_usd, daily_loss_limit_usd=s.mtf_daily_loss_limit_usd,
-                   commission_per_share=s.commission_per_share, commission_min=s.commission_min,
-                   commission_max_fraction=s.commission_max_fraction, slippage=s.backtest_slippage_fraction)
+        return cls(**asdict(MtfRules.from_settings(s)), commission_per_share=s.commission_per_share,
+                   commission_min=s.commission_min, commission_max_fraction=s.commission_max_fraction,
+                   slippage=s.backtest_slippage_fraction)
 
 
 def commission(shares: int, price: float, r: RuleParams) -> float:
@@ -152,40 +149,35 @@ def simulate_rules(index: pd.DatetimeIndex, close: np.ndarray, p_up: np.ndarray,
     cash = 0.0  # realized P&L, USD
     trades: list[dict] = []
     equity = np.zeros(n)
-    blocked_day = None
+    limit_hit = False
     day_start_equity = 0.0
     held_bars = 0
     for i in range(n):
-        new_day = i == 0 or day[i] != day[i - 1]
-        if new_day:
+        if i == 0 or day[i] != day[i - 1]:
             day_start_equity = equity[i - 1] if i > 0 else 0.0
+            limit_hit = False
         px = close[i]
         if shares > 0:
             runs += r.runs_per_bar
             held_bars += 1
-            if runs >= r.max_hold_runs or (runs >= r.min_hold_runs and p[i] < r.exit_threshold):
-                fill = px * (1 - r.slippage)
-                pnl = shares * (fill - entry_px) - commission(shares, fill, r)
-                cash += pnl
-                trades[-1].update(exit_time=index[i], exit=fill, pnl=trades[-1]["pnl"] + pnl,
-                                  reason="max hold" if runs >= r.max_hold_runs else "p<exit")
-                shares = 0
-                equity[i] = cash
-                continue
-        unreal = shares * (px - entry_px) if shares else 0.0
-        equity[i] = cash + unreal
-        if shares == 0 and blocked_day != day[i]:
-            if equity[i] - day_start_equity <= -r.daily_loss_limit_usd:
-                blocked_day = day[i]
-            elif p[i] >= r.entry_threshold:
-                fill = px * (1 + r.slippage)
-                q = int(r.position_usd // fill)
-                if q > 0:
-                    fee = commission(q, fill, r)
-                    cash -= fee
-                    shares, entry_px, runs = q, fill, 0
-                    trades.append({"entry_time": index[i], "shares": q, "entry": fill, "pnl": -fee})
-                    equity[i] = cash
+        equity[i] = cash + shares * (px - entry_px)
+        limit_hit = loss_limit_reached(equity[i] - day_start_equity, r.daily_loss_limit_usd, limit_hit)
+        d = decide(shares, runs if shares else None, float(p[i]), px * (1 + r.slippage), limit_hit, r)
+        if d.action == "SELL":
+            fill = px * (1 - r.slippage)
+            pnl = shares * (fill - entry_px) - commission(shares, fill, r)
+            cash += pnl
+            trades[-1].update(exit_time=index[i], exit=fill, pnl=trades[-1]["pnl"] + pnl,
+                              reason="max hold" if d.code == "max_hold" else "p<exit")
+            shares = 0
+            equity[i] = cash
+        elif d.action == "BUY":
+            fill = px * (1 + r.slippage)
+            fee = commission(d.quantity, fill, r)
+            cash -= fee
+            shares, entry_px, runs = d.quantity, fill, 0
+            trades.append({"entry_time": index[i], "shares": d.quantity, "entry": fill, "pnl": -fee})
+            equity[i] = cash
     if shares > 0:  # close at the end of the window
         fill = close[-1] * (1 - r.slippage)
         pnl = shares * (fill - entry_px) - commission(shares, fill, r)
@@ -216,3 +208,103 @@ def buy_and_hold(index: pd.DatetimeIndex, close: np.ndarray, r: RuleParams = Rul
     pnl = float(marks[-1])
     return SimResult(total_return=pnl / r.position_usd, win_rate=float(pnl > 0), trades=1, sharpe=_sharpe(daily),
                      pnl_usd=pnl, sessions=len(daily_end), exposure=1.0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# champion against challenger on the same out-of-sample window (the monthly retrain)
+
+
+def evaluate_window(predictor, bars: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp, horizon: int,
+                    r: RuleParams = RuleParams()) -> dict:
+    """A model's metrics on the bars that start in ``[start, end)``, through the numpy predictor the live flow uses.
+
+    Features are computed on the bars before ``end`` (nothing after the window is read). Labels: close H bars
+    ahead above the close now (:func:`models.mtf.make_labels`); the window's last H bars have none and only
+    count in the rule simulation. The majority-class baseline takes its class and base rate from the labels
+    before ``start``, so champion and challenger share one baseline.
+
+    Args:
+        predictor: a :class:`models.inference.NumpyLSTMModel` (its ``lookback`` L).
+        bars: hourly bars reaching back far enough for the feature warm-up and L rows before ``start``.
+        start, end: the window (aware). horizon: H, base bars.
+
+    Returns:
+        {"classification": classification_metrics(...), "rules": SimResult dict, "buy_hold": SimResult dict,
+         "first": ISO, "last": ISO, "bars": int}.
+
+    Raises:
+        ValueError: no bar in the window, or window rows still in the feature warm-up (too little history).
+    """
+    from core.features import compute_features
+    from models.mtf import make_labels
+
+    bars = bars[bars.index < end]
+    feats = compute_features(bars)
+    x = feats.to_numpy()
+    y = make_labels(bars["close"].to_numpy(dtype="float64"), horizon)
+    rows = np.flatnonzero(np.asarray(bars.index >= start))
+    if len(rows) == 0:
+        raise ValueError(f"no bar between {start} and {end}")
+    lookback = predictor.lookback
+    if rows[0] < lookback - 1:
+        raise ValueError(f"the window starts {rows[0]} bars into the data; the model reads {lookback}")
+    p = predictor.predict_windows(np.stack([x[i - lookback + 1 : i + 1] for i in rows]))
+    labelled = ~np.isnan(y[rows])
+    before = y[: rows[0]]
+    reference = before[~np.isnan(before)]
+    idx, close = bars.index[rows], bars["close"].to_numpy(dtype="float64")[rows]
+    sim, _ = simulate_rules(idx, close, p, r)
+    return {
+        "classification": classification_metrics(y[rows][labelled], p[labelled],
+                                                 reference if len(reference) else y[rows][labelled]),
+        "rules": sim.as_dict(),
+        "buy_hold": buy_and_hold(idx, close, r).as_dict(),
+        "first": idx[0].isoformat(),
+        "last": idx[-1].isoformat(),
+        "bars": int(len(rows)),
+    }
+
+
+@dataclass(frozen=True)
+class PromotionRule:
+    """When a challenger replaces the champion (both evaluated on the same out-of-sample window).
+
+    Promote when the symbol has no champion, or when the champion cannot be evaluated (its files are damaged:
+    it could not trade either), or when all of:
+    - the window has at least ``min_samples`` labelled samples;
+    - challenger ROC AUC > champion ROC AUC + ``min_auc_gain`` (ranking: what the thresholds act on);
+    - challenger log loss <= champion log loss + ``max_log_loss_increase`` (its probabilities are not worse
+      calibrated by more than that; P(up) is compared with fixed thresholds, so calibration matters).
+    Otherwise the champion stays. A tie keeps the champion.
+    """
+
+    min_auc_gain: float = 0.0
+    max_log_loss_increase: float = 0.01
+    min_samples: int = 50
+
+
+def promotion_decision(champion: dict | None, challenger: dict, rule: PromotionRule = PromotionRule(),
+                       champion_error: str | None = None) -> tuple[bool, str]:
+    """(promote?, reason) from the two models' ``classification_metrics(...)["model"]`` blocks.
+
+    Args:
+        champion: the champion's block, or None when the symbol has no champion.
+        challenger: the challenger's block.
+        champion_error: why the champion could not be evaluated (then ``champion`` is ignored).
+    """
+    if champion_error:
+        return True, f"the champion could not be evaluated ({champion_error})"
+    if champion is None:
+        return True, "no champion"
+    n = int(challenger.get("n", 0))
+    if n < rule.min_samples:
+        return False, f"{n} labelled samples in the window < {rule.min_samples}: too few to judge"
+    auc_c, auc_k = challenger["roc_auc"], champion["roc_auc"]
+    ll_c, ll_k = challenger["log_loss"], champion["log_loss"]
+    if math.isnan(auc_c):
+        return False, "the challenger's ROC AUC is undefined on the window (one class only)"
+    auc_ok = math.isnan(auc_k) or auc_c > auc_k + rule.min_auc_gain
+    ll_ok = ll_c <= ll_k + rule.max_log_loss_increase
+    text = (f"ROC AUC {auc_c:.4f} vs {auc_k:.4f} (needs > champion + {rule.min_auc_gain:g}), log loss {ll_c:.4f} "
+            f"vs {ll_k:.4f} (needs <= champion + {rule.max_log_loss_increase:g})")
+    return (auc_ok and ll_ok), ("challenger better: " if auc_ok and ll_ok else "champion stays: ") + text

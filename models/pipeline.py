@@ -82,8 +82,10 @@ class TrainOutcome:
 
 def train_and_register(symbol: str, bars: pd.DataFrame, registry: ModelRegistry, as_of: datetime,
                        config: TrainConfig = TrainConfig(), rules: RuleParams = RuleParams(),
-                       progress: ProgressFn | None = None, promote_if_none: bool = True) -> TrainOutcome:
-    """Train a model for ``symbol``, evaluate it, register it, and make it champion when there is none.
+                       progress: ProgressFn | None = None, promote_if_none: bool = True,
+                       extra_metadata: dict[str, Any] | None = None) -> TrainOutcome:
+    """Train a model for ``symbol``, evaluate it, register it, and make it champion when there is none
+    (``promote_if_none``). ``extra_metadata`` is added to the version's metadata (e.g. the retrain's window).
 
     Raises:
         core.features.FeatureInputError, ValueError: bad or too few bars.
@@ -91,7 +93,8 @@ def train_and_register(symbol: str, bars: pd.DataFrame, registry: ModelRegistry,
     result = train_model(symbol, bars, config, progress)
     metrics = evaluate_result(result, rules)
     weights = export_weights(result.model, result.scaler, config.lookback)
-    mv = registry.register(symbol, result.model, result.scaler, weights, metadata_for(result, metrics), as_of)
+    mv = registry.register(symbol, result.model, result.scaler, weights,
+                           metadata_for(result, metrics) | (extra_metadata or {}), as_of)
     became = False
     if promote_if_none and registry.champion(symbol) is None:
         registry.promote(symbol, mv.version)

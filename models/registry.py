@@ -155,6 +155,10 @@ class ModelRegistry:
         v = self._read_pointer(symbol)["version"]
         return self.get(symbol, v) if v else None
 
+    def champion_history(self, symbol: str) -> list[str]:
+        """The former champions of ``symbol``, oldest first (``rollback`` restores the last one)."""
+        return list(self._read_pointer(symbol)["history"])
+
     def promote(self, symbol: str, version: str) -> ModelVersion:
         """Make ``version`` the champion; the previous champion goes onto the rollback history.
 

@@ -9,7 +9,6 @@ import pytest
 from core.broker import BrokerConnectionError, OrderRequest
 from core.ib_broker import IBBroker
 from core.settings import get_settings
-from tests.flow_support import exchange  # noqa: F401
 
 
 def _stop(ref: str) -> OrderRequest:

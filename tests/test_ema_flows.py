@@ -42,7 +42,6 @@ from flows.equity_snapshot import equity_snapshot
 from tasks.ema_stop import ema_stop_second_line
 from tasks.runtime import flow_run
 from tests.broker_support import require_data
-from tests.flow_support import prefect_harness  # noqa: F401
 
 NY = ZoneInfo("America/New_York")
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -14,7 +14,6 @@ from core.ib_broker import IBBroker
 from core.journal import Journal
 from core.orders import OrderGateway, PositionBreakError, TradingHaltedError, order_ref
 from core.settings import get_settings
-from tests.flow_support import exchange  # noqa: F401
 
 AS_OF = dt.datetime(2026, 3, 2, 10, 0, tzinfo=NY)
 DAY = AS_OF.date()

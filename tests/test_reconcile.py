@@ -31,7 +31,6 @@ from deployments.cli import main
 from core.paper_exchange import AdminClient
 from tasks.reconcile import reconcile_account
 from tests.broker_support import START
-from tests.flow_support import exchange  # noqa: F401
 
 DAY = START.date()
 EVENING = dt.datetime(2026, 3, 2, 17, 0, tzinfo=NY)

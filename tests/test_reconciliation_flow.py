@@ -20,7 +20,6 @@ from core.paper_exchange import AdminClient
 from core.settings import get_settings
 from flows.reconciliation import reconciliation
 from tests.broker_support import START
-from tests.flow_support import exchange, prefect_harness  # noqa: F401
 
 DAY = START.date()
 EVENING = dt.datetime(2026, 3, 2, 17, 0, tzinfo=NY)

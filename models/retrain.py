@@ -1,0 +1,134 @@
+"""The monthly retrain of one symbol: a challenger, champion and challenger on the same out-of-sample month, and
+the promotion rule (`flows/retrain.py` runs it for each symbol; nothing here imports Prefect or reads the clock).
+
+Windows, for a retrain at ``as_of`` (scheduled 18:00 on the last session of a month):
+
+- **evaluation month** (:func:`evaluation_month`): the last calendar month whose last session had closed by
+  ``as_of``: at 18:00 on the last session of February, February. The window holds the bars that START in that
+  month. It is out of sample for the challenger, and for a champion trained by an earlier retrain.
+- **the challenger's data**: the bar store's bars that start before the evaluation month (through the end of the
+  month before it), split chronologically into train / validation / test as `tradeflow train` does. No training
+  label reaches into the evaluation month (the split leaves the last H bars without a sample).
+- **the champion** is evaluated as it is; when its own training data overlapped the evaluation month (a model
+  trained by hand on everything), its figures there are partly in sample, which favours keeping it: the
+  evaluation's ``champion_in_sample`` flag says so.
+
+Both are evaluated through the numpy predictor (`models.inference`), the code the signal flow uses, with the
+labels of `settings.mtf_horizon` and one majority-class baseline (from the labels before the window).
+The promotion rule is :class:`models.evaluate.PromotionRule`.
+
+A rerun for the same ``as_of`` finds the challenger it registered (metadata ``retrain.as_of``) and evaluates it
+again instead of training another.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from core.calendar import NY, sessions
+from models.evaluate import PromotionRule, RuleParams, evaluate_window, promotion_decision
+from models.mtf import ProgressFn, TrainConfig
+from models.registry import ModelRegistry, ModelVersion, RegistryError
+
+
+@dataclass(frozen=True)
+class EvaluationMonth:
+    """The out-of-sample month: bars starting in [start, end) (midnight New York); ``label`` e.g. 'oos:2026-02'."""
+
+    start: dt.datetime
+    end: dt.datetime
+    label: str
+
+
+def evaluation_month(as_of: dt.datetime) -> EvaluationMonth:
+    """The last calendar month whose last NYSE session closed at or before ``as_of`` (aware).
+
+    Raises:
+        ValueError: a naive ``as_of``.
+    """
+    if as_of.tzinfo is None:
+        raise ValueError("as_of must be timezone-aware")
+    local = as_of.astimezone(NY)
+    first = local.date().replace(day=1)
+    month_sessions = sessions(first, local.date())
+    last_of_month = sessions(first, (pd.Timestamp(first) + pd.offsets.MonthEnd(0)).date())
+    if not (month_sessions and last_of_month and month_sessions[-1] == last_of_month[-1]
+            and last_of_month[-1].close <= as_of):
+        first = (pd.Timestamp(first) - pd.offsets.MonthBegin(1)).date()
+    start = dt.datetime.combine(first, dt.time(0), tzinfo=NY)
+    end = dt.datetime.combine((pd.Timestamp(first) + pd.offsets.MonthBegin(1)).date(), dt.time(0), tzinfo=NY)
+    return EvaluationMonth(start, end, f"oos:{first:%Y-%m}")
+
+
+@dataclass
+class RetrainOutcome:
+    """One symbol's retrain: the versions, both evaluations, the decision."""
+
+    symbol: str
+    challenger: ModelVersion
+    champion: ModelVersion | None
+    challenger_eval: dict[str, Any]
+    champion_eval: dict[str, Any] | None
+    champion_error: str | None
+    promoted: bool
+    reason: str
+    trained: bool  # False when a rerun reused the challenger registered before
+    notes: list[str] = field(default_factory=list)
+
+
+def retrain_symbol(symbol: str, bars: pd.DataFrame, registry: ModelRegistry, as_of: dt.datetime,
+                   window: EvaluationMonth, config: TrainConfig, rules: RuleParams = RuleParams(),
+                   rule: PromotionRule = PromotionRule(), progress: ProgressFn | None = None) -> RetrainOutcome:
+    """Train (or find) the challenger, evaluate champion and challenger on ``window``, promote by ``rule``.
+
+    Args:
+        bars: the symbol's hourly bars from the store, reaching at least to the window's end.
+
+    Raises:
+        ValueError: too few bars before the window to train, or none in it.
+    """
+    from models.pipeline import train_and_register
+
+    champion = registry.champion(symbol)
+    tag = {"as_of": as_of.isoformat(), "window": window.label, "trained_through": window.start.isoformat()}
+    challenger = next((v for v in registry.list_versions(symbol) if v.metadata.get("retrain") == tag), None)
+    trained = challenger is None
+    if trained:
+        train_bars = bars[bars.index < window.start]
+        challenger = train_and_register(symbol, train_bars, registry, as_of, config, rules, progress,
+                                        promote_if_none=False, extra_metadata={"retrain": tag}).version
+    if champion is not None and champion.version == challenger.version:  # a rerun after the promotion
+        champion = _previous_champion(registry, symbol)
+    evaluated = bars[bars.index < window.end]
+    challenger_eval = evaluate_window(registry.load_predictor(symbol, challenger.version), evaluated, window.start,
+                                      window.end, config.horizon, rules)
+    champion_eval, champion_error = None, None
+    if champion is not None:
+        try:
+            champion_eval = evaluate_window(registry.load_predictor(symbol, champion.version), evaluated,
+                                            window.start, window.end, config.horizon, rules)
+            champion_eval["champion_in_sample"] = _overlaps(champion, window)
+        except (OSError, KeyError, ValueError, RegistryError) as exc:
+            champion_error = f"{champion.version}: {exc}"
+    promote, reason = promotion_decision(champion_eval["classification"]["model"] if champion_eval else None,
+                                         challenger_eval["classification"]["model"], rule, champion_error)
+    if promote:
+        registry.promote(symbol, challenger.version)
+    return RetrainOutcome(symbol.upper(), challenger, champion, challenger_eval, champion_eval, champion_error,
+                          promote, reason, trained)
+
+
+def _previous_champion(registry: ModelRegistry, symbol: str) -> ModelVersion | None:
+    history = registry.champion_history(symbol)
+    return registry.get(symbol, history[-1]) if history else None
+
+
+def _overlaps(mv: ModelVersion, window: EvaluationMonth) -> bool:
+    """Whether the version's training/validation data reached into the window."""
+    val = (mv.metadata.get("splits") or {}).get("val") or {}
+    last = val.get("last")
+    return bool(last) and dt.datetime.fromisoformat(last) >= window.start

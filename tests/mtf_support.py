@@ -1,0 +1,136 @@
+"""Helpers for the MTF flow tests: real registered models whose P(up) is known, and a clean pacing budget.
+
+`constant_model`: a real Keras LSTM (built by `models.mtf.build_model`) whose final Dense layer has a zero kernel
+and the bias logit(p), so its P(up) is p for every input; registered through the real registry (model.keras,
+scaler, weights.npz, metadata) and read back by the signal flow through `ModelRegistry.load_predictor`, like any
+trained model. Building them imports TensorFlow once per test session (session fixture `model_templates`).
+
+`fresh_pacing`: production runs every flow in a process of its own, so IBBroker's historical-data pacer (60
+requests in 10 minutes, per process) starts empty for each run; tests run many flows in one process, so each
+test gets an empty pacer too.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.registry import ModelRegistry
+
+CREATED = datetime(2026, 2, 27, 23, 0, tzinfo=timezone.utc)
+PROBABILITIES = (0.9, 0.1, 0.51)
+"""P(up) of the template versions: enters, exits / stays out, holds (between the exit and entry thresholds)."""
+
+
+def constant_model(p_up: float, lookback: int = 24):
+    """(Keras model, fitted scaler, exported weights) of an LSTM whose output is ``p_up`` for every input."""
+    from sklearn.preprocessing import StandardScaler
+
+    from core.features import FEATURES
+    from models.mtf import TrainConfig, build_model, export_weights
+
+    model = build_model(lookback, len(FEATURES), TrainConfig(lookback=lookback, lstm_units=(4,)))
+    dense = model.layers[-1]
+    kernel, bias = dense.get_weights()
+    dense.set_weights([np.zeros_like(kernel), np.full_like(bias, math.log(p_up / (1 - p_up)))])
+    scaler = StandardScaler().fit(np.random.default_rng(0).normal(size=(100, len(FEATURES))))
+    return model, scaler, export_weights(model, scaler, lookback)
+
+
+def register_constant(registry: ModelRegistry, symbol: str, p_up: float) -> str:
+    """Register a constant-P(up) version of ``symbol``; returns its version name."""
+    from core.features import FEATURES
+
+    model, scaler, weights = constant_model(p_up)
+    meta = {"features": list(FEATURES), "lookback": 24, "horizon": 4, "note": f"test model: P(up) = {p_up}"}
+    return registry.register(symbol, model, scaler, weights, meta, CREATED).version
+
+
+_templates: list[tuple[Path, dict[tuple[str, float], str]]] = []
+
+
+@pytest.fixture(scope="session")
+def model_templates(tmp_path_factory) -> tuple[Path, dict[tuple[str, float], str]]:
+    """A registry folder with AAPL and TSLA versions of each P(up) in PROBABILITIES, and their version names
+    (built once per test session, also when several modules import this fixture)."""
+    if not _templates:
+        root = tmp_path_factory.mktemp("model-templates")
+        reg = ModelRegistry(root)
+        versions = {(sym, p): register_constant(reg, sym, p) for sym in ("AAPL", "TSLA") for p in PROBABILITIES}
+        _templates.append((root, versions))
+    return _templates[0]
+
+
+class Models:
+    """The test's registry (a copy of the templates in the state directory) and a way to pick champions."""
+
+    def __init__(self, root: Path, versions: dict[tuple[str, float], str]):
+        self.registry = ModelRegistry(root)
+        self.versions = versions
+
+    def champion(self, symbol: str, p_up: float) -> str:
+        """Make the constant-``p_up`` version the champion of ``symbol``; returns the version."""
+        version = self.versions[(symbol, p_up)]
+        self.registry.promote(symbol, version)
+        return version
+
+
+@pytest.fixture
+def models(state_dir: Path, model_templates) -> Models:
+    root, versions = model_templates
+    shutil.copytree(root, state_dir / "models")
+    return Models(state_dir / "models", versions)
+
+
+@pytest.fixture
+def fresh_pacing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import core.ib_broker as ib_broker
+
+    monkeypatch.setattr(ib_broker, "_historical_pacer", ib_broker._Pacer(60, 600.0))
+
+
+@pytest.fixture
+def event_loop_for_ib() -> None:
+    """A current asyncio event loop in the main thread for an IBBroker used outside a flow: an earlier test's
+    `asyncio.run` (tests/test_prefect_server.py) leaves the thread without one, and ib_insync's blocking API
+    then fails with "There is no current event loop" (a process running one flow never meets this)."""
+    import asyncio
+
+    try:
+        asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+
+
+def fitted_model(bars, start, end, invert: bool = False, lookback: int = 24, horizon: int = 4):
+    """(model, scaler, weights) of an LSTM fitted ON the hours in [start, end) themselves (many epochs, no
+    dropout): in sample it ranks those hours far better than any honest model, so a retrain evaluated on that
+    window must keep it. ``invert`` flips its output (P -> 1 - P): then it is far worse than chance there.
+    Test scaffolding for a champion of known quality, not a way to train."""
+    import keras
+    from sklearn.preprocessing import StandardScaler
+
+    from core.features import FEATURES, compute_features, first_complete_row
+    from models.mtf import TrainConfig, build_model, export_weights, make_labels, windows
+
+    keras.utils.set_random_seed(7)
+    bars = bars[bars.index < end]
+    frame = compute_features(bars)
+    feats = frame.to_numpy()
+    y = make_labels(bars["close"].to_numpy(), horizon)
+    rows = np.flatnonzero((bars.index >= start) & ~np.isnan(y))
+    scaler = StandardScaler().fit(feats[first_complete_row(frame):])
+    x = windows(np.nan_to_num(scaler.transform(feats)), rows, lookback)
+    model = build_model(lookback, len(FEATURES), TrainConfig(lookback=lookback, lstm_units=(32,), dropout=0.0,
+                                                             learning_rate=0.01))
+    model.fit(x, y[rows].astype(np.float32), epochs=60, batch_size=32, verbose=0)
+    if invert:
+        dense = model.layers[-1]
+        kernel, bias = dense.get_weights()
+        dense.set_weights([-kernel, -bias])
+    return model, scaler, export_weights(model, scaler, lookback)

@@ -1,0 +1,96 @@
+"""The monthly `retrain` flow against the paper exchange: the bar store fed incrementally from the Broker, a
+challenger trained on the months before the evaluation month, champion and challenger compared on that month,
+promotion only by the rule, both evaluations in the journal.
+
+The champions are of known quality (tests/mtf_support.fitted_model): AAPL's was fitted on the evaluation month
+itself (far better there than any honest challenger: it must stay), TSLA's is that model inverted (far worse
+than chance: the challenger must replace it). One run shows both outcomes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from core.bar_store import BarStore, complete_bars, store_root
+from core.calendar import NY
+from core.ib_broker import IBBroker
+from core.journal import Journal
+from core.settings import get_settings
+from models.registry import ModelRegistry
+from models.retrain import evaluation_month
+from tests.broker_support import START
+from tests.mtf_support import CREATED, event_loop_for_ib, fitted_model, fresh_pacing  # noqa: F401
+
+FEB = datetime(2026, 2, 1, tzinfo=NY)
+MAR = datetime(2026, 3, 1, tzinfo=NY)
+HISTORY_FROM = datetime(2025, 1, 1, tzinfo=NY)  # 13 months before the evaluation month
+
+
+def test_evaluation_month_is_the_last_month_whose_last_session_closed():
+    assert evaluation_month(datetime(2026, 2, 27, 18, 0, tzinfo=NY)).label == "oos:2026-02"  # its last session
+    assert evaluation_month(datetime(2026, 2, 27, 15, 0, tzinfo=NY)).label == "oos:2026-01"  # still open
+    assert evaluation_month(datetime(2026, 2, 26, 18, 0, tzinfo=NY)).label == "oos:2026-01"
+    w = evaluation_month(START)
+    assert (w.start, w.end, w.label) == (FEB, MAR, "oos:2026-02")
+    with pytest.raises(ValueError, match="timezone-aware"):
+        evaluation_month(datetime(2026, 3, 2))
+
+
+@pytest.fixture
+def store(exchange, fresh_pacing, event_loop_for_ib):  # noqa: F811
+    """The bar store of both symbols, filled through the real IBBroker (13 months back from February)."""
+    bs = BarStore(store_root(get_settings().state_dir))
+    with IBBroker(client_id=61) as broker:
+        for sym in ("AAPL", "TSLA"):
+            first = bs.update(broker, sym, START, HISTORY_FROM, max_requests=25)
+            assert first.complete and first.first <= HISTORY_FROM and first.requests <= 16
+            again = bs.update(broker, sym, START, HISTORY_FROM, max_requests=25)
+            assert (again.requests, again.added) == (1, 0)  # only what is missing: one request, nothing new
+    return bs
+
+
+def test_retrain_keeps_a_better_champion_and_replaces_a_worse_one(exchange, prefect_harness, store):  # noqa: F811
+    from flows.retrain import retrain
+
+    registry = ModelRegistry(get_settings().models_dir)
+    for sym, invert in (("AAPL", False), ("TSLA", True)):
+        bars = complete_bars(store.load(sym), START)
+        model, scaler, weights = fitted_model(bars, FEB, MAR, invert=invert)
+        meta = {"features": weights["features"].tolist(), "lookback": 24, "horizon": 4}
+        registry.promote(sym, registry.register(sym, model, scaler, weights, meta, CREATED).version)
+
+    out = retrain(as_of=START, history_months=13, epochs=2, lstm_units=[8])
+    by = {r["symbol"]: r for r in out["results"]}
+    assert out["window"] == "oos:2026-02"
+    aapl, tsla = by["AAPL"], by["TSLA"]
+    assert aapl["champion_oos"]["roc_auc"] > 0.75 and tsla["champion_oos"]["roc_auc"] < 0.25  # as constructed
+    assert (aapl["challenger"], aapl["promoted"]) == ("v0002", False) and aapl["reason"].startswith("champion stays")
+    assert (tsla["challenger"], tsla["promoted"]) == ("v0002", True) and tsla["reason"].startswith("challenger better")
+    assert registry.champion("AAPL").version == "v0001" and registry.champion("TSLA").version == "v0002"
+    assert registry.champion_history("TSLA") == ["v0001"]
+
+    challenger = registry.get("AAPL", "v0002").metadata
+    assert challenger["retrain"]["window"] == "oos:2026-02"
+    assert datetime.fromisoformat(challenger["splits"]["test"]["last"]) < FEB  # trained before the window only
+    assert datetime.fromisoformat(challenger["data"]["bars_first"]) <= HISTORY_FROM.replace(day=5)
+
+    journal = Journal(get_settings().journal_path)
+    models = journal.query("SELECT version, status FROM models ORDER BY version")
+    assert models.values.tolist() == [["AAPL/v0001", "champion"], ["AAPL/v0002", "challenger"],
+                                      ["TSLA/v0001", "retired"], ["TSLA/v0002", "champion"]]
+    oos = journal.query("SELECT version, metric, value, baseline FROM model_metrics WHERE eval_window = 'oos:2026-02'"
+                        " AND metric IN ('roc_auc', 'log_loss') ORDER BY version, metric")
+    assert len(oos) == 8 and oos["baseline"].notna().all()
+    auc = {r.version: r.value for r in oos.itertuples() if r.metric == "roc_auc"}
+    assert auc["AAPL/v0001"] == pytest.approx(aapl["champion_oos"]["roc_auc"])
+    assert auc["TSLA/v0002"] == pytest.approx(tsla["challenger_oos"]["roc_auc"])
+    own = journal.query("SELECT DISTINCT eval_window FROM model_metrics WHERE version = 'TSLA/v0002' ORDER BY 1")
+    assert own["eval_window"].tolist() == ["oos:2026-02", "test", "val"]
+
+    again = retrain(as_of=START, history_months=13, epochs=2, lstm_units=[8])  # a rerun trains nothing new
+    assert [(r["symbol"], r["challenger"], r["promoted"], r["trained"]) for r in again["results"]] == [
+        ("AAPL", "v0002", False, False), ("TSLA", "v0002", True, False)]
+    assert [v.version for v in registry.list_versions("TSLA")] == ["v0001", "v0002"]
+    assert registry.champion("TSLA").version == "v0002" and registry.champion("AAPL").version == "v0001"
