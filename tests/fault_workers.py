@@ -15,6 +15,7 @@ FLOWS = {
     "ema-entry": "flows.ema_entry:ema_entry",
     "ema-update": "flows.ema_update:ema_update",
     "reconciliation": "flows.reconciliation:reconciliation",
+    "mtf-signal": "flows.mtf_signal:mtf_signal",
 }
 
 

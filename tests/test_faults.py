@@ -5,6 +5,8 @@ a person holding a SQL session while three flows write. Bad data: tests/test_fau
 
 The EMA session used: 2026-03-02, the `exchange` fixture's day. SMH's EMA 25/125 are BULL (final 2026-02-27:
 EMA25 405.68 > EMA125 360.85), so `ema-entry` at 15:55 from a flat account buys at the 15:55 bar's open.
+`mtf-signal` runs with real registered models of known P(up) (tests/mtf_support.py): AAPL's champion says 0.9
+(flat: it buys), TSLA's 0.1 (no trade).
 """
 
 from __future__ import annotations
@@ -35,13 +37,15 @@ from tests.fault_support import (
     on_request,
 )
 from tests.fault_workers import flow_of
-from tests.flow_support import exchange, prefect_harness  # noqa: F401
+from tests.mtf_support import fresh_pacing, model_templates, models  # noqa: F401
 from tests.test_ib_broker_unit import closed_port
 
 DAY = datetime(2026, 3, 2, tzinfo=NY).date()
 ENTRY = datetime(2026, 3, 2, 15, 55, tzinfo=NY)
 EVENING = datetime(2026, 3, 2, 17, 0, tzinfo=NY)
 ENTRY_REF = "ema-SMH-20260302-entry"
+MTF_AT = datetime(2026, 3, 2, 10, 5, tzinfo=NY)
+MTF_REF = "mtf-AAPL-20260302T1005-entry"
 
 
 def journal() -> Journal:
@@ -50,6 +54,14 @@ def journal() -> Journal:
 
 def orders_at_exchange(ex: PaperExchange, ref: str) -> list:
     return [o for o in list(ex.engine.orders.values()) if o.order_ref == ref]
+
+
+@pytest.fixture
+def champions(models):  # noqa: F811
+    """AAPL's champion says P(up) 0.9 (a flat mtf-signal run buys it), TSLA's 0.1."""
+    models.champion("AAPL", 0.9)
+    models.champion("TSLA", 0.1)
+    return models
 
 
 def flow_events(j: Journal) -> list[tuple]:
@@ -62,48 +74,68 @@ def flow_events(j: Journal) -> list[tuple]:
 
 
 @pytest.mark.parametrize("then", ["rerun", "reconciliation"])
-def test_killed_after_the_order_reached_the_exchange(exchange, prefect_harness, monkeypatch, then):  # noqa: F811
+def test_killed_after_the_order_reached_the_exchange(exchange, prefect_harness, monkeypatch, then):
     """The exchange SIGKILLs the flow's process the moment it has accepted the entry order, before acknowledging
     it: the process dies with the order sent, filled at the exchange, and journaled only as 'Created'."""
     AdminClient(exchange.admin_port).set_clock(ENTRY)
-    child = None
-    accepted = on_order_accepted(exchange, monkeypatch, ENTRY_REF, lambda order: os.kill(child.pid, signal.SIGKILL))
-    child = flow_process("ema-entry", ENTRY)
-    assert child.killed() == -signal.SIGKILL
-    [order] = accepted
-    assert orders_at_exchange(exchange, ENTRY_REF) == [order] and order.status == "Filled"
+    order, before = _killed_at_its_order(exchange, monkeypatch, "ema-entry", ENTRY, ENTRY_REF)
     j = journal()
-    [(status, qty)] = j.query("SELECT status, quantity FROM orders WHERE order_ref = ?", [ENTRY_REF]).itertuples(
-        index=False)
-    assert status == "Created" and qty == order.quantity  # journaled before sending; nothing after
-    assert j.query("SELECT count(*) AS n FROM executions")["n"][0] == 0
-    assert [e[1] for e in flow_events(j)] == ["started"]  # the process died: no 'completed', no 'failed'
-    before = journal_rows(j)
-
     if then == "rerun":  # someone reruns it in the UI within the late-run window: same as_of
         out = ema_entry(as_of=ENTRY)
         assert out["rerun"] and out["decision"] == "BUY" and out["filled"] == order.quantity
         assert out["stop"]["order_ref"] == "ema-SMH-20260302-entry-stop"
-        AdminClient(exchange.admin_port).set_clock(EVENING)
-    else:  # nobody did: the evening reconciliation finds the fill
-        AdminClient(exchange.admin_port).set_clock(EVENING)
+    AdminClient(exchange.admin_port).set_clock(EVENING)  # (else nobody did: the evening reconciliation finds it)
     state = reconciliation(as_of=EVENING, return_state=True)
     assert state.is_completed(), state.message
     recon = state.result()
-
-    assert len(orders_at_exchange(exchange, ENTRY_REF)) == 1  # never a second order
-    assert len([o for o in exchange.engine.orders.values() if o.action == "BUY"]) == 1
-    [fill] = [e for e in exchange.engine.executions if e.order_ref == ENTRY_REF]
-    rows = j.query("SELECT exec_id, order_ref, strategy, shares, price, commission FROM executions "
-                   "WHERE order_ref = ?", [ENTRY_REF])
-    assert list(rows["exec_id"]) == [fill.exec_id] and rows["strategy"][0] == "ema"
-    assert rows["shares"][0] == fill.shares and rows["price"][0] == fill.price
-    assert rows["commission"][0] == pytest.approx(fill.commission)
-    assert j.query("SELECT status FROM orders WHERE order_ref = ?", [ENTRY_REF])["status"][0] == "Filled"
     assert recon["breaks"] == []
     if then == "reconciliation":
         assert recon["recorded"]["executions"] == 1  # it was reconciliation that recorded the fill
+    _sent_once_and_recorded(exchange, j, ENTRY_REF, "ema")
     assert_nothing_lost(before, journal_rows(j))
+
+
+def test_mtf_signal_killed_after_its_order_reached_the_exchange(exchange, prefect_harness, monkeypatch, champions,
+                                                               fresh_pacing):  # noqa: F811
+    AdminClient(exchange.admin_port).set_clock(MTF_AT)
+    order, before = _killed_at_its_order(exchange, monkeypatch, "mtf-signal", MTF_AT, MTF_REF)
+    out = flow_of("mtf-signal")(as_of=MTF_AT)  # the rerun replays the journaled decision
+    aapl = next(r for r in out["decisions"] if r["symbol"] == "AAPL")
+    assert aapl["decision"] == "BUY" and aapl["order_ref"] == MTF_REF
+    _sent_once_and_recorded(exchange, journal(), MTF_REF, "mtf")
+    assert_nothing_lost(before, journal_rows(journal()))
+
+
+def _killed_at_its_order(ex: PaperExchange, monkeypatch, flow: str, as_of: datetime, ref: str):
+    """Run `flow` in a child process that the exchange SIGKILLs on accepting the order `ref`; check what the
+    journal holds then (the order 'Created', no fill, the run 'started' only). Returns (the exchange's order, the
+    journal's rows)."""
+    child = None
+    accepted = on_order_accepted(ex, monkeypatch, ref, lambda order: os.kill(child.pid, signal.SIGKILL))
+    child = flow_process(flow, as_of)
+    assert child.killed() == -signal.SIGKILL
+    [order] = accepted
+    assert orders_at_exchange(ex, ref) == [order] and order.status == "Filled"
+    j = journal()
+    [(status, qty)] = j.query("SELECT status, quantity FROM orders WHERE order_ref = ?", [ref]).itertuples(
+        index=False)
+    assert status == "Created" and qty == order.quantity  # journaled before sending; nothing after
+    assert j.query("SELECT count(*) AS n FROM executions")["n"][0] == 0
+    assert [e[1] for e in flow_events(j)] == ["started"]  # the process died: no 'completed', no 'failed'
+    return order, journal_rows(j)
+
+
+def _sent_once_and_recorded(ex: PaperExchange, j: Journal, ref: str, strategy: str) -> None:
+    """One order `ref` and one BUY at the exchange; its fill journaled as the exchange made it; order Filled."""
+    assert len(orders_at_exchange(ex, ref)) == 1  # never a second order
+    assert len([o for o in list(ex.engine.orders.values()) if o.action == "BUY"]) == 1
+    [fill] = [e for e in ex.engine.executions if e.order_ref == ref]
+    rows = j.query("SELECT exec_id, order_ref, strategy, shares, price, commission FROM executions "
+                   "WHERE order_ref = ?", [ref])
+    assert list(rows["exec_id"]) == [fill.exec_id] and rows["strategy"][0] == strategy
+    assert rows["shares"][0] == fill.shares and rows["price"][0] == fill.price
+    assert rows["commission"][0] == pytest.approx(fill.commission)
+    assert j.query("SELECT status FROM orders WHERE order_ref = ?", [ref])["status"][0] == "Filled"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -133,7 +165,7 @@ DROP_POINTS = {
 
 
 @pytest.mark.parametrize("point", list(DROP_POINTS))
-def test_a_dropped_connection_is_read_again_and_the_flow_completes(exchange, prefect_harness, monkeypatch,  # noqa: F811
+def test_a_dropped_connection_is_read_again_and_the_flow_completes(exchange, prefect_harness, monkeypatch,
                                                                    point):
     """Every broker request that reads is asked again once on a new connection: the flow goes on."""
     AdminClient(exchange.admin_port).set_clock(ENTRY)
@@ -145,7 +177,7 @@ def test_a_dropped_connection_is_read_again_and_the_flow_completes(exchange, pre
     entry_done_once(exchange, journal())
 
 
-def test_a_connection_dropped_before_the_orders_acknowledgement(exchange, prefect_harness, monkeypatch):  # noqa: F811
+def test_a_connection_dropped_before_the_orders_acknowledgement(exchange, prefect_harness, monkeypatch):
     """The link breaks right after the exchange accepted the entry order, before it acknowledged it: the broker
     reconnects and finds the order by its orderRef, never sending it again."""
     AdminClient(exchange.admin_port).set_clock(ENTRY)
@@ -156,7 +188,7 @@ def test_a_connection_dropped_before_the_orders_acknowledgement(exchange, prefec
     entry_done_once(exchange, journal())
 
 
-def test_the_gateway_restarting_in_the_middle_of_a_flow(exchange, prefect_harness, monkeypatch, tmp_path):  # noqa: F811
+def test_the_gateway_restarting_in_the_middle_of_a_flow(exchange, prefect_harness, monkeypatch, tmp_path):
     """The exchange goes away right after accepting the entry order (as IB Gateway's daily restart would): the
     flow fails naming host and port, with the order journaled; once the exchange is back, a rerun sends nothing
     new, journals the fill and arms the stop."""
@@ -196,6 +228,7 @@ def test_the_gateway_restarting_in_the_middle_of_a_flow(exchange, prefect_harnes
 
 NO_EXCHANGE_RUNS = {
     "equity-snapshot": datetime(2026, 3, 2, 9, 30, tzinfo=NY),
+    "mtf-signal": MTF_AT,
     "ema-entry": ENTRY,
     "ema-update": datetime(2026, 3, 2, 16, 0, tzinfo=NY),
     "reconciliation": EVENING,
@@ -203,7 +236,7 @@ NO_EXCHANGE_RUNS = {
 
 
 @pytest.mark.parametrize("name", list(NO_EXCHANGE_RUNS))
-def test_no_exchange_at_all_fails_naming_host_and_port(state_dir, prefect_harness, monkeypatch, name):  # noqa: F811
+def test_no_exchange_at_all_fails_naming_host_and_port(state_dir, prefect_harness, monkeypatch, champions, name):
     port = closed_port()
     monkeypatch.setenv("IBKR_HOST", "127.0.0.1")
     monkeypatch.setenv("IBKR_PORT", str(port))
@@ -225,11 +258,12 @@ LATE_RUNS = {
     # deployment: (scheduled start, the exchange's clock when the run finally starts)
     "equity-snapshot": (datetime(2026, 3, 2, 9, 30, tzinfo=NY), datetime(2026, 3, 2, 10, 10, tzinfo=NY)),
     "ema-entry": (ENTRY, ENTRY + timedelta(minutes=40)),
+    "mtf-signal": (MTF_AT, MTF_AT + timedelta(minutes=40)),
 }
 
 
 @pytest.mark.parametrize("name", list(LATE_RUNS))
-def test_a_run_started_long_after_its_scheduled_time_trades_nothing(exchange, prefect_harness, name):  # noqa: F811
+def test_a_run_started_long_after_its_scheduled_time_trades_nothing(exchange, prefect_harness, champions, name):
     """A flow run scheduled for `scheduled` and left Late in the API, executed 40 minutes later with no `as_of`
     (so the scheduled start is its as_of, as for every scheduled run): SkippedLate, nothing sent or decided."""
     from prefect.client.orchestration import get_client
@@ -258,11 +292,12 @@ def test_a_run_started_long_after_its_scheduled_time_trades_nothing(exchange, pr
 # --------------------------------------------------------------------------------------------------------------
 # a person holding a SQL session on the journal while three flows write
 
-CONCURRENT = ("ema-entry", "reconciliation", "equity-snapshot")
-"""Flows that write at the same moment (15:55), each in its own process as every Prefect flow run is."""
+CONCURRENT = ("ema-entry", "mtf-signal", "reconciliation")
+"""Flows that write at the same moment (15:55), each in its own process as every Prefect flow run is (a person
+runs the reconciliation by hand)."""
 
 
-def test_a_held_sql_session_while_three_flows_write(exchange, prefect_harness):  # noqa: F811
+def test_a_held_sql_session_while_three_flows_write(exchange, prefect_harness, champions):
     """A Python session and a DuckDB CLI session stay open on the read snapshot, and `tradeflow sql` queries it
     again and again, while three flow processes write: no flow fails, every row they wrote is there, and the
     sessions never see anything disappear."""
@@ -310,5 +345,7 @@ def test_a_held_sql_session_while_three_flows_write(exchange, prefect_harness): 
     assert exchange_orders <= set(j.query("SELECT order_ref FROM orders")["order_ref"])
     fills = {e.exec_id for e in exchange.engine.executions}
     assert fills == set(j.query("SELECT exec_id FROM executions")["exec_id"])
-    assert set(j.query("SELECT strategy FROM signals")["strategy"]) >= {"ema", "ema_stop"}
-    assert j.query("SELECT count(*) AS n FROM equity_snapshots")["n"][0] == 1
+    assert set(j.query("SELECT strategy FROM signals")["strategy"]) == {"ema", "ema_stop", "mtf"}
+    mtf = j.query("SELECT symbol, decision, order_ref FROM signals WHERE strategy = 'mtf' ORDER BY symbol")
+    assert list(mtf["decision"]) == ["BUY", "NO_TRADE"] and mtf["order_ref"][0] in exchange_orders
+    assert results["reconciliation"]["result"]["breaks"] == []  # whatever it saw mid-way, nothing disagreed

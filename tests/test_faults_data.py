@@ -37,7 +37,7 @@ from core.strategies.ema import (
 from flows.ema_entry import ema_entry
 from tests.broker_support import require_data
 from tests.fault_support import damaged_data_dir, serve_altered_history, start_exchange
-from tests.flow_support import exchange, prefect_harness  # noqa: F401
+from tests.mtf_support import fresh_pacing, model_templates, models  # noqa: F401
 
 ENTRY = datetime(2026, 3, 2, 15, 55, tzinfo=NY)
 PREVIOUS = date(2026, 2, 27)
@@ -149,7 +149,7 @@ def test_the_features_refuse_bad_hourly_bars(damage):
     assert str(at) in str(err.value) or str(bars.index[301]) in str(err.value)
 
 
-def test_the_broker_returns_ascending_unique_bars_when_the_source_repeats_or_swaps_some(exchange, monkeypatch):  # noqa: F811
+def test_the_broker_returns_ascending_unique_bars_when_the_source_repeats_or_swaps_some(exchange, monkeypatch):
     """core.broker's documented shape (ascending, unique; a repeated bar: the one served last wins), whatever
     order the bars came in."""
     def repeat_and_swap(bars):
@@ -185,7 +185,7 @@ def nothing_decided_and_why(ex, says: str) -> str:
     return events["outcome"][1]
 
 
-def test_the_previous_sessions_bar_missing_means_no_decision(tmp_path, state_dir, prefect_harness, monkeypatch):  # noqa: F811
+def test_the_previous_sessions_bar_missing_means_no_decision(tmp_path, state_dir, prefect_harness, monkeypatch):
     """A damaged data folder whose SMH bars stop a session early: the last daily bar is too old for the as_of."""
     real = require_data()
     gone = PREVIOUS.isoformat()
@@ -204,7 +204,7 @@ def test_the_previous_sessions_bar_missing_means_no_decision(tmp_path, state_dir
 
 
 @pytest.mark.parametrize("bad", [0.0, -406.0])
-def test_a_bad_close_in_the_served_history_means_no_decision(exchange, prefect_harness, monkeypatch, bad):  # noqa: F811
+def test_a_bad_close_in_the_served_history_means_no_decision(exchange, prefect_harness, monkeypatch, bad):
     """A zero or negative close among the daily bars the broker serves (NaN cannot travel over the TWS protocol
     the exchange speaks; the unit tests above cover it)."""
     AdminClient(exchange.admin_port).set_clock(ENTRY)
@@ -220,7 +220,7 @@ def test_a_bad_close_in_the_served_history_means_no_decision(exchange, prefect_h
     assert str(day) in outcome and "close" in outcome
 
 
-def test_no_smh_price_means_no_decision(exchange, prefect_harness):  # noqa: F811
+def test_no_smh_price_means_no_decision(exchange, prefect_harness):
     admin = AdminClient(exchange.admin_port)
     admin.set_clock(ENTRY)
     admin.no_data("SMH", quotes=True, history=False)
@@ -230,3 +230,31 @@ def test_no_smh_price_means_no_decision(exchange, prefect_harness):  # noqa: F81
     outcome = j.query("SELECT outcome FROM flow_events WHERE event = 'failed'")["outcome"][0]
     assert "SMH" in outcome and "354" in outcome
     assert not exchange.engine.orders and j.query("SELECT count(*) AS n FROM signals")["n"][0] == 0
+
+
+def test_mtf_signal_never_sizes_from_bad_hourly_bars(exchange, prefect_harness, monkeypatch,
+                                                    models, fresh_pacing):  # noqa: F811
+    """A zero close in the hourly bars the broker serves for AAPL: nothing is stored, AAPL's decision is NO_TRADE
+    saying why (its P(up) would have bought it), TSLA is decided as usual."""
+    from core.bar_store import BarStore, store_root
+    from flows.mtf_signal import mtf_signal
+
+    models.champion("AAPL", 0.9)
+    models.champion("TSLA", 0.9)
+    at = datetime(2026, 3, 2, 10, 5, tzinfo=NY)
+    AdminClient(exchange.admin_port).set_clock(at)
+    bad_day = 20260225
+
+    def damage(bars):
+        return [b[:5] + (0.0,) + b[6:] if b[1] == bad_day else b for b in bars]
+
+    serve_altered_history(exchange, monkeypatch, "AAPL", "1 hour", damage)
+    out = mtf_signal(as_of=at)
+    by = {r["symbol"]: r for r in out["decisions"]}
+    assert by["AAPL"]["decision"] == "NO_TRADE" and "bad bars from the broker" in by["AAPL"]["reason"]
+    assert "non-positive price" in by["AAPL"]["reason"]
+    assert by["TSLA"]["decision"] == "BUY"
+    assert [o.symbol for o in exchange.engine.orders.values()] == ["TSLA"]
+    row = journal().query("SELECT probability, order_ref, reason FROM signals WHERE symbol = 'AAPL'").iloc[0]
+    assert pd.isna(row["probability"]) and row["order_ref"] is None and "bad bars" in row["reason"]
+    assert not BarStore(store_root(get_settings().state_dir)).path("AAPL").exists()
