@@ -1,15 +1,15 @@
-"""Timed entrypoints of the deployments that `bench/schedule_to_action.py` serves: the real flows, unchanged, with
-timers around what a run spends its time on. Not a benchmark (no `run`).
+"""Timers around what a flow run spends its time on, for the benchmarks (not a benchmark itself: no `run`).
 
-The served deployments use entrypoints `bench/_flow_timing.py:ema_entry` (and `:mtf_signal`), which ARE the flows
-of `flows/` (the same objects); importing this module in the flow run's process first notes when the process was
-created (/proc/self/stat, 10 ms resolution) and when this module started importing (Prefect is imported by
-then), times the import of the flow modules, then wraps, by monkeypatching in this process only:
+The benchmarks run the real flows, unchanged, through entrypoints `bench/_timed_ema_entry.py:ema_entry` and
+`bench/_timed_mtf_signal.py:mtf_signal`, which ARE the flows of `flows/` (the same objects). Such an entrypoint
+imports this module first, which notes when the process was created (/proc/self/stat, 10 ms resolution) and when
+it started importing (Prefect is imported by then); then it imports its flow module and calls `instrument`, which
+notes when the flow's imports were done and wraps, by monkeypatching in this process only:
 
 - every public method of `core.ib_broker.IBBroker` ("broker": the outermost call only, so `place_order`'s own
   look-ups are not counted twice);
 - the decision functions as the flow modules call them ("decision": `decide_before_close` for ema-entry; for
-  mtf-signal the features, the model's P(up) and the rule function);
+  mtf-signal the 45 features, the champion's P(up) (numpy forward pass) and the rule function `decide`);
 - `core.journal.Journal.transaction` ("journal"), noting when each transaction that recorded a signal had
   committed (its read snapshot refreshed: the decision is visible to SQL from then on);
 - the flows' `flow_run(...)` context, whose entry is the moment the flow's own code starts.
@@ -46,22 +46,10 @@ RECORD: dict[str, Any] = {"pid": os.getpid(), "process_start": process_start_tim
                           "intervals": [], "signals": []}
 _depth = threading.local()
 
-import flows.ema_entry as _ema_entry_module  # noqa: E402  (timed: the flow modules and all they import)
-
-try:  # the MTF flow, when this tree has it
-    import flows.mtf_signal as _mtf_module  # noqa: E402
-except ImportError:  # pragma: no cover - before the MTF flow exists
-    _mtf_module = None
-RECORD["flows_imported"] = time.time()
-
-from core.ib_broker import IBBroker  # noqa: E402
-from core.journal import Journal, JournalTx  # noqa: E402
-
 
 def _timed(category: str, name: str, fn):
     """`fn` recording its calls as [category, name, start, end] when no other timed call encloses them (a call
-    inside another counts for the outer one's category: `place_order`'s look-ups are broker time once, the clock
-    reads inside another broker call count once)."""
+    inside another counts for the outer one's category: `place_order`'s look-ups are broker time once)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         depth = getattr(_depth, "n", 0)
@@ -76,67 +64,67 @@ def _timed(category: str, name: str, fn):
     return wrapper
 
 
-for _name in ("connect", "current_time", "account_values", "positions", "open_orders", "completed_orders",
-              "find_order", "place_order", "cancel_order", "wait_for_fill", "executions", "historical_bars",
-              "current_price", "vix"):
-    setattr(IBBroker, _name, _timed("broker", _name, getattr(IBBroker, _name)))
-
-_record_signal = JournalTx.record_signal
-
-
-def _noting_signal(self, strategy, symbol, *args, **kwargs):
-    self.__dict__.setdefault("_bench_signals", []).append((strategy, symbol))
-    return _record_signal(self, strategy, symbol, *args, **kwargs)
+def _noting_signal(original):
+    def record_signal(self, strategy, symbol, *args, **kwargs):
+        self.__dict__.setdefault("_bench_signals", []).append((strategy, symbol))
+        return original(self, strategy, symbol, *args, **kwargs)
+    return record_signal
 
 
-JournalTx.record_signal = _noting_signal
-_transaction = Journal.transaction
-
-
-@contextmanager
-def _timed_transaction(self):
-    depth = getattr(_depth, "n", 0)
-    _depth.n = depth + 1
-    start = time.time()
-    tx_box: list[Any] = []
-    try:
-        with _transaction(self) as tx:
-            tx_box.append(tx)
-            yield tx
-    finally:
-        _depth.n = depth
-        end = time.time()
-        if depth == 0:
-            RECORD["intervals"].append(["journal", "transaction", start, end])
-        for strategy, symbol in (tx_box[0].__dict__.get("_bench_signals", []) if tx_box else []):
-            RECORD["signals"].append([strategy, symbol, end])
-
-
-Journal.transaction = _timed_transaction
+def _timed_transaction(original):
+    @contextmanager
+    def transaction(self):
+        depth = getattr(_depth, "n", 0)
+        _depth.n = depth + 1
+        start = time.time()
+        tx_box: list[Any] = []
+        try:
+            with original(self) as tx:
+                tx_box.append(tx)
+                yield tx
+        finally:
+            _depth.n = depth
+            end = time.time()
+            if depth == 0:
+                RECORD["intervals"].append(["journal", "transaction", start, end])
+            for strategy, symbol in (tx_box[0].__dict__.get("_bench_signals", []) if tx_box else []):
+                RECORD["signals"].append([strategy, symbol, end])
+    return transaction
 
 
 def _entry_noting(module) -> None:
-    """Note when the flow's own code starts (its `flow_run(...)` context is entered) and the run's id."""
+    """Note when the flow's own code starts and ends (its `flow_run(...)` context) and the run's id."""
     original = module.flow_run
 
     @contextmanager
     def flow_run(*args, **kwargs):
         RECORD["flow_entered"] = time.time()
-        with original(*args, **kwargs) as run:
-            RECORD["flow_run_id"] = run.run_id
-            yield run
+        try:
+            with original(*args, **kwargs) as run:
+                RECORD["flow_run_id"] = run.run_id
+                yield run
+        finally:
+            RECORD["flow_exited"] = time.time()
 
     module.flow_run = flow_run
 
 
-_entry_noting(_ema_entry_module)
-_ema_entry_module.decide_before_close = _timed("decision", "decide_before_close",
-                                               _ema_entry_module.decide_before_close)
-ema_entry = _ema_entry_module.ema_entry
+def instrument(flow_module, decisions: list[tuple[Any, str]]) -> None:
+    """Note that the flow's imports are done and install the timers (module docstring). `decisions`: (object,
+    attribute name) of each decision function to time."""
+    RECORD["flows_imported"] = time.time()
+    from core.ib_broker import IBBroker
+    from core.journal import Journal, JournalTx
 
-if _mtf_module is not None:
-    _entry_noting(_mtf_module)
-    mtf_signal = _mtf_module.mtf_signal
+    for name in ("connect", "current_time", "account_values", "positions", "open_orders", "completed_orders",
+                 "find_order", "place_order", "cancel_order", "wait_for_fill", "executions", "historical_bars",
+                 "current_price", "vix"):
+        setattr(IBBroker, name, _timed("broker", name, getattr(IBBroker, name)))
+    JournalTx.record_signal = _noting_signal(JournalTx.record_signal)
+    Journal.transaction = _timed_transaction(Journal.transaction)
+    for owner, name in decisions:
+        setattr(owner, name, _timed("decision", name, getattr(owner, name)))
+    _entry_noting(flow_module)
 
 
 def _write() -> None:
