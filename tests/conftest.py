@@ -27,3 +27,6 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TRADEFLOW_STATE_DIR", str(state))
     return state
 
+
+
+pytest_plugins = ["tests.prefect_support"]  # the session's real Prefect server (`prefect_server`, `prefect_api`)
