@@ -15,7 +15,8 @@ Both match the deployments by id (`match_related`), one notification per event (
 
 Where it goes: `TRADEFLOW_ALERT_URL` (a secret: stored in the block, never printed or logged).
 - An URL Apprise knows (`slack://...`, `https://hooks.slack.com/...`, `mailto://...`, `tgram://...`,
-  `json://host/path`, `ntfy://...`, ...): an Apprise notification block.
+  `json://host/path`, `ntfy://...`, ...): Prefect's Slack Webhook block, which sends any URL that is not a Slack
+  webhook through Apprise as it is (Prefect 3.8 registers no generic Apprise block).
 - Any other `http(s)://` URL: a generic webhook (Prefect's Custom Webhook block) that POSTs JSON
   `{"text": subject + body, "subject": ..., "body": ...}`.
 The block is named `tradeflow-alerts`; without TRADEFLOW_ALERT_URL no automation is created (and `tradeflow
@@ -59,13 +60,24 @@ def notification_block(url: str) -> Any:
     Raises:
         AlertConfigError: an URL neither Apprise nor http(s) understands.
     """
+    import logging
+
     import apprise
     from pydantic import SecretStr
 
-    if apprise.Apprise().add(url):
-        from prefect.blocks.notifications import AppriseNotificationBlock
+    apprise_log = logging.getLogger("apprise")
+    was, apprise_log.disabled = apprise_log.disabled, True  # its "Unparseable URL ..." would log the secret
+    try:
+        known = apprise.Apprise().add(url)
+    finally:
+        apprise_log.disabled = was
+    if known:
+        # Prefect 3.8 registers no generic Apprise block (AppriseNotificationBlock is an interface); its Slack
+        # Webhook block passes any URL that is not a Slack webhook to Apprise unchanged, so it serves every
+        # Apprise URL (the UI lists it as a Slack Webhook block)
+        from prefect.blocks.notifications import SlackWebhook
 
-        return AppriseNotificationBlock(url=SecretStr(url), notify_type="failure")
+        return SlackWebhook(url=SecretStr(url), notify_type="failure")
     if url.startswith(("http://", "https://")):
         from prefect.blocks.notifications import CustomWebhookNotificationBlock
 

@@ -245,13 +245,14 @@ def _current(existing: Any) -> dict[str, Any]:
     }
 
 
-def _desired(spec: DeploymentSpec, project_dir: Path, active: bool, schema: dict[str, Any] | None) -> dict[str, Any]:
+def _desired(spec: DeploymentSpec, project_dir: Path, active: bool, schema: dict[str, Any] | None,
+             work_pool: str) -> dict[str, Any]:
     return {
         "entrypoint": spec.entrypoint,
         "description": spec.description,
         "parameters": dict(spec.parameters),
         "tags": sorted(spec.tags),
-        "work_pool_name": WORK_POOL,
+        "work_pool_name": work_pool,
         "pull_steps": _pull_steps(project_dir),
         "concurrency_limit": spec.concurrency_limit,
         "collision_strategy": spec.collision_strategy,
@@ -276,7 +277,7 @@ async def ensure_work_pool(client: Any, name: str = WORK_POOL) -> None:
 
 
 async def apply(specs: Sequence[DeploymentSpec], *, active: bool = True, project_dir: Path = PROJECT_ROOT,
-                client: Any = None) -> ApplyResult:
+                client: Any = None, work_pool: str = WORK_POOL) -> ApplyResult:
     """Create or update `specs` on the Prefect API the client talks to (default: PREFECT_API_URL). A deployment
     whose managed fields already match is left alone (Prefect deletes a deployment's unstarted runs on every
     update); one that changed is updated and its runs are scheduled again at once.
@@ -284,6 +285,7 @@ async def apply(specs: Sequence[DeploymentSpec], *, active: bool = True, project
     Args:
         active: whether the schedules fire (False registers them switched off).
         project_dir: the folder holding the flows (the working directory of flow runs).
+        work_pool: the process work pool (created when missing).
 
     Raises:
         prefect.exceptions.PrefectHTTPStatusError, httpx.HTTPError: the API refused or is unreachable.
@@ -294,14 +296,14 @@ async def apply(specs: Sequence[DeploymentSpec], *, active: bool = True, project
 
     if client is None:
         async with get_client() as c:
-            return await apply(specs, active=active, project_dir=project_dir, client=c)
+            return await apply(specs, active=active, project_dir=project_dir, client=c, work_pool=work_pool)
     result = ApplyResult()
-    await ensure_work_pool(client)
+    await ensure_work_pool(client, work_pool)
     for spec in specs:
         schema = _schema(spec, project_dir)
         if schema is None:
             result.missing_flows.append(spec.entrypoint)
-        want = _desired(spec, project_dir, active, schema)
+        want = _desired(spec, project_dir, active, schema, work_pool)
         try:
             existing = await client.read_deployment_by_name(spec.full_name)
         except ObjectNotFound:
@@ -313,7 +315,7 @@ async def apply(specs: Sequence[DeploymentSpec], *, active: bool = True, project
         flow_id = await client.create_flow_from_name(spec.name)
         deployment_id = await client.create_deployment(
             flow_id=flow_id, name=spec.name, description=spec.description, entrypoint=spec.entrypoint,
-            parameters=dict(spec.parameters), tags=list(spec.tags), work_pool_name=WORK_POOL,
+            parameters=dict(spec.parameters), tags=list(spec.tags), work_pool_name=work_pool,
             pull_steps=_pull_steps(project_dir), path=str(project_dir),
             schedules=[s.to_prefect(active) for s in spec.schedules],
             concurrency_limit=spec.concurrency_limit,

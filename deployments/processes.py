@@ -220,3 +220,8 @@ def api_healthy(api_url: str, timeout: float = 2.0) -> bool:
         return httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def worker_argv(pool: str) -> list[str]:
+    """The command of a Prefect process worker polling the work pool `pool`."""
+    return [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"]
