@@ -92,6 +92,7 @@ def _sql(args: argparse.Namespace) -> int:
 
 from deployments.cmd_backtest import register_backtest  # noqa: E402  (each module registers one command)
 from deployments.cmd_broker import register_paper_exchange, register_validate_connection  # noqa: E402
+from deployments.cmd_controls import register_controls  # noqa: E402
 from deployments.cmd_deploy import register_deploy  # noqa: E402
 from deployments.cmd_train import register_train  # noqa: E402
 
@@ -103,4 +104,5 @@ REGISTRY += [
     register_paper_exchange,
     register_validate_connection,
     register_deploy,
+    register_controls,
 ]
