@@ -95,6 +95,8 @@ from deployments.cmd_broker import register_paper_exchange, register_validate_co
 from deployments.cmd_controls import register_controls  # noqa: E402
 from deployments.cmd_deploy import register_deploy  # noqa: E402
 from deployments.cmd_train import register_train  # noqa: E402
+from deployments.cmd_up import register_up  # noqa: E402
+from deployments.replay import register_replay  # noqa: E402
 
 REGISTRY += [
     register_schedule,
@@ -105,4 +107,6 @@ REGISTRY += [
     register_validate_connection,
     register_deploy,
     register_controls,
+    register_up,
+    register_replay,
 ]
