@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
+from pathlib import Path
 from typing import Any
 
 CHECK_DAYS = 60
@@ -43,6 +44,14 @@ def api_url() -> str | None:
     return local if api_healthy(local) else None
 
 
+def write_prefect_yaml(path: Path, text: str) -> bool:
+    """Write prefect.yaml when its text changes (the window moves with the month); True when written."""
+    if path.exists() and path.read_text() == text:
+        return False
+    path.write_text(text)
+    return True
+
+
 def deploy_all(settings: Any, *, active: bool, api: str, today: dt.date | None = None,
                out=sys.stdout) -> tuple[Any, Any]:
     """Regenerate, write prefect.yaml, apply the deployments and the alerts to `api`; print what was done.
@@ -61,7 +70,7 @@ def deploy_all(settings: Any, *, active: bool, api: str, today: dt.date | None =
     from deployments.deploy import apply, build_specs, prefect_yaml, run, today_ny
 
     window, specs = build_specs(settings, today or today_ny())
-    (PROJECT_ROOT / "prefect.yaml").write_text(prefect_yaml(specs, window, active=True))
+    write_prefect_yaml(PROJECT_ROOT / "prefect.yaml", prefect_yaml(specs, window, active=True))
 
     async def go():
         async with get_client() as client:
@@ -99,8 +108,9 @@ def _deploy(args: argparse.Namespace) -> int:
         from core.settings import PROJECT_ROOT
 
         window, specs = build_specs(settings, today_ny())
-        (PROJECT_ROOT / "prefect.yaml").write_text(prefect_yaml(specs, window))
-        print(f"wrote {PROJECT_ROOT / 'prefect.yaml'} (window {window.start} .. {window.end})")
+        written = write_prefect_yaml(PROJECT_ROOT / "prefect.yaml", prefect_yaml(specs, window))
+        print(f"{'wrote' if written else 'up to date:'} {PROJECT_ROOT / 'prefect.yaml'} "
+              f"(window {window.start} .. {window.end})")
         return 0
     api = api_url()
     if api is None:

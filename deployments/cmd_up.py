@@ -47,6 +47,7 @@ def _up(args: argparse.Namespace) -> int:
         up.start_worker()
         up.say(f"\ntradeflow is up ({time.monotonic() - t0:.0f} s). Prefect UI: {up.ui_url}\n"
                f"  runs {up.ui_url}/runs, deployments {up.ui_url}/deployments, automations {up.ui_url}/automations\n"
+               f"  prefect CLI in another shell: export PREFECT_API_URL={up.api_url}\n"
                f"  ad hoc run: prefect deployment run 'ema-entry/ema-entry' -p as_of=<ISO time with offset>\n"
                f"  logs in {up.logs}; Ctrl+C stops everything started here\n")
         replay = None

@@ -94,6 +94,7 @@ from deployments.cmd_backtest import register_backtest  # noqa: E402  (each modu
 from deployments.cmd_broker import register_paper_exchange, register_validate_connection  # noqa: E402
 from deployments.cmd_controls import register_controls  # noqa: E402
 from deployments.cmd_deploy import register_deploy  # noqa: E402
+from deployments.cmd_paper_clock import register_paper_clock  # noqa: E402
 from deployments.cmd_train import register_train  # noqa: E402
 from deployments.cmd_up import register_up  # noqa: E402
 from deployments.replay import register_replay  # noqa: E402
@@ -109,4 +110,5 @@ REGISTRY += [
     register_controls,
     register_up,
     register_replay,
+    register_paper_clock,
 ]

@@ -367,5 +367,15 @@ def today_ny(now: dt.datetime | None = None) -> dt.date:
 
 
 def run(coro):
-    """Run a coroutine from synchronous code (the commands)."""
-    return asyncio.run(coro)
+    """Run a coroutine from synchronous code (the commands, the tests) on a loop of its own. Unlike
+    `asyncio.run` it leaves the thread without a current event loop untouched: ib_insync, used later in the same
+    thread (a replay, a test), takes the thread's current loop and fails once `asyncio.run` has cleared it."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        try:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            loop.close()

@@ -12,11 +12,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from deployments.processes import LocalServer, free_port
+# imports of Prefect and the project happen in the fixtures: conftest loads this module in every environment,
+# including tests/ib_async_conformance.sh's, which has neither
 
 
 @pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator["LocalServer"]:  # noqa: F821
+    from deployments.processes import LocalServer, free_port
+
     home = tmp_path_factory.mktemp("prefect-home")
     server = LocalServer(home, free_port(), home / "server.log", ui=False,
                          extra_env={"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"})
@@ -28,7 +31,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSe
 
 
 @pytest.fixture
-def prefect_api(prefect_server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def prefect_api(prefect_server, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     monkeypatch.setenv("PREFECT_API_URL", prefect_server.api_url)

@@ -4,7 +4,6 @@ link), as_of and the error. Real server, real process worker, real automation an
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -17,7 +16,7 @@ import pytest
 from core.journal import Journal
 from core.settings import PROJECT_ROOT
 from deployments.alerts import FAILED_AUTOMATION, STUCK_AUTOMATION, ensure_alerts
-from deployments.deploy import DeploymentSpec, apply
+from deployments.deploy import DeploymentSpec, apply, run
 from deployments.processes import Child, free_port, wait_for, worker_argv
 
 pytestmark = pytest.mark.prefect_server
@@ -67,8 +66,10 @@ def test_a_failing_run_and_a_late_run_each_notify_once_through_a_webhook_or_appr
     specs = [DeploymentSpec("alert-probe", "tests/deploy_flows.py:alert_probe", "fails: no broker", ()),
              DeploymentSpec("late-probe", "tests/deploy_flows.py:late_probe", "skips as late", ())]
 
-    result = asyncio.run(apply(specs, work_pool=POOL))
-    alerts = asyncio.run(_ensure(receiver.url, result.ids))
+    result = run(apply(specs, work_pool=POOL))
+    # their schemas read from the source files match what the server stores: a second apply changes nothing
+    assert sorted(run(apply(specs, work_pool=POOL)).unchanged) == ["alert-probe", "late-probe"]
+    alerts = run(_ensure(receiver.url, result.ids))
     assert result.missing_flows == [] and set(alerts.automation_ids) == {FAILED_AUTOMATION, STUCK_AUTOMATION}
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_WORKER_QUERY_SECONDS": "1",
            "IBKR_HOST": "127.0.0.1", "IBKR_PORT": str(dead_port), "TRADEFLOW_STATE_DIR": str(state_dir)}
@@ -86,20 +87,20 @@ def test_a_failing_run_and_a_late_run_each_notify_once_through_a_webhook_or_appr
         return [b for b in receiver.bodies if str(run.id) in b.get("body", b.get("message", ""))]
 
     try:
-        failing = asyncio.run(start("alert-probe", {"as_of": AS_OF}))
+        failing = run(start("alert-probe", {"as_of": AS_OF}))
         wait_for(lambda: mentioning(failing), 180, f"the notification of the failing run (worker log "
                  f"{worker.log_path}: {worker.log_tail(500)!r})")
-        late = asyncio.run(start("late-probe", {}))
+        late = run(start("late-probe", {}))
         wait_for(lambda: mentioning(late), 180, "the notification of the late run")
         # the same through an Apprise URL (its generic JSON notifier): another block type, same automation
         apprise_url = receiver.url.replace("http://", "json://")
-        asyncio.run(_ensure(apprise_url, result.ids))
-        again = asyncio.run(start("alert-probe", {"as_of": AS_OF}))
+        run(_ensure(apprise_url, result.ids))
+        again = run(start("alert-probe", {"as_of": AS_OF}))
         wait_for(lambda: mentioning(again), 180, "the notification of the failing run through Apprise")
     finally:
         worker.stop()
         receiver.close()
-    failing, late = asyncio.run(read(failing.id)), asyncio.run(read(late.id))
+    failing, late = run(read(failing.id)), run(read(late.id))
     assert failing.state.name == "Failed" and (late.state.type.value, late.state.name) == ("CANCELLED", "SkippedLate")
     assert len(receiver.bodies) == 3 and [len(mentioning(r)) for r in (failing, late, again)] == [1, 1, 1]
     assert mentioning(again)[0]["title"].startswith("tradeflow: alert-probe run") and \

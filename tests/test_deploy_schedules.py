@@ -4,7 +4,6 @@ for the next 60 days (none on a holiday)."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import time
 from pathlib import Path
@@ -14,7 +13,8 @@ import yaml
 
 from core.calendar import DEPLOYMENTS, NY, event_times, session_on
 from core.settings import PROJECT_ROOT, get_settings
-from deployments.deploy import ENTRYPOINTS, WORK_POOL, apply, build_specs, prefect_yaml, read_yaml_window
+from deployments.deploy import (ENTRYPOINTS, WORK_POOL, apply, build_specs, prefect_yaml, read_yaml_window,
+                                run)
 from deployments.schedules import (RRULE_MAX_CHARS, ScheduleError, ScheduleSpec, Window, deployment_schedules,
                                    schedule_times, verify, window_for)
 
@@ -104,10 +104,10 @@ def test_the_server_holds_exactly_the_calendar_runs_for_the_next_60_days(prefect
     now = dt.datetime.now(NY)
     window, specs = build_specs(get_settings(), now.date())
     # the flows' bodies are not needed: deployments are registered by entrypoint, without importing them
-    result = asyncio.run(apply(specs, active=True, project_dir=tmp_path))
+    result = run(apply(specs, active=True, project_dir=tmp_path))
     assert sorted(result.ids) == sorted(DEPLOYMENTS) and sorted(result.changed) == sorted(DEPLOYMENTS)
     assert sorted(result.missing_flows) == sorted(ENTRYPOINTS.values())
-    again = asyncio.run(apply(specs, active=True, project_dir=tmp_path))
+    again = run(apply(specs, active=True, project_dir=tmp_path))
     assert sorted(again.unchanged) == sorted(DEPLOYMENTS)  # unchanged: not updated, runs kept
 
     start = dt.datetime.now(NY) + dt.timedelta(seconds=30)
@@ -117,7 +117,7 @@ def test_the_server_holds_exactly_the_calendar_runs_for_the_next_60_days(prefect
     held: dict[str, list[dt.datetime]] = {}
     deadline = time.monotonic() + 120
     while True:
-        held = {name: asyncio.run(_scheduled(result.ids[name], start, end)) for name in DEPLOYMENTS}
+        held = {name: run(_scheduled(result.ids[name], start, end)) for name in DEPLOYMENTS}
         if held == expected or time.monotonic() > deadline:
             break
         time.sleep(1)  # polling the scheduler's progress (a condition wait)

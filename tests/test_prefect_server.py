@@ -9,12 +9,12 @@ scheduler to create its runs.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 
 import pytest
 
 from core.calendar import NY
+from deployments.deploy import run
 from deployments.processes import wait_for
 
 pytestmark = pytest.mark.prefect_server
@@ -53,8 +53,8 @@ def test_the_scheduler_creates_runs_of_a_scheduled_deployment(prefect_server, pr
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings({PREFECT_API_URL: url}):
-        deployment_id = asyncio.run(create())
-        runs = _wait_for(lambda: asyncio.run(scheduled_runs(deployment_id)), 90, "scheduled flow runs")
+        deployment_id = run(create())
+        runs = _wait_for(lambda: run(scheduled_runs(deployment_id)), 90, "scheduled flow runs")
     assert all(r.state_type.value == "SCHEDULED" for r in runs)
     times = sorted(r.expected_start_time.astimezone(NY) for r in runs)
     assert all((t.hour, t.minute, t.weekday() < 5) == (15, 55, True) for t in times)

@@ -3,7 +3,6 @@ subflow of one replay run, with that event's as_of (stand-in flows until the rea
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 
@@ -12,6 +11,7 @@ import pytest
 from core.calendar import NY, session_events, session_on
 from core.journal import Journal
 from core.settings import get_settings
+from deployments.deploy import run
 from deployments.replay import get_replay_flow, plan_startup_replay
 from tests.flow_support import exchange  # noqa: F401
 from tests.replay_flows import ENTRYPOINTS
@@ -52,7 +52,7 @@ def test_replay_runs_every_event_as_a_subflow_at_its_time(exchange, admin_port, 
             return await client.read_flow_runs(flow_run_filter=FlowRunFilter(
                 parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[state.state_details.flow_run_id])), limit=200)
 
-    runs = asyncio.run(children())
+    runs = run(children())
     assert len(runs) == len(expected) and all(r.state.is_completed() for r in runs)
     assert {r.name for r in runs} >= {"ema-entry 2026-03-03 15:55", "equity-snapshot 2026-03-03 09:30"}
 
@@ -75,3 +75,13 @@ def test_startup_plan_picks_the_most_recent_complete_sessions(state_dir):
     assert not plan.already_done and plan.clock_start == dt.datetime(2026, 3, 5, 9, 25, tzinfo=NY)
     with pytest.raises(ValueError):
         plan_startup_replay(get_settings(), 0)
+
+
+def test_paper_clock_reads_and_moves_the_exchange_clock_forward_only(exchange, admin_port, capsys):  # noqa: F811
+    from deployments.cli import main
+
+    assert main(["paper-clock", "--set", "2026-03-02T11:00:00-05:00"]) == 0
+    assert exchange.clock.now_dt() == dt.datetime(2026, 3, 2, 11, 0, tzinfo=NY)
+    assert main(["paper-clock"]) == 0 and "2026-03-02T11:00:00-05:00" in capsys.readouterr().out
+    assert main(["paper-clock", "--set", "2026-03-02T10:30:00-05:00"]) == 1
+    assert "never goes backwards" in capsys.readouterr().err
