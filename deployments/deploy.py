@@ -131,8 +131,8 @@ YAML_HEADER = """\
 # window below and checked against `tradeflow schedule` before they are written; see deployments/schedules.py
 # for the representation and why it stays valid (`tradeflow up` regenerates it every evening, `tradeflow deploy`
 # from cron otherwise). Deployments run on the process work pool `{pool}` (`tradeflow up` starts its worker).
-# `prefect deploy --all` applies this file as well; `tradeflow deploy` applies the same definitions through the
-# API without importing the flows.
+# `tradeflow deploy` applies these definitions through the Prefect API, without importing the flows (the pull
+# step's working directory is then the project folder it runs in).
 # window: {start} .. {end}
 """
 

@@ -23,3 +23,15 @@ def late_probe(as_of: datetime | None = None):
     """Ends as the Cancelled state named SkippedLate, as an order flow started too late does."""
     with flow_run("late-probe", as_of) as run:
         return run.skip("started 12.0 minutes after its scheduled time (test)")
+
+
+@flow(name="stuck-probe")
+def stuck_probe(release: str) -> str:
+    """Runs until the file `release` exists (at most 5 minutes): a stuck run, for concurrency tests."""
+    import time
+    from pathlib import Path
+
+    deadline = time.monotonic() + 300
+    while not Path(release).exists() and time.monotonic() < deadline:
+        time.sleep(0.2)  # polling the test's condition
+    return "released"

@@ -1,6 +1,7 @@
-"""Alerts: a deployment run that fails (here: no broker listens where the settings point) or is skipped as late
-produces exactly one notification each, at a local HTTP receiver, naming the deployment, the run (with its UI
-link), as_of and the error. Real server, real process worker, real automation and notification block."""
+"""Alerts: a deployment run that fails (here: no broker listens where the settings point), is skipped as late,
+or is cancelled because the previous run of its deployment is stuck (concurrency limit 1, CANCEL_NEW) produces
+exactly one notification each, at a local HTTP receiver, naming the deployment, the run (with its UI link), as_of
+and the error. Real server, real process worker, real automations and notification blocks."""
 
 from __future__ import annotations
 
@@ -57,18 +58,19 @@ class Receiver:
         self.server.shutdown()
 
 
-def test_a_failing_run_and_a_late_run_each_notify_once_through_a_webhook_or_apprise(prefect_server, prefect_api, state_dir: Path,
+def test_failing_late_and_cancelled_behind_a_stuck_run_each_notify_once_through_a_webhook_or_apprise(prefect_server, prefect_api, state_dir: Path,
                                                        tmp_path: Path):
     from prefect.client.orchestration import get_client
 
     receiver = Receiver()
     dead_port = free_port()  # nothing listens: the broker connection fails naming host and port
     specs = [DeploymentSpec("alert-probe", "tests/deploy_flows.py:alert_probe", "fails: no broker", ()),
-             DeploymentSpec("late-probe", "tests/deploy_flows.py:late_probe", "skips as late", ())]
+             DeploymentSpec("late-probe", "tests/deploy_flows.py:late_probe", "skips as late", ()),
+             DeploymentSpec("stuck-probe", "tests/deploy_flows.py:stuck_probe", "runs until released", ())]
 
     result = run(apply(specs, work_pool=POOL))
     # their schemas read from the source files match what the server stores: a second apply changes nothing
-    assert sorted(run(apply(specs, work_pool=POOL)).unchanged) == ["alert-probe", "late-probe"]
+    assert sorted(run(apply(specs, work_pool=POOL)).unchanged) == ["alert-probe", "late-probe", "stuck-probe"]
     alerts = run(_ensure(receiver.url, result.ids))
     assert result.missing_flows == [] and set(alerts.automation_ids) == {FAILED_AUTOMATION, STUCK_AUTOMATION}
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_WORKER_QUERY_SECONDS": "1",
@@ -92,6 +94,14 @@ def test_a_failing_run_and_a_late_run_each_notify_once_through_a_webhook_or_appr
                  f"{worker.log_path}: {worker.log_tail(500)!r})")
         late = run(start("late-probe", {}))
         wait_for(lambda: mentioning(late), 180, "the notification of the late run")
+        # a stuck run does not pile up runs behind it: the next one is cancelled at once, and that notifies
+        release = tmp_path / "release"
+        stuck = run(start("stuck-probe", {"release": str(release)}))
+        wait_for(lambda: run(read(stuck.id)).state.is_running(), 180, "the stuck run to run")
+        behind = run(start("stuck-probe", {"release": str(release)}))
+        wait_for(lambda: mentioning(behind), 180, "the notification of the run cancelled behind the stuck one")
+        release.touch()
+        wait_for(lambda: run(read(stuck.id)).state.is_completed(), 180, "the stuck run to end once released")
         # the same through an Apprise URL (its generic JSON notifier): another block type, same automation
         apprise_url = receiver.url.replace("http://", "json://")
         run(_ensure(apprise_url, result.ids))
@@ -100,9 +110,12 @@ def test_a_failing_run_and_a_late_run_each_notify_once_through_a_webhook_or_appr
     finally:
         worker.stop()
         receiver.close()
-    failing, late = run(read(failing.id)), run(read(late.id))
+    failing, late, behind = run(read(failing.id)), run(read(late.id)), run(read(behind.id))
     assert failing.state.name == "Failed" and (late.state.type.value, late.state.name) == ("CANCELLED", "SkippedLate")
-    assert len(receiver.bodies) == 3 and [len(mentioning(r)) for r in (failing, late, again)] == [1, 1, 1]
+    assert behind.state.is_cancelled() and behind.state.message == "Deployment concurrency limit reached."
+    assert len(receiver.bodies) == 4 and [len(mentioning(r)) for r in (failing, late, behind, again)] == [1] * 4
+    assert not mentioning(stuck)  # the run that completed notifies nobody
+    assert "Deployment: stuck-probe" in mentioning(behind)[0]["body"]
     assert mentioning(again)[0]["title"].startswith("tradeflow: alert-probe run") and \
         f"127.0.0.1:{dead_port}" in mentioning(again)[0]["message"]
 
