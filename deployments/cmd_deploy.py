@@ -99,7 +99,7 @@ def deploy_all(settings: Any, *, active: bool, api: str, today: dt.date | None =
 def _deploy(args: argparse.Namespace) -> int:
     from core.settings import get_settings
     from deployments.alerts import AlertConfigError
-    from deployments.deploy import build_specs, deployed_ends, prefect_yaml, run, today_ny
+    from deployments.deploy import MissingFlowError, build_specs, deployed_ends, prefect_yaml, run, today_ny
     from deployments.paper import paper_exchange_configured
     from deployments.schedules import ScheduleError
 
@@ -136,7 +136,7 @@ def _deploy(args: argparse.Namespace) -> int:
         active = not paper_exchange_configured(settings)
     try:
         result, _ = deploy_all(settings, active=active, api=api)
-    except (ScheduleError, AlertConfigError) as exc:
+    except (ScheduleError, AlertConfigError, MissingFlowError) as exc:
         print(f"tradeflow deploy: {exc}", file=sys.stderr)
         return 2
     return 1 if result.missing_flows else 0

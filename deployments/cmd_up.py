@@ -65,6 +65,11 @@ def _up(args: argparse.Namespace) -> int:
     except UpError as exc:
         print(f"tradeflow up: {exc}", file=sys.stderr)
         code = 1
+    except Exception as exc:  # noqa: BLE001 - say what failed, stop what was started
+        import traceback
+
+        print(f"tradeflow up: failed: {type(exc).__name__}: {exc}\n{traceback.format_exc()}", file=sys.stderr)
+        code = 1
     finally:
         up.stop()
     up.say("tradeflow up: stopped")

@@ -211,13 +211,27 @@ def _pull_steps(project_dir: Path) -> list[dict[str, Any]]:
 
 
 def _schema(spec: DeploymentSpec, project_dir: Path) -> dict[str, Any] | None:
-    """The flow's parameter schema, read from its source file without importing it (None when missing)."""
-    from prefect.utilities.callables import parameter_schema_from_entrypoint
+    """The flow's parameter schema, read from its source file without importing it, or by importing it when
+    the function is not defined there by name (re-exported, made by a factory); None when the file is missing.
+
+    Raises:
+        MissingFlowError: the file exists but has no such flow.
+    """
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.utilities.callables import parameter_schema, parameter_schema_from_entrypoint
 
     path = spec.flow_file(project_dir)
     if not path.is_file():
         return None
-    return parameter_schema_from_entrypoint(str(path) + ":" + spec.entrypoint.split(":", 1)[1]).model_dump()
+    entrypoint = f"{path}:{spec.entrypoint.split(':', 1)[1]}"
+    try:
+        return parameter_schema_from_entrypoint(entrypoint).model_dump()
+    except ValueError:
+        pass
+    try:
+        return parameter_schema(load_flow_from_entrypoint(entrypoint, use_placeholder_flow=False).fn).model_dump()
+    except Exception as exc:  # noqa: BLE001 - any import error: say which flow
+        raise MissingFlowError(f"{spec.name}: cannot load {spec.entrypoint}: {type(exc).__name__}: {exc}") from exc
 
 
 def _no_empty(schema: dict[str, Any] | None) -> dict[str, Any] | None:
