@@ -9,10 +9,11 @@ import time
 
 
 def register_up(sub: argparse._SubParsersAction) -> None:
-    from deployments import up
-
     p = sub.add_parser("up", help="start the Prefect server, paper exchange, deployments, alerts and worker",
-                       description=up.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description="Starts what is missing: a local Prefect server (SQLite in the state directory) "
+                       "unless PREFECT_API_URL names one, the paper exchange when no TWS is configured, the "
+                       "deployments and alerts, a process worker, and a replay of the latest session; prints where "
+                       "the UI is; Ctrl+C stops what it started (see deployments/up.py).")
     p.add_argument("--replay-sessions", type=int, default=1, metavar="N",
                    help="with the paper exchange, replay the most recent N sessions of the data on start "
                         "(default 1; 0: none)")

@@ -97,7 +97,7 @@ from deployments.cmd_deploy import register_deploy  # noqa: E402
 from deployments.cmd_paper_clock import register_paper_clock  # noqa: E402
 from deployments.cmd_train import register_train  # noqa: E402
 from deployments.cmd_up import register_up  # noqa: E402
-from deployments.replay import register_replay  # noqa: E402
+from deployments.cmd_replay import register_replay  # noqa: E402
 
 REGISTRY += [
     register_schedule,

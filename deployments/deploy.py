@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +30,6 @@ from typing import Any
 from core.calendar import DEPLOYMENTS, NY
 from core.settings import PROJECT_ROOT, Settings
 from deployments.schedules import ScheduleSpec, Window, all_schedules, window_for
-
-log = logging.getLogger(__name__)
 
 WORK_POOL = "tradeflow"
 """The Prefect process work pool the deployments run on."""
