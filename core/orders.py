@@ -161,8 +161,8 @@ class OrderGateway:
                  if (info.perm_id and e.perm_id == info.perm_id) or e.order_ref == info.order_ref]
         with self.journal.transaction() as tx:
             for e in fills:
-                tx.record_execution(e.exec_id, symbol=e.symbol, side=side_of(e.side), shares=e.shares, price=e.price,
-                                    exec_time=e.time, order_ref=e.order_ref or info.order_ref,
+                tx.record_execution(e.exec_id, symbol=e.symbol, side=side_of(e.side), shares=e.shares,
+                                    price=e.price, exec_time=e.time, order_ref=e.order_ref or info.order_ref,
                                     perm_id=e.perm_id or None, order_id=e.order_id or None, strategy=strategy,
                                     commission=e.commission if e.commission else None,
                                     realized_pnl=e.realized_pnl if e.realized_pnl else None, account=e.account)
