@@ -57,8 +57,8 @@ class Receiver:
         self.server.shutdown()
 
 
-def test_failing_late_and_cancelled_behind_a_stuck_run_each_notify_once_through_a_webhook_or_apprise(prefect_server, prefect_api, state_dir: Path,
-                                                       tmp_path: Path):
+def test_failing_late_and_cancelled_behind_a_stuck_run_each_notify_once_through_a_webhook_or_apprise(
+        prefect_server, prefect_api, state_dir: Path, tmp_path: Path):
     from prefect.client.orchestration import get_client
 
     receiver = Receiver()
