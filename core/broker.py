@@ -291,6 +291,11 @@ class Broker(abc.ABC):
         the fill won the race). Raises IBError (e.g. 10147 not found), BrokerTimeoutError."""
 
     @abc.abstractmethod
+    def cancel_all_orders(self, timeout: float | None = None) -> list[OrderInfo]:
+        """Cancel every open order of the account, whichever client placed it (IB's global cancel), and wait
+        until none is open; returns the orders that were open. Raises BrokerTimeoutError."""
+
+    @abc.abstractmethod
     def wait_for_fill(self, order_id: int, timeout: float) -> OrderInfo:
         """Wait up to `timeout` seconds until the order is completely filled (commissions received).
 

@@ -582,6 +582,18 @@ class IBBroker(Broker):
         self._call("open orders", self.ib.reqAllOpenOrders)  # our view of the order follows the cancel
         return info
 
+    def cancel_all_orders(self, timeout: float | None = None) -> list[OrderInfo]:
+        were_open = self.open_orders()
+        if were_open:
+            self._call("global cancel", self.ib.reqGlobalCancel)
+            limit = timeout or self.timeout
+            deadline = time.monotonic() + limit
+            while self.open_orders():
+                if time.monotonic() > deadline:
+                    raise BrokerTimeoutError(f"global cancel: orders still open after {limit:g} s")
+                self.ib.waitOnUpdate(timeout=0.25)
+        return were_open
+
     def wait_for_fill(self, order_id: int, timeout: float) -> OrderInfo:
         deadline = time.monotonic() + timeout
         self._ensure()

@@ -95,6 +95,11 @@ from deployments.cmd_broker import register_paper_exchange, register_validate_co
 from deployments.cmd_models import register_models  # noqa: E402
 from deployments.cmd_train import register_train  # noqa: E402
 from deployments.cmd_reconcile import register_reconcile, register_resolve  # noqa: E402
+from deployments.cmd_controls import register_controls  # noqa: E402
+from deployments.cmd_deploy import register_deploy  # noqa: E402
+from deployments.cmd_paper_clock import register_paper_clock  # noqa: E402
+from deployments.cmd_up import register_up  # noqa: E402
+from deployments.cmd_replay import register_replay  # noqa: E402
 
 REGISTRY += [
     register_schedule,
@@ -106,4 +111,9 @@ REGISTRY += [
     register_reconcile,
     register_resolve,
     register_models,
+    register_deploy,
+    register_controls,
+    register_up,
+    register_replay,
+    register_paper_clock,
 ]

@@ -6,8 +6,8 @@ is exported as `TRADEFLOW_STATE_DIR` for the test and any process it starts.
 - `exchange`: an in-process PaperExchange (loopback, free ports, clock stopped at START unless moved through
   `exchange.clock` / `AdminClient`), with IBKR_HOST/IBKR_PORT exported so that flows connect to it, and a
   fresh state directory (journal, HALT file, models) exported as TRADEFLOW_STATE_DIR.
-- `prefect_harness`: one temporary Prefect API for the whole test session (flows run as real Prefect flow
-  runs); defined here, once, so that every module shares the same server.
+- `prefect_harness`: every flow run of the session goes to the session's one real Prefect server
+  (`tests/prefect_support.py`, a `prefect server start`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from core.paper_exchange import PaperExchange
 from core.settings import get_settings
-from tests.broker_support import START, require_data
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +36,10 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def exchange(tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PaperExchange]:
+def exchange(tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator["PaperExchange"]:  # noqa: F821
+    from core.paper_exchange import PaperExchange
+    from tests.broker_support import START, require_data
+
     data = require_data()
     ex = PaperExchange(data, start=START, state_file=tmp_path / "paper-exchange.json").start()
     monkeypatch.setenv("IBKR_HOST", "127.0.0.1")
@@ -51,8 +52,22 @@ def exchange(tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 @pytest.fixture(scope="session")
-def prefect_harness() -> Iterator[None]:
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_harness(prefect_server) -> Iterator[str]:
+    """Point every flow run of the session (and the processes tests start) at the session's real Prefect
+    server (`tests/prefect_support.py`); yields its API URL."""
+    import os
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    before = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = prefect_server.api_url
+    try:
+        with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
+            yield prefect_server.api_url
+    finally:
+        if before is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = before
+
+pytest_plugins = ["tests.prefect_support"]  # the session's real Prefect server (`prefect_server`, `prefect_api`)

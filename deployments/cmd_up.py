@@ -1,0 +1,77 @@
+"""`tradeflow up`: see deployments/up.py."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+
+
+def register_up(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("up", help="start the Prefect server, paper exchange, deployments, alerts and worker",
+                       description="Starts what is missing: a local Prefect server (SQLite in the state directory) "
+                       "unless PREFECT_API_URL names one, the paper exchange when no TWS is configured, the "
+                       "deployments and alerts, a process worker, and a replay of the latest session; prints where "
+                       "the UI is; Ctrl+C stops what it started (see deployments/up.py).")
+    p.add_argument("--replay-sessions", type=int, default=1, metavar="N",
+                   help="with the paper exchange, replay the most recent N sessions of the data on start "
+                        "(default 1; 0: none)")
+    p.add_argument("--mtf-every", type=int, default=1, metavar="K",
+                   help="in that replay, run every K-th mtf-signal event only (default 1: all 78 a session)")
+    p.set_defaults(handler=_up)
+
+
+def _sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops like Ctrl+C
+
+
+def _up(args: argparse.Namespace) -> int:
+    from core.settings import get_settings
+    from deployments.up import Up, UpError
+
+    settings = get_settings()
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, _sigterm)
+    up = Up(settings)
+    t0 = time.monotonic()
+    code = 0
+    try:
+        plan = None
+        if args.replay_sessions:
+            from deployments.replay import plan_startup_replay
+
+            plan = plan_startup_replay(settings, args.replay_sessions)
+        up.start_api()
+        up.start_broker(replay_from=plan.clock_start if plan else None)
+        up.deploy()
+        up.start_worker()
+        up.say(f"\ntradeflow is up ({time.monotonic() - t0:.0f} s). Prefect UI: {up.ui_url}\n"
+               f"  runs {up.ui_url}/runs, deployments {up.ui_url}/deployments, automations {up.ui_url}/automations\n"
+               f"  prefect CLI in another shell: export PREFECT_API_URL={up.api_url}\n"
+               f"  ad hoc run: prefect deployment run 'ema-entry/ema-entry' -p as_of=<ISO time with offset>\n"
+               f"  logs in {up.logs}; Ctrl+C stops everything started here\n")
+        replay = None
+        if up.paper and plan is not None:
+            if plan.already_done:
+                up.say(f"replay of {plan.describe()}: already in the journal (see the UI); `tradeflow replay` "
+                       "replays other sessions")
+            else:
+                replay = up.start_replay(plan.argv(args.mtf_every))
+                up.say(f"replaying {plan.describe()} (every flow as a subflow of one 'replay' run; progress in "
+                       f"the UI and {replay.log_path}) …")
+        code = up.watch(replay)
+    except KeyboardInterrupt:
+        code = 0
+    except UpError as exc:
+        print(f"tradeflow up: {exc}", file=sys.stderr)
+        code = 1
+    except Exception as exc:  # noqa: BLE001 - say what failed, stop what was started
+        import traceback
+
+        print(f"tradeflow up: failed: {type(exc).__name__}: {exc}\n{traceback.format_exc()}", file=sys.stderr)
+        code = 1
+    finally:
+        up.stop()
+    up.say("tradeflow up: stopped")
+    return code

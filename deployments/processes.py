@@ -1,0 +1,227 @@
+"""Child processes of `tradeflow up` (and of the tests that start real servers): started in a process group of
+their own, with a log file, stopped cleanly (a signal to the whole group, a wait, then SIGKILL for what is left),
+and a local Prefect server with SQLite in a given home.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+
+HOLD_AHEAD = timedelta(days=61)
+"""How far ahead the local server keeps scheduled runs (at least): the UI shows the next two months of runs."""
+MAX_RUNS_PER_SCHEDULE = 1000
+"""Runs the scheduler creates per schedule at most (Prefect evaluates at most 1,000 dates anyway)."""
+
+
+def scheduler_env(loop_seconds: float | None = None) -> dict[str, str]:
+    """Prefect server settings that make its scheduler hold `HOLD_AHEAD` of runs of every schedule (Prefect's
+    defaults stop at 3 runs or one hour ahead)."""
+    env = {
+        "PREFECT_SERVER_SERVICES_SCHEDULER_MIN_SCHEDULED_TIME": f"P{HOLD_AHEAD.days}D",
+        "PREFECT_SERVER_SERVICES_SCHEDULER_MAX_RUNS": str(MAX_RUNS_PER_SCHEDULE),
+        "PREFECT_SERVER_SERVICES_SCHEDULER_MIN_RUNS": "3",
+    }
+    if loop_seconds is not None:
+        env["PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS"] = str(loop_seconds)
+    return env
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (bind to 0, read it, release it)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True when something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.25) -> object:
+    """Poll `predicate` until it returns a true value (returned) or `timeout` seconds pass.
+
+    Raises:
+        TimeoutError: naming `what`.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)  # the polling interval of a condition wait
+
+
+@dataclass
+class Child:
+    """A child process in its own process group, its output in `log_path`.
+
+    Attributes:
+        name: shown in messages ("Prefect server", "worker", ...).
+        argv, env, cwd: how it is started.
+        stop_signal: the signal that asks it to stop cleanly (SIGINT by default, as Ctrl+C would).
+    """
+
+    name: str
+    argv: Sequence[str]
+    log_path: Path
+    env: Mapping[str, str] | None = None
+    cwd: Path | None = None
+    stop_signal: int = signal.SIGINT
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    def start(self) -> "Child":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        try:
+            self.proc = subprocess.Popen(list(self.argv), env=dict(self.env) if self.env is not None else None,
+                                         cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        finally:
+            log.close()
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, chars: int = 2000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """Ask the whole process group to stop (`stop_signal`), wait up to `timeout` s, then SIGKILL the group.
+        Returns the exit code (None when never started)."""
+        if self.proc is None:
+            return None
+        pgid = self.proc.pid
+        if self.proc.poll() is None:
+            _killpg(pgid, self.stop_signal)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _killpg(pgid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        # grandchildren that outlived their parent (same group): a short grace, then SIGKILL
+        try:
+            wait_for(lambda: not _group_alive(pgid), 5.0, f"{self.name}'s process group to exit", 0.1)
+        except TimeoutError:
+            _killpg(pgid, signal.SIGKILL)
+        return self.proc.returncode
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - a group of another user
+        return True
+
+
+@dataclass
+class LocalServer:
+    """`prefect server start` on 127.0.0.1 with SQLite under `home` (PREFECT_HOME).
+
+    Attributes:
+        api_url: http://127.0.0.1:PORT/api once started; ui_url: http://127.0.0.1:PORT.
+    """
+
+    home: Path
+    port: int
+    log_path: Path
+    ui: bool = True
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    child: Child | None = None
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.ui_url}/api"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env.update({
+            "PREFECT_HOME": str(self.home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_UI_ENABLED": "true" if self.ui else "false",
+            "PREFECT_UI_URL": self.ui_url,
+            "PREFECT_API_URL": self.api_url,
+            **scheduler_env(),
+            **self.extra_env,
+        })
+        return env
+
+    def start(self, timeout: float = 120.0) -> "LocalServer":
+        """Start it and wait until its health endpoint answers.
+
+        Raises:
+            RuntimeError: it exited (with the end of its log), or did not answer within `timeout` s.
+        """
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.child = Child("Prefect server", [sys.executable, "-m", "prefect", "server", "start", "--host",
+                                              "127.0.0.1", "--port", str(self.port)],
+                           self.log_path, env=self.env(), stop_signal=signal.SIGTERM).start()
+
+        def healthy() -> bool:
+            if not self.child.alive():
+                raise RuntimeError(f"the Prefect server exited with {self.child.proc.returncode}; its log "
+                                   f"({self.log_path}) ends:\n{self.child.log_tail()}")
+            return api_healthy(self.api_url)
+
+        try:
+            wait_for(healthy, timeout, f"the Prefect server at {self.api_url}")
+        except TimeoutError as exc:
+            self.stop()
+            raise RuntimeError(f"{exc}; its log ({self.log_path}) ends:\n{self.child.log_tail()}") from None
+        return self
+
+    def stop(self) -> None:
+        if self.child:
+            self.child.stop(timeout=30)
+
+
+def api_healthy(api_url: str, timeout: float = 2.0) -> bool:
+    """True when a Prefect API answers its health endpoint at `api_url` (…/api)."""
+    try:
+        return httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def worker_argv(pool: str) -> list[str]:
+    """The command of a Prefect process worker polling the work pool `pool`."""
+    return [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"]
