@@ -40,6 +40,10 @@ from tests.fault_workers import flow_of
 from tests.mtf_support import fresh_pacing, model_templates, models  # noqa: F401
 from tests.test_ib_broker_unit import closed_port
 
+pytestmark = pytest.mark.usefixtures("fresh_pacing")
+"""Every test has an empty historical-data pacer (tests/mtf_support.py): production runs each flow in a process of
+its own, and these tests run many flows in one, which would leave later tests waiting for IB's pacing."""
+
 DAY = datetime(2026, 3, 2, tzinfo=NY).date()
 ENTRY = datetime(2026, 3, 2, 15, 55, tzinfo=NY)
 EVENING = datetime(2026, 3, 2, 17, 0, tzinfo=NY)
@@ -95,8 +99,7 @@ def test_killed_after_the_order_reached_the_exchange(exchange, prefect_harness, 
     assert_nothing_lost(before, journal_rows(j))
 
 
-def test_mtf_signal_killed_after_its_order_reached_the_exchange(exchange, prefect_harness, monkeypatch, champions,
-                                                               fresh_pacing):  # noqa: F811
+def test_mtf_signal_killed_after_its_order_reached_the_exchange(exchange, prefect_harness, monkeypatch, champions):
     AdminClient(exchange.admin_port).set_clock(MTF_AT)
     order, before = _killed_at_its_order(exchange, monkeypatch, "mtf-signal", MTF_AT, MTF_REF)
     out = flow_of("mtf-signal")(as_of=MTF_AT)  # the rerun replays the journaled decision

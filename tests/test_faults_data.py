@@ -39,6 +39,10 @@ from tests.broker_support import require_data
 from tests.fault_support import damaged_data_dir, serve_altered_history, start_exchange
 from tests.mtf_support import fresh_pacing, model_templates, models  # noqa: F401
 
+pytestmark = pytest.mark.usefixtures("fresh_pacing")
+"""Every test has an empty historical-data pacer (tests/mtf_support.py): production runs each flow in a process of
+its own, and these tests run many flows in one, which would leave later tests waiting for IB's pacing."""
+
 ENTRY = datetime(2026, 3, 2, 15, 55, tzinfo=NY)
 PREVIOUS = date(2026, 2, 27)
 
@@ -233,7 +237,7 @@ def test_no_smh_price_means_no_decision(exchange, prefect_harness):
 
 
 def test_mtf_signal_never_sizes_from_bad_hourly_bars(exchange, prefect_harness, monkeypatch,
-                                                    models, fresh_pacing):  # noqa: F811
+                                                    models):  # noqa: F811
     """A zero close in the hourly bars the broker serves for AAPL: nothing is stored, AAPL's decision is NO_TRADE
     saying why (its P(up) would have bought it), TSLA is decided as usual."""
     from core.bar_store import BarStore, store_root
