@@ -1,33 +1,41 @@
 """Schedule to action: served deployments on a real Prefect server against the paper exchange, from a run's
 scheduled start to its action: `ema-entry`'s order received by the exchange (target p95 <= 2 s) and
-`mtf-signal`'s decisions for both symbols journaled (target p95 <= 3 s).
+`mtf-signal`'s decisions for both symbols committed to the journal (target p95 <= 3 s).
 
 Set-up (all on loopback, in a temporary folder):
 - `prefect server start` (`deployments.processes.LocalServer`, SQLite in a temporary PREFECT_HOME);
-- one Prefect Runner (`prefect.serve`, `bench/_serving.py`) serving the deployments from the entrypoints of
-  `bench/_flow_timing.py`, which are the real flows with timers around them (see that module); it polls the API
-  every `query_seconds` (1 s) for runs due within `prefetch_seconds` (0: no run starts before its time) and
-  starts each run in a process of its own, as a worker does;
-- the paper exchange in this process, on a port the served flows know, its clock stopped at the decision time of
-  the run's `as_of` (so every run is on time; `late_run_max_minutes` is not involved). A hook on the exchange's
-  order intake notes the wall-clock instant each order arrives.
+- one Prefect runner (`prefect.serve`, `bench/_serving.py`) serving the real flows through timed entrypoints
+  (`bench/_timed_ema_entry.py`, `bench/_timed_mtf_signal.py`: the same flow objects, with the timers of
+  `bench/_flow_timing.py`) and `flows/ema_update.py`. It asks the API every `query_seconds` (1 s) for runs due
+  within `prefetch_seconds` (10 s, Prefect's default) and starts each in a process of its own, as a worker does:
+  so a run's process starts and imports before its time, and Prefect's server holds it (its orchestration rule
+  `WaitForScheduledTime`) until the scheduled start, when the flow's code begins. `cold_runs` more ema-entry runs
+  are served with prefetch 0 (the process starts once the run is due: an ad hoc run, or a worker that cannot
+  prefetch), to show what starting a process costs;
+- the paper exchange in this process, restarted for each run on the same port with a fresh account; its clock
+  runs with the wall clock so that it reads the run's `as_of` at the scheduled start, where it stops (the paper
+  exchange fills a market order at the open of the first bar that starts at or after the order: the 15:55 bar).
+  A hook on its order intake notes the wall-clock instant each order arrives.
 
-Each run is a flow run created through the API from the deployment, `Scheduled` `lead_seconds` ahead, with the
-replayed `as_of` as its parameter (the session 2026-03-02: its 15:55 for ema-entry). Between runs the account and
-the journal are reset (a new exchange on the same port with a fresh state file; the journal copied from a
-template holding only the EMA state up to the previous session, written by one served `ema-update` run), so
-every ema-entry run decides BUY and sends its order.
+Each run is a flow run created through the API from its deployment, `Scheduled` `prefetch_seconds` + 1 s ahead
+(2 s for the cold runs), with the replayed `as_of` as its parameter: 2026-03-02 15:55 for ema-entry (BULL and
+flat: it buys), 10:35 for mtf-signal (the 09:30 hourly bar has just ended; champions for AAPL and TSLA trained
+here with `tradeflow train --epochs 1`). Every run starts from the same journal, a template holding the EMA state
+up to the previous session (written by one served `ema-update` run) and the models' records. Each series starts
+with a warm-up run that is not counted (it fills the disk cache, the bytecode cache and mtf-signal's bar store).
 
-Breakdown (`bench/_flow_timing.py` notes instants in the flow run's process; the exchange notes the arrival):
-- `pickup`: scheduled start -> the run's process created (the runner's poll and spawn);
-- `start_imports`: process created -> the flow's code starts: the interpreter, Prefect, the flow modules (their
-  import alone is also reported: `flow_imports`), the engine's API calls that set the run Running;
-- `broker`: time inside IBBroker calls (connect, clock, executions, bars, quotes, account, positions, placing up
-  to the order's arrival);
-- `decision`: the decision functions (pure computation);
-- `journal`: journal transactions (lock, write, commit, read-snapshot refresh);
-- `other`: the rest (Prefect task runs, logging, artifacts, Python).
-Shares are of the whole scheduled-start-to-action time, over all runs.
+Breakdown of each run's latency (scheduled start -> action), from the instants its process noted and the
+exchange's arrival time; work done before the scheduled start counts for nothing:
+- `pickup`: until the run's process exists (the runner's poll and spawn);
+- `python_prefect`: the interpreter and Prefect's import and the flow run's look-up, until the entrypoint runs;
+- `flow_imports`: importing the flow module and all it imports (pandas, the calendar, ib_insync, duckdb ...);
+- `engine`: Prefect's engine until the flow's code starts (the run set Running: the hold until the scheduled
+  start, then the API calls);
+- `broker`: inside IBBroker calls (connect, clock, executions, bars, quotes, account, positions; placing, up to
+  the order's arrival);
+- `decision`: the decision functions (pure computation: ema-entry's rule; mtf-signal's features, P(up), rule);
+- `journal`: journal transactions (writer lock, write, commit, checkpoint, read-snapshot refresh);
+- `other`: the rest (Prefect task runs, logging, artifacts, Python between the calls).
 """
 
 from __future__ import annotations
