@@ -23,7 +23,6 @@ from core.orders import OrderGateway, TradingHaltedError, order_ref
 from core.settings import PROJECT_ROOT, get_settings
 from deployments.processes import wait_for
 from tasks.runtime import flow_run
-from tests.flow_support import exchange  # noqa: F401
 
 AS_OF = dt.datetime(2026, 3, 2, 10, 0, tzinfo=NY)
 

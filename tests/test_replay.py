@@ -13,7 +13,6 @@ from core.journal import Journal
 from core.settings import get_settings
 from deployments.deploy import run
 from deployments.replay import get_replay_flow, plan_startup_replay
-from tests.flow_support import exchange  # noqa: F401
 from tests.replay_flows import ENTRYPOINTS
 
 DAY = dt.date(2026, 3, 3)  # the session after the exchange fixture's clock (2026-03-02 10:00)
