@@ -276,10 +276,13 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     def place_order(self, request: OrderRequest) -> OrderInfo:
-        """Place an order idempotently (see OrderRequest.order_ref) and wait until IB acknowledges it.
+        """Place an order idempotently (see OrderRequest.order_ref) and wait until IB acknowledges it. When the
+        connection breaks before the acknowledgement, reconnect and return the order if the broker lists it by
+        its orderRef (never sending it twice).
 
         Raises LiveTradingRefusedError (non-paper account without the live opt-in), OrderRejectedError,
-        UnknownContractError, BrokerTimeoutError.
+        UnknownContractError, BrokerTimeoutError, BrokerConnectionError (no connection, or the order is not
+        listed after a reconnect).
         """
 
     @abc.abstractmethod

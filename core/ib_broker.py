@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import math
 import os
@@ -54,6 +55,21 @@ from core.broker import (
 )
 from core.settings import Settings, get_settings
 
+
+def _ensure_event_loop() -> None:
+    """ib_insync runs every request on the thread's event loop: give the thread one when it has none (an
+    `asyncio.run()` earlier in the same thread, e.g. a Prefect client call, leaves none set)."""
+    try:
+        asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+
+
+# eventkit (imported by the library) asks for the importing thread's event loop at import time, and a thread other
+# than the main one has none: Prefect imports a deployment's flow module in a worker thread, so without this every
+# served or worker run of a flow crashed before starting ("There is no current event loop in thread 'AnyIO worker
+# thread'").
+_ensure_event_loop()
 IB_LIBRARY = os.environ.get("TRADEFLOW_IB_LIBRARY", "ib_insync")
 if IB_LIBRARY == "ib_async":  # the one switch between the two libraries
     import ib_async as ibapi  # type: ignore[import-not-found]
@@ -299,16 +315,24 @@ class IBBroker(Broker):
             self.connect()
 
     def _call(self, what: str, fn, *args, **kwargs):
-        """Run one blocking library request with the timeout and typed errors."""
-        self._ensure()
-        try:
-            return fn(*args, **kwargs)
-        except ibapi.RequestError as exc:
-            raise typed_error(exc.code, exc.message) from exc
-        except (asyncio.TimeoutError, TimeoutError) as exc:
-            raise BrokerTimeoutError(f"{what}: no answer within {self.timeout:g} s") from exc
-        except ConnectionError as exc:
-            raise BrokerConnectionError(f"{what}: {exc}") from exc
+        """Run one blocking library request with the timeout and typed errors. Every request made through here
+        only reads (orders are placed and cancelled elsewhere), so when the connection breaks during it, it is
+        asked again once on a new connection (`connect`'s own retries apply); a second break, or a failed
+        reconnect, raises BrokerConnectionError naming host and port."""
+        for attempt in (1, 2):
+            self._ensure()
+            try:
+                return fn(*args, **kwargs)
+            except ibapi.RequestError as exc:
+                raise typed_error(exc.code, exc.message) from exc
+            except (asyncio.TimeoutError, TimeoutError) as exc:
+                raise BrokerTimeoutError(f"{what}: no answer within {self.timeout:g} s") from exc
+            except ConnectionError as exc:
+                if attempt == 2:
+                    raise BrokerConnectionError(f"{what}: the connection to {self.host}:{self.port} broke again "
+                                                f"after a reconnect ({exc})") from exc
+                log.warning("%s: the connection to %s:%d broke during the request (%s); reconnecting to ask "
+                            "again", what, self.host, self.port, exc)
 
     def _barrier(self) -> None:
         """A round trip: every update IB sent before it has been processed when it returns."""
@@ -322,7 +346,10 @@ class IBBroker(Broker):
                 raise BrokerTimeoutError(f"{what}: not done within {timeout:g} s")
             if not self.ib.isConnected():
                 raise BrokerConnectionError(f"{what}: connection lost")
-            self.ib.waitOnUpdate(timeout=min(remaining, 0.25))
+            try:
+                self.ib.waitOnUpdate(timeout=min(remaining, 0.25))
+            except ConnectionError as exc:  # the socket closed while waiting (the library raises the builtin)
+                raise BrokerConnectionError(f"{what}: connection lost ({exc})") from exc
 
     # --- contracts ---------------------------------------------------------------------------------------------
 
@@ -485,6 +512,8 @@ class IBBroker(Broker):
         except BrokerTimeoutError as exc:
             raise BrokerTimeoutError(f"{exc}; the order may be working: placing the same order_ref "
                                      f"{request.order_ref!r} again is safe (it finds the order)") from exc
+        except BrokerConnectionError as exc:
+            return self._found_after_reconnect(request.order_ref, exc)
         if trade.orderStatus.status in ("Cancelled", "ApiCancelled", "Inactive") and not trade.fills:
             errs = [e for e in trade.log if getattr(e, "errorCode", 0)]
             if errs:
@@ -494,6 +523,26 @@ class IBBroker(Broker):
         if trade.order.permId:
             self._perm_ids[trade.order.orderId] = trade.order.permId
         return self._info(trade)
+
+    def _found_after_reconnect(self, order_ref: str, lost: BrokerConnectionError) -> OrderInfo:
+        """The order just sent with `order_ref` when the connection broke before its acknowledgement: reconnect
+        and look it up (open orders, today's executions). Raises BrokerConnectionError when the broker does not
+        list it, or the reconnect fails: it was then most likely not placed, and nothing is sent again here."""
+        log.warning("connection lost before order_ref %s was acknowledged (%s); reconnecting to look it up",
+                    order_ref, lost)
+        try:
+            self._ensure()
+            found = self.find_order(order_ref)
+        except BrokerError as exc:
+            raise BrokerConnectionError(f"{lost}; the order {order_ref!r} may have been placed and could not be "
+                                        f"looked up ({exc}): placing the same order_ref again is safe (it finds "
+                                        "the order)") from exc
+        if found is None:
+            raise BrokerConnectionError(f"{lost}; after reconnecting, the broker lists no order {order_ref!r}: it "
+                                        "was not placed (placing the same order_ref again is safe)") from lost
+        if found.perm_id:
+            self._perm_ids[found.order_id] = found.perm_id
+        return dataclasses.replace(found, existing=False)  # sent by this call, not before it
 
     def cancel_order(self, order_id: int, timeout: float | None = None) -> OrderInfo:
         self._ensure()
@@ -671,15 +720,6 @@ def _num(x) -> float | None:
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) and v > 0 else None
-
-
-def _ensure_event_loop() -> None:
-    """ib_insync runs every request on the thread's event loop: give the thread one when it has none (an
-    `asyncio.run()` earlier in the same thread, e.g. a Prefect client call, leaves none set)."""
-    try:
-        asyncio.get_event_loop_policy().get_event_loop()
-    except RuntimeError:
-        asyncio.set_event_loop(asyncio.new_event_loop())
 
 
 def _reported(x) -> float:

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NONE
@@ -266,9 +267,22 @@ def read_market(run: FlowRun, broker: Broker) -> MarketRead:
 
 
 def _daily_closes(broker: Broker, symbol: str, duration: str) -> pd.Series:
-    """Daily closes by session date (USD) from the broker."""
+    """Daily closes by session date (USD) from the broker.
+
+    Raises:
+        HalfKnownStateError: a close is NaN, infinite or not > 0 (naming the first such session): no EMA is
+            computed from a bad bar.
+    """
     bars = broker.historical_bars(symbol, "1 day", duration)
-    return pd.Series(bars["close"].to_numpy(dtype=float), index=[ts.date() for ts in bars.index], dtype=float)
+    closes = pd.Series(bars["close"].to_numpy(dtype=float), index=[ts.date() for ts in bars.index], dtype=float)
+    values = closes.to_numpy()
+    bad = ~(np.isfinite(values) & (values > 0))
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise HalfKnownStateError(f"the broker's daily {symbol} bar of {closes.index[first]} has close "
+                                  f"{values[first]!r} USD ({int(bad.sum())} unusable close(s) in {duration}): no EMA "
+                                  "is computed from a bad bar")
+    return closes
 
 
 def _record_states(run: FlowRun, symbol: str, rows: list[tuple[dt.date, float, EmaState]]) -> int:

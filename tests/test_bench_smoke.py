@@ -74,3 +74,28 @@ def test_targets_and_percentiles():
     assert percentile([1, 2, 3, 4, 5], 50) == 3 and percentile([1, 2], 95) == pytest.approx(1.95)
     with pytest.raises(KeyError, match="unmeasured"):
         make_result("x", "", {"a": 1.0}, {"b": Target("<=", 1)}, {})
+
+
+@pytest.mark.needs_data
+def test_schedule_to_action_tiny(tmp_path):
+    """A real prefect server, the served deployments (the real flows through their timed entrypoints), one
+    measured ema-entry run: the served path works end to end (it once crashed every run at the flow's import)."""
+    require_bars("5m/SMH.csv", "daily/SMH.csv", "daily/VIX.csv")
+    run_all.run_one("schedule_to_action", {"runs": 1, "cold_runs": 0, "mtf_runs": 0, "prefetch_seconds": 3.0},
+                    tmp_path)
+    res = _check_shape(tmp_path / "schedule_to_action.json", "schedule_to_action")
+    f = res["figures"]
+    assert f["ema_entry_runs"] == 1 and f["ema_entry_process_to_action_p50_s"] > 0
+    assert sum(f[f"ema_entry_{k}_share"] for k in ("pickup", "python_prefect", "flow_imports", "engine", "broker",
+                                                   "decision", "journal", "other")) == pytest.approx(1.0)
+
+
+@pytest.mark.needs_data
+def test_mtf_signal_scale_tiny(tmp_path):
+    require_bars("1h/AAPL.csv", "1h/TSLA.csv", "5m/AAPL.csv", "5m/TSLA.csv")
+    run_all.run_one("mtf_signal_scale", {"sizes": (2, 3)}, tmp_path)
+    res = _check_shape(tmp_path / "mtf_signal_scale.json", "mtf_signal_scale")
+    f = res["figures"]
+    assert (f["s2_decisions"], f["s3_decisions"]) == (2, 3)
+    assert f["s3_historical_requests"] == 3  # steady state: one request a symbol
+    assert f["cold_requests_per_symbol"] > 1

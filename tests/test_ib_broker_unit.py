@@ -66,3 +66,18 @@ def test_order_requests_are_validated():
         OrderRequest("SMH", "BUY", 1.5, "r")  # type: ignore[arg-type]
     assert list(empty_bars().columns) == ["open", "high", "low", "close", "volume"]
     assert str(empty_bars().index.tz) == "America/New_York"
+
+
+def test_the_broker_module_imports_in_a_thread_without_an_event_loop():
+    """Prefect imports a deployment's flow module in a worker thread (no event loop there): the library's import
+    asked for one and every served or worker run of a flow crashed before starting."""
+    import subprocess
+    import sys
+
+    code = ("import threading\nerrors = []\n"
+            "def load():\n"
+            "    try:\n        import core.ib_broker\n"
+            "    except Exception as exc:\n        errors.append(repr(exc))\n"
+            "t = threading.Thread(target=load)\nt.start()\nt.join()\nprint(errors or 'ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ok", out.stdout + out.stderr

@@ -1,0 +1,384 @@
+"""Schedule to action: served deployments on a real Prefect server against the paper exchange, from a run's
+scheduled start to its action: `ema-entry`'s order received by the exchange (target p95 <= 2 s) and
+`mtf-signal`'s decisions for both symbols journaled (target p95 <= 3 s).
+
+Set-up (all on loopback, in a temporary folder):
+- `prefect server start` (`deployments.processes.LocalServer`, SQLite in a temporary PREFECT_HOME);
+- one Prefect Runner (`prefect.serve`, `bench/_serving.py`) serving the deployments from the entrypoints of
+  `bench/_flow_timing.py`, which are the real flows with timers around them (see that module); it polls the API
+  every `query_seconds` (1 s) for runs due within `prefetch_seconds` (0: no run starts before its time) and
+  starts each run in a process of its own, as a worker does;
+- the paper exchange in this process, on a port the served flows know, its clock stopped at the decision time of
+  the run's `as_of` (so every run is on time; `late_run_max_minutes` is not involved). A hook on the exchange's
+  order intake notes the wall-clock instant each order arrives.
+
+Each run is a flow run created through the API from the deployment, `Scheduled` `lead_seconds` ahead, with the
+replayed `as_of` as its parameter (the session 2026-03-02: its 15:55 for ema-entry). Between runs the account and
+the journal are reset (a new exchange on the same port with a fresh state file; the journal copied from a
+template holding only the EMA state up to the previous session, written by one served `ema-update` run), so
+every ema-entry run decides BUY and sends its order.
+
+Breakdown (`bench/_flow_timing.py` notes instants in the flow run's process; the exchange notes the arrival):
+- `pickup`: scheduled start -> the run's process created (the runner's poll and spawn);
+- `start_imports`: process created -> the flow's code starts: the interpreter, Prefect, the flow modules (their
+  import alone is also reported: `flow_imports`), the engine's API calls that set the run Running;
+- `broker`: time inside IBBroker calls (connect, clock, executions, bars, quotes, account, positions, placing up
+  to the order's arrival);
+- `decision`: the decision functions (pure computation);
+- `journal`: journal transactions (lock, write, commit, read-snapshot refresh);
+- `other`: the rest (Prefect task runs, logging, artifacts, Python).
+Shares are of the whole scheduled-start-to-action time, over all runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import ExitStack
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from bench.common import Target, data_dir, make_result, percentile
+
+NAME = "schedule_to_action"
+ROOT = Path(__file__).resolve().parents[1]
+NY_OFFSET = "-05:00"
+EMA_SESSION_AS_OF = "2026-03-02T15:55:00-05:00"
+TEMPLATE_AS_OF = "2026-02-27T16:00:00-05:00"
+TEMPLATE_CLOCK = "2026-02-27T16:06:00-05:00"  # after the close + the 300 s the daily bar takes to be final
+ENTRY_REF = "ema-SMH-20260302-entry"
+MTF_AS_OF = "2026-03-02T10:35:00-05:00"  # the 09:30 hourly bar has just ended
+MTF_SYMBOLS = ("AAPL", "TSLA")
+PHASES = ("pickup", "python_prefect", "flow_imports", "engine", "broker", "decision", "journal", "other")
+
+
+def _aware(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+class _Exchange:
+    """The paper exchange of the benchmark: restarted on the same port with a fresh account for each run."""
+
+    def __init__(self, data: Path, work: Path, port: int):
+        self.data, self.work, self.port = data, work, port
+        self.current = None
+        self.received: dict[str, float] = {}
+        self.count = 0
+        self.timer: threading.Timer | None = None
+
+    def restart(self, as_of: datetime, scheduled: float | None = None) -> None:
+        """A new exchange with a fresh account whose clock reads `as_of` at the wall-clock instant `scheduled`
+        (epoch seconds): running in step with the wall clock until then, stopped there (the paper exchange fills
+        a market order at the open of the first bar that starts at or after it was placed: 15:55:00 is that of
+        the 15:55 bar). Without `scheduled`, stopped at `as_of`."""
+        from core.paper_exchange import AdminClient, PaperExchange
+
+        self.stop()
+        self.count += 1
+        if scheduled is None:
+            start, speed = as_of, None
+        else:
+            start, speed = as_of - timedelta(seconds=scheduled - time.time()), 1.0
+        ex = PaperExchange(self.data, start=start, speed=speed, port=self.port,
+                           state_file=self.work / f"exchange-{self.count}.json").start()
+        if scheduled is not None:
+            self.timer = threading.Timer(max(0.0, scheduled - time.time()) + 0.01,
+                                         AdminClient(ex.admin_port).pause)
+            self.timer.start()
+        original = ex.engine.place
+
+        def place(**kwargs):
+            self.received.setdefault(kwargs["order_ref"], time.time())
+            return original(**kwargs)
+
+        ex.engine.place = place
+        self.current = ex
+
+    def stop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.current is not None:
+            self.current.stop()
+            self.current = None
+
+
+def _copy_journal(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("journal.duckdb", "journal.read.duckdb"):
+        target = dst / name
+        target.unlink(missing_ok=True)
+        if (src / name).exists():
+            shutil.copyfile(src / name, target)
+
+
+def _wait_final(client, run_id, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        run = client.read_flow_run(run_id)
+        if run.state is not None and run.state.is_final():
+            return run
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"flow run {run_id} not final after {timeout:g} s (state {run.state})")
+        time.sleep(0.1)  # polling interval of a condition wait
+
+
+def _timings(path: Path) -> dict[str, dict[str, Any]]:
+    if not path.exists():
+        return {}
+    out = {}
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        out[rec["flow_run_id"]] = rec
+    return out
+
+
+def _overlap(a: float, b: float, lo: float, hi: float) -> float:
+    return max(0.0, min(b, hi) - max(a, lo))
+
+
+def breakdown(scheduled: float, action: float, rec: dict[str, Any]) -> dict[str, float]:
+    """Where the time from the scheduled start to the action went (seconds of each of PHASES, adding up to the
+    latency), from a run's timing record (`bench/_flow_timing.py`) and the action's instant (epoch seconds).
+    Work done before the scheduled start (a run started ahead of its time by the runner's prefetch) counts for
+    nothing: only what is left after it."""
+    entered = rec["flow_entered"]
+    phases = {
+        "pickup": _overlap(scheduled, rec["process_start"], scheduled, action),
+        "python_prefect": _overlap(rec["process_start"], rec["module_start"], scheduled, action),
+        "flow_imports": _overlap(rec["module_start"], rec["flows_imported"], scheduled, action),
+        "engine": _overlap(rec["flows_imported"], entered, scheduled, action),
+    }
+    lo = max(scheduled, entered)
+    for category in ("broker", "decision", "journal"):
+        phases[category] = sum(_overlap(a, b, lo, action) for c, _, a, b in rec["intervals"] if c == category)
+    phases["other"] = max(0.0, action - scheduled) - sum(phases.values())
+    return phases
+
+
+def figures_of(prefix: str, runs: list[tuple[float, float, dict[str, Any]]]) -> dict[str, float]:
+    """The figures of one deployment's runs, each (scheduled start, action, timing record): latency (action -
+    scheduled) p50/p95/max, its split into PHASES (p50 seconds and share of all the runs' latency), and when the
+    process started and finished importing relative to the schedule (negative: before it)."""
+    latencies = [a - s for s, a, _ in runs]
+    parts = [breakdown(s, a, r) for s, a, r in runs]
+    total = sum(sum(p.values()) for p in parts) or 1.0
+    out: dict[str, float] = {
+        f"{prefix}_runs": len(runs),
+        f"{prefix}_p50_s": statistics.median(latencies), f"{prefix}_p95_s": percentile(latencies, 95),
+        f"{prefix}_max_s": max(latencies),
+        f"{prefix}_process_started_vs_schedule_p50_s": statistics.median(r["process_start"] - s for s, _, r in runs),
+        f"{prefix}_imports_done_vs_schedule_p50_s": statistics.median(r["flows_imported"] - s for s, _, r in runs),
+        f"{prefix}_process_to_action_p50_s": statistics.median(a - r["process_start"] for _, a, r in runs),
+    }
+    for k in PHASES:
+        out[f"{prefix}_{k}_p50_s"] = statistics.median(p[k] for p in parts)
+    for k in PHASES:
+        out[f"{prefix}_{k}_share"] = sum(p[k] for p in parts) / total
+    return out
+
+
+class _Bench:
+    """The server, the exchange, the journal template and the serving processes of one benchmark run."""
+
+    def __init__(self, stack: ExitStack, query_seconds: float, run_timeout: float):
+        from deployments.processes import LocalServer, free_port
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        self.stack, self.query_seconds, self.run_timeout = stack, query_seconds, run_timeout
+        self.work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-stta-")))
+        server = LocalServer(self.work / "prefect-home", free_port(), self.work / "server.log", ui=False)
+        server.start()
+        stack.callback(server.stop)
+        self.state, self.template = self.work / "state", self.work / "template"
+        self.timings = self.work / "timings.jsonl"
+        data = data_dir()
+        port = free_port()
+        self.exchange = _Exchange(data, self.work, port)
+        stack.callback(self.exchange.stop)
+        # the flow processes may cache bytecode, as a deployed system does (this machine's environment sets
+        # PYTHONDONTWRITEBYTECODE, which makes every process compile its ~900 modules from source)
+        self.env = {**{k: v for k, v in os.environ.items()
+                       if not k.startswith("PREFECT_") and k != "PYTHONDONTWRITEBYTECODE"},
+                    "PREFECT_API_URL": server.api_url, "PREFECT_HOME": str(self.work / "prefect-home"),
+                    "IBKR_HOST": "127.0.0.1", "IBKR_PORT": str(port), "TRADEFLOW_STATE_DIR": str(self.state),
+                    "TRADEFLOW_DATA_DIR": str(data), "TRADEFLOW_BENCH_TIMINGS": str(self.timings)}
+        stack.enter_context(temporary_settings({PREFECT_API_URL: server.api_url}))
+        self.client = stack.enter_context(get_client(sync_client=True))
+        self.deployments: dict[str, Any] = {}
+        self.serving: subprocess.Popen | None = None
+
+    def serve(self, name: str, entrypoints: list[str], prefetch_seconds: float) -> None:
+        """(Re)start the serving process: `entrypoints` as deployments `<flow>/<name>`."""
+        self.stop_serving()
+        log = self.work / f"serve-{name}.log"
+        self.serving = subprocess.Popen(
+            [sys.executable, "-m", "bench._serving", name, *entrypoints, "--query-seconds", str(self.query_seconds),
+             "--prefetch-seconds", str(prefetch_seconds)], cwd=ROOT, env=self.env, stdout=open(log, "wb"),
+            stderr=subprocess.STDOUT)
+        self.log = log
+        self.stack.callback(self.stop_serving)
+        flows = [f"{ep.rsplit(':', 1)[1].replace('_', '-')}/{name}" for ep in entrypoints]
+        self.deployments.update(_wait_deployments(self.client, flows, self.serving, log))
+
+    def stop_serving(self) -> None:
+        if self.serving is not None and self.serving.poll() is None:
+            self.serving.terminate()
+            try:
+                self.serving.wait(30)
+            except subprocess.TimeoutExpired:
+                self.serving.kill()
+                self.serving.wait(10)
+        self.serving = None
+
+    def run_once(self, deployment: str, as_of: str, lead_seconds: float, clock: datetime | None = None
+                 ) -> tuple[float, Any]:
+        """One run of `deployment` scheduled `lead_seconds` from now; the exchange's clock reads `as_of` then (or
+        stands at `clock`). Returns the scheduled start (epoch seconds) and the final flow run.
+
+        Raises:
+            RuntimeError: the run did not complete (with the end of the serving log).
+        """
+        from prefect.states import Scheduled
+
+        scheduled = datetime.now(timezone.utc) + timedelta(seconds=lead_seconds)
+        if clock is None:
+            self.exchange.restart(_aware(as_of), scheduled.timestamp())
+        else:
+            self.exchange.restart(clock)
+        created = self.client.create_flow_run_from_deployment(
+            self.deployments[deployment], parameters={"as_of": as_of}, state=Scheduled(scheduled_time=scheduled))
+        final = _wait_final(self.client, created.id, self.run_timeout)
+        if not final.state.is_completed():
+            raise RuntimeError(f"{deployment} run {created.id} ended {final.state.name}: {final.state.message}; "
+                               f"the serving log ends:\n{self.log.read_text()[-4000:]}")
+        return scheduled.timestamp(), final
+
+    def make_template(self) -> None:
+        """The journal every ema-entry run starts from: the EMA state up to 2026-02-27, written by one served
+        ema-update run."""
+        self.run_once("ema-update/bench", TEMPLATE_AS_OF, 1.0, _aware(TEMPLATE_CLOCK))
+        _copy_journal(self.state, self.template)
+
+    def mtf_signal_runs(self, deployment: str, n: int, lead_seconds: float) -> list[tuple[float, float, dict]]:
+        """`n` measured runs after a warm-up run (which also fills the bar store): (scheduled start, the last of
+        the decisions of MTF_SYMBOLS committed to the journal, timing record) each."""
+        out = []
+        for i in range(n + 1):
+            _copy_journal(self.template, self.state)
+            scheduled, final = self.run_once(deployment, MTF_AS_OF, lead_seconds)
+            rec = _wait_record(self.timings, str(final.id))
+            decided = {sym: t for strategy, sym, t in rec["signals"] if strategy == "mtf"}
+            if set(decided) != set(MTF_SYMBOLS):
+                raise RuntimeError(f"mtf-signal run {final.id} journaled decisions for {sorted(decided)}")
+            if i > 0:
+                out.append((scheduled, max(decided.values()), rec))
+        return out
+
+    def ema_entry_runs(self, deployment: str, n: int, lead_seconds: float) -> list[tuple[float, float, dict]]:
+        """`n` measured runs after a warm-up run: (scheduled start, order received, timing record) each."""
+        out = []
+        for i in range(n + 1):
+            _copy_journal(self.template, self.state)
+            self.exchange.received.clear()
+            scheduled, final = self.run_once(deployment, EMA_SESSION_AS_OF, lead_seconds)
+            if ENTRY_REF not in self.exchange.received:
+                raise RuntimeError(f"ema-entry run {final.id} sent no order")
+            rec = _wait_record(self.timings, str(final.id))
+            if i > 0:  # the first run warms the caches (disk, bytecode, server): not counted
+                out.append((scheduled, self.exchange.received[ENTRY_REF], rec))
+        return out
+
+
+def run(runs: int = 20, cold_runs: int = 5, mtf_runs: int = 20, query_seconds: float = 1.0,
+        prefetch_seconds: float = 10.0, run_timeout: float = 120.0) -> dict[str, Any]:
+    """Run the benchmark (module docstring): `runs` ema-entry runs served with Prefect's prefetch
+    (`prefetch_seconds`, runs created `prefetch_seconds` + 1 s ahead), `cold_runs` more whose process starts only
+    once they are due (prefetch 0, created 2 s ahead), and `mtf_runs` mtf-signal runs (0 to skip), each after a
+    warm-up run that is not counted.
+
+    Raises:
+        RuntimeError: a run did not complete, or an ema-entry run sent no order.
+    """
+    from bench._models import train_champions
+
+    with ExitStack() as stack:
+        bench = _Bench(stack, query_seconds, run_timeout)
+        ema_entry = "bench/_timed_ema_entry.py:ema_entry"
+        entrypoints = [ema_entry, "flows/ema_update.py:ema_update"]
+        if mtf_runs:
+            train_champions(bench.state, MTF_SYMBOLS, epochs=1)
+            entrypoints.append("bench/_timed_mtf_signal.py:mtf_signal")
+        bench.serve("bench", entrypoints, prefetch_seconds)
+        bench.make_template()
+        ema = bench.ema_entry_runs("ema-entry/bench", runs, prefetch_seconds + 1.0)
+        mtf = bench.mtf_signal_runs("mtf-signal/bench", mtf_runs, prefetch_seconds + 1.0) if mtf_runs else []
+        cold = []
+        if cold_runs:
+            bench.serve("cold", [ema_entry], 0.0)
+            cold = bench.ema_entry_runs("ema-entry/cold", cold_runs, 2.0)
+
+    figures = figures_of("ema_entry", ema)
+    targets = {"ema_entry_p95_s": Target("<=", 2.0)}
+    if mtf:
+        figures.update(figures_of("mtf_signal", mtf))
+        targets["mtf_signal_p95_s"] = Target("<=", 3.0)
+    if cold:
+        figures.update(figures_of("ema_entry_cold", cold))
+    notes = [
+        "latency = the wall-clock instant the exchange received the order (mtf-signal: the last of its decisions "
+        "committed to the journal) minus the run's scheduled start; p50/p95/max over the measured runs",
+        f"served runs: the runner queries the API every {query_seconds:g} s and starts a run due within "
+        f"{prefetch_seconds:g} s (Prefect's default prefetch), so its process starts and imports before its time; "
+        "Prefect's server holds it (orchestration rule WaitForScheduledTime) until the scheduled start, when the "
+        "flow's code begins. *_cold: prefetch 0, the process starts once the run is due (an ad hoc run)",
+        "breakdown of each latency into " + ", ".join(PHASES) + " (module docstring); *_share: share of the "
+        "runs' total latency; work done before the scheduled start counts for nothing",
+        "each ema-entry run: a fresh exchange account (same port) and the template journal (EMA state to "
+        "2026-02-27), as_of 2026-03-02 15:55 (BULL and flat: a BUY order every run)",
+        f"each mtf-signal run: {', '.join(MTF_SYMBOLS)} with champions trained here (tradeflow train --epochs 1), "
+        f"as_of {MTF_AS_OF} (the 09:30 hourly bar just ended), a fresh account and the template journal; the bar "
+        "store filled by the warm-up run (one request a symbol a run afterwards)",
+    ]
+    config = {"runs": runs, "cold_runs": cold_runs, "mtf_runs": mtf_runs, "query_seconds": query_seconds,
+              "prefetch_seconds": prefetch_seconds, "ema_as_of": EMA_SESSION_AS_OF, "mtf_as_of": MTF_AS_OF}
+    return make_result(NAME, "scheduled start to action of served deployments (ema-entry order, mtf-signal "
+                             "decisions)", figures, targets, config, notes)
+
+
+def _wait_deployments(client, names: list[str], serving: subprocess.Popen, log: Path,
+                      timeout: float = 120.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    found: dict[str, Any] = {}
+    while len(found) < len(names):
+        if serving.poll() is not None:
+            raise RuntimeError(f"the serving process exited: {log.read_text()[-3000:]}")
+        for name in names:
+            if name not in found:
+                try:
+                    found[name] = client.read_deployment_by_name(name).id
+                except Exception:  # noqa: BLE001 - not registered yet
+                    pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"deployments {names} not served after {timeout:g} s")
+        time.sleep(0.2)  # polling interval of a condition wait
+    return found
+
+
+def _wait_record(path: Path, run_id: str, timeout: float = 30.0) -> dict[str, Any]:
+    """The timing record of a run (its process writes it at exit, just after the run's final state)."""
+    deadline = time.monotonic() + timeout
+    while run_id not in (recs := _timings(path)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no timing record for flow run {run_id} in {path}")
+        time.sleep(0.05)  # polling interval of a condition wait
+    return recs[run_id]
