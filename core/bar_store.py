@@ -36,7 +36,7 @@ from core.broker import BARS_COLUMNS, NY, Broker, IBError, empty_bars
 from core.features import validate_bars
 
 __all__ = ["MAX_BAR_AGE", "BarStore", "BarsError", "StoreUpdate", "bar_ends", "bars_problem", "complete_bars",
-           "session_time_between", "store_root"]
+           "next_bar_end", "session_time_between", "store_root"]
 
 HOUR = timedelta(hours=1)
 MAX_BAR_AGE = timedelta(minutes=70)
@@ -94,6 +94,35 @@ def bar_ends(starts, sessions=None) -> list[datetime]:
             end = min(end, starts[i + 1])
         out.append(end)
     return out
+
+
+def next_bar_end(starts) -> datetime | None:
+    """The earliest time the next hourly bar after the stored ones can have ended (aware), or None when that cannot
+    be told (fewer than one stored bar).
+
+    A new hourly bar completes once an hour, so a 5-minute run only needs to ask the Broker when this time has
+    passed; this keeps a session's historical requests near 7 a symbol instead of 78 (IB's pacing: about 60
+    historical requests in 10 minutes). The grid is read from the stored starts (IB's 09:30, 10:00, 11:00 …: the
+    session's first bar ends after 30 minutes; other sources' 09:30, 10:30 …: after an hour).
+    """
+    from core.calendar import next_session, session_on
+
+    starts = [pd.Timestamp(t).to_pydatetime().astimezone(NY) for t in starts]
+    if not starts:
+        return None
+    # bars starting at hh:30 after the open say the source's grid is 09:30, 10:30 …; otherwise (IB's grid, or not
+    # yet known) take the earlier end, so that a bar is never waited for longer than needed
+    half_past = any(t.minute == 30 and (t.hour, t.minute) != (9, 30) for t in starts[-20:])
+    first_len = HOUR if half_past else timedelta(minutes=30)
+    last = starts[-1]
+    session = session_on(last.date())
+    if session is None:
+        return None
+    end = min(last + (first_len if last == session.open else HOUR), session.close)
+    if end >= session.close:
+        nxt = next_session(session.date)
+        return min(nxt.open + first_len, nxt.close)
+    return min(end + HOUR, session.close)
 
 
 def complete_bars(bars: pd.DataFrame, cutoff: datetime) -> pd.DataFrame:
@@ -225,7 +254,11 @@ class BarStore:
             budget = [max_requests]
             notes: list[str] = []
             since = stored.index[-1].to_pydatetime() if len(stored) else need_from
-            fresh, exhausted = self._fetch_back(broker, symbol, None, since, cutoff, budget)
+            due = next_bar_end(stored.index) if len(stored) else None
+            if due is not None and due > cutoff:  # no new bar can have completed: nothing to ask the Broker
+                fresh, exhausted = empty_bars(), False
+            else:
+                fresh, exhausted = self._fetch_back(broker, symbol, None, since, cutoff, budget)
             if len(stored) and len(fresh) and fresh.index[0] > stored.index[-1]:
                 notes.append(f"the bars since {since.isoformat()} could not be fetched whole within "
                              f"{max_requests} requests; nothing stored from them")

@@ -312,6 +312,11 @@ class Broker(abc.ABC):
         '3 M', '1 Y', '3600 S') and ending at the aware datetime `end` (None: now at the broker).
         Returns the DataFrame shape of this module's docstring. Raises UnknownContractError, IBError."""
 
+    def historical_requests_available(self) -> int | None:
+        """How many historical-data requests may be made now without waiting for the pacing window (None: the
+        implementation does not pace). Callers with a request budget (the retrain's bar store) take the smaller."""
+        return None
+
     @abc.abstractmethod
     def current_price(self, symbol: str) -> Quote:
         """The current price, from live data, or delayed data when live data is not subscribed."""

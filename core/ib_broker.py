@@ -683,6 +683,11 @@ class IBBroker(Broker):
         tickers = self._call("market data", self.ib.reqTickers, contract)
         return tickers[0] if tickers else None
 
+    def historical_requests_available(self) -> int:
+        with self.pacer.lock:
+            self.pacer.wait_time(time.monotonic())  # forgets the requests that left the window
+            return max(0, self.pacer.limit - len(self.pacer.times))
+
     def current_price(self, symbol: str) -> Quote:
         contract = self.contract(symbol)
         delayed = False

@@ -16,6 +16,8 @@ def register_replay(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sessions", type=int, metavar="N", help="the most recent N sessions of the data instead")
     p.add_argument("--mtf-every", type=int, default=1, metavar="K", help="every K-th mtf-signal event (default 1)")
     p.add_argument("--no-train", action="store_true", help="do not train a missing model first")
+    p.add_argument("--with-retrain", action="store_true",
+                   help="also run retrain after the last session when no month ends in the range (tradeflow up does)")
     p.set_defaults(handler=_replay)
 
 
@@ -47,7 +49,8 @@ def _replay(args: argparse.Namespace) -> int:
         print("tradeflow replay: give --from and --to, or --sessions N", file=sys.stderr)
         return 2
     t0 = time.monotonic()
-    state = get_replay_flow()(start, end, args.mtf_every, None, not args.no_train, return_state=True)
+    state = get_replay_flow()(start, end, args.mtf_every, None, not args.no_train, args.with_retrain,
+                             return_state=True)
     took = time.monotonic() - t0
     print(f"replay {start} .. {end}: {state.name} in {took:.0f} s" + ("" if state.is_completed() else
                                                                        f": {state.message}"))

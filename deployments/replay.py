@@ -5,7 +5,9 @@ the data) and, for every scheduled event of each session (`core.calendar.session
 the open, mtf-signal every 5 minutes, ema-entry before the close, ema-update at the close, reconciliation,
 retrain on the month's last session), in time order:
 
-1. moves the paper exchange's clock to the event's time (admin `set_clock`: orders due by then fill first);
+1. moves the paper exchange's clock to the event's time (admin `set_clock`: orders due by then fill first); for
+   `ema-update`, to the time the day's bar counts as final (`TRADEFLOW_EMA_CLOSE_SETTLE_SECONDS` after the close,
+   which a live run waits for on the broker's clock);
 2. calls the deployment's flow function, imported by its entrypoint (`deployments.deploy.ENTRYPOINTS`), with
    `as_of` = the event's time, as a subflow: each run shows in the UI under the replay run, writes its
    artifact, and journals like a scheduled run (lateness is measured on the exchange's clock, so it is on time).
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.calendar import NY, Session, session_events, sessions
+from core.calendar import NY, Event, Session, session_events, sessions
 from core.settings import PROJECT_ROOT, Settings
 
 REPLAY = "replay"
@@ -86,7 +88,7 @@ class ReplayPlan:
 
     def argv(self, mtf_every: int = 1) -> list[str]:
         return ["--from", self.sessions[0].date.isoformat(), "--to", self.sessions[-1].date.isoformat(),
-                "--mtf-every", str(mtf_every)]
+                "--mtf-every", str(mtf_every), "--with-retrain"]
 
 
 def replays_journaled(journal_path: Path) -> list[tuple[str, str]]:
@@ -155,7 +157,8 @@ def _events(session: Session, settings: Settings, mtf_every: int) -> list[Any]:
             if not keep:
                 continue
         out.append(e)
-    return out
+    # ema-update moves the clock past its own time (see replay_sessions): what shares its time runs first
+    return sorted(out, key=lambda e: (e.time, e.deployment == "ema-update"))
 
 
 def ensure_models(settings: Settings, before: dt.datetime, out=sys.stdout) -> list[str]:
@@ -185,8 +188,10 @@ def ensure_models(settings: Settings, before: dt.datetime, out=sys.stdout) -> li
 
 
 def replay_sessions(start: dt.date, end: dt.date, mtf_every: int = 1, entrypoints: dict[str, str] | None = None,
-                    train: bool = True) -> dict[str, Any]:
+                    train: bool = True, with_retrain: bool = False) -> dict[str, Any]:
     """The body of the `replay` flow (see the module docstring); returns counts per deployment and outcome.
+    `with_retrain`: when no month ends inside the range, run `retrain` once after the last session anyway (at
+    its 18:00), so that a short replay (`tradeflow up`'s) shows all six flows.
 
     Raises:
         ReplayError: no session in the range, a missing flow, the exchange unreachable or its clock past the
@@ -235,8 +240,18 @@ def replay_sessions(start: dt.date, end: dt.date, mtf_every: int = 1, entrypoint
         if train:
             run.details["trained"] = ensure_models(settings, days[0].open)
         for day in days:
-            for event in _events(day, settings, mtf_every):
-                admin.set_clock(event.time)
+            events = _events(day, settings, mtf_every)
+            if with_retrain and day == days[-1] and not any(
+                    e.deployment == "retrain" for d in days for e in _events(d, settings, mtf_every)):
+                at = dt.datetime.combine(day.date, dt.time(18, 0), NY)  # retrain's time on a month's last session
+                events.append(Event(max(at, max(e.time for e in events) + dt.timedelta(minutes=1)), "retrain"))
+            for event in events:
+                at = event.time
+                if event.deployment == "ema-update":
+                    # the exchange's clock stands still between events; ema-update waits on it until the day's
+                    # bar is final (TRADEFLOW_EMA_CLOSE_SETTLE_SECONDS after the close), so move it there
+                    at += dt.timedelta(seconds=settings.ema_close_settle_seconds)
+                admin.set_clock(at)
                 fn = flows[event.deployment].with_options(
                     flow_run_name=f"{event.deployment} {event.time.astimezone(NY):%Y-%m-%d %H:%M}")
                 state = fn(as_of=event.time, return_state=True)
@@ -266,8 +281,8 @@ def _replay_flow():
     @flow(name=REPLAY, description="Replays past sessions on the paper exchange's clock: every scheduled event as "
                                    "a subflow with its as_of.")
     def replay(start: dt.date, end: dt.date, mtf_every: int = 1, entrypoints: dict[str, str] | None = None,
-               train: bool = True) -> dict[str, Any]:
-        return replay_sessions(start, end, mtf_every, entrypoints, train)
+               train: bool = True, with_retrain: bool = False) -> dict[str, Any]:
+        return replay_sessions(start, end, mtf_every, entrypoints, train, with_retrain)
 
     return replay
 

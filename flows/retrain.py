@@ -77,8 +77,12 @@ def retrain(as_of: datetime | None = None, symbols: list[str] | None = None, his
         rule = PromotionRule(min_auc_gain, max_log_loss_increase, min_samples)
         with run.broker() as broker:
             cutoff = min(run.as_of, broker.current_time())
+            # never more than the pacing window allows now: what is left is fetched by next month's run, and the
+            # challenger trains on the bars the store has (the promotion rule judges it like any other)
+            available = broker.historical_requests_available()
+            budget = max_requests if available is None else min(max_requests, available)
             updates = {sym: update_bar_store(run, broker, sym, cutoff, need_from.to_pydatetime(),
-                                             max(1, max_requests // len(syms))) for sym in syms}
+                                             budget // len(syms)) for sym in syms}
         results, failures = [], []
         for sym in syms:
             try:

@@ -38,7 +38,7 @@ def test_backfill_then_only_what_is_missing(broker, admin, tmp_path):
     assert store.path("AAPL").read_text().splitlines()[1].startswith("2025-")  # the shared data format
 
     again = store.update(broker, "AAPL", CLOCK, datetime(2025, 9, 1, tzinfo=NY))
-    assert (again.requests, again.added) == (1, 0)
+    assert (again.requests, again.added) == (0, 0)  # no new hourly bar can have ended since: the Broker is not asked
     later = datetime(2026, 3, 2, 11, 35, tzinfo=NY)
     admin.set_clock(later)
     grown = store.update(broker, "AAPL", later, datetime(2025, 9, 1, tzinfo=NY))
@@ -66,3 +66,23 @@ def test_a_damaged_store_is_reported_not_used(broker, tmp_path):
     store.path("AAPL").write_text("\n".join(lines) + "\n")
     with pytest.raises(BarsError, match="NaN or non-positive price"):
         store.update(broker, "AAPL", CLOCK, datetime(2026, 2, 1, tzinfo=NY))
+
+
+def test_the_next_bar_end_follows_each_grid_and_the_calendar():
+    from core.bar_store import next_bar_end
+
+    def t(day, hh, mm):
+        return datetime(2026, 3, day, hh, mm, tzinfo=NY)
+
+    ib = [t(2, 9, 30), t(2, 10, 0), t(2, 11, 0)]  # IB's grid: the first bar is 30 minutes long
+    assert next_bar_end(ib[:1]) == t(2, 11, 0) and next_bar_end(ib) == t(2, 13, 0)
+    other = [t(2, 9, 30), t(2, 10, 30)]
+    assert next_bar_end(other[:1]) == t(2, 11, 0)  # grid not known yet: the earlier end
+    assert next_bar_end(other) == t(2, 12, 30)
+    assert next_bar_end([t(2, 14, 0), t(2, 15, 0)]) == t(3, 10, 0)  # after the close: the next session's first bar
+    assert next_bar_end([t(6, 14, 30), t(6, 15, 30)]) == t(9, 10, 30)  # Friday -> Monday
+    thanksgiving_eve = [datetime(2026, 11, 25, h, 0, tzinfo=NY) for h in (14, 15)]
+    assert next_bar_end(thanksgiving_eve) == datetime(2026, 11, 27, 10, 0, tzinfo=NY)
+    early = [datetime(2026, 11, 27, h, 0, tzinfo=NY) for h in (11, 12)]  # closes at 13:00
+    assert next_bar_end(early) == datetime(2026, 11, 30, 10, 0, tzinfo=NY)
+    assert next_bar_end([]) is None
