@@ -29,6 +29,7 @@ from core.settings import get_settings
 from flows.ema_entry import ema_entry
 from flows.reconciliation import reconciliation
 from tests.fault_support import (
+    OWN_PACING,
     assert_nothing_lost,
     drop,
     flow_process,
@@ -40,9 +41,7 @@ from tests.fault_workers import flow_of
 from tests.mtf_support import fresh_pacing, model_templates, models  # noqa: F401
 from tests.test_ib_broker_unit import closed_port
 
-pytestmark = pytest.mark.usefixtures("fresh_pacing")
-"""Every test has an empty historical-data pacer (tests/mtf_support.py): production runs each flow in a process of
-its own, and these tests run many flows in one, which would leave later tests waiting for IB's pacing."""
+pytestmark = OWN_PACING
 
 DAY = datetime(2026, 3, 2, tzinfo=NY).date()
 ENTRY = datetime(2026, 3, 2, 15, 55, tzinfo=NY)

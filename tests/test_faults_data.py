@@ -36,12 +36,10 @@ from core.strategies.ema import (
 )
 from flows.ema_entry import ema_entry
 from tests.broker_support import require_data
-from tests.fault_support import damaged_data_dir, serve_altered_history, start_exchange
+from tests.fault_support import OWN_PACING, damaged_data_dir, serve_altered_history, start_exchange
 from tests.mtf_support import fresh_pacing, model_templates, models  # noqa: F401
 
-pytestmark = pytest.mark.usefixtures("fresh_pacing")
-"""Every test has an empty historical-data pacer (tests/mtf_support.py): production runs each flow in a process of
-its own, and these tests run many flows in one, which would leave later tests waiting for IB's pacing."""
+pytestmark = OWN_PACING
 
 ENTRY = datetime(2026, 3, 2, 15, 55, tzinfo=NY)
 PREVIOUS = date(2026, 2, 27)
