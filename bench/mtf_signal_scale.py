@@ -15,9 +15,11 @@ deployment's run is (`bench/_mtf_run.py`, with the timers of `bench/_flow_timing
 Bar store. A first run for a symbol backfills `MIN_HISTORY_WEEKS` + 2 weeks of hourly bars (`core/bar_store.py`:
 about 9 requests of `1 M` each): 50 new symbols need about 450 requests, which IB's pacing spreads over more than
 an hour. So the measured runs start from the store as the previous session's runs left it (steady state: the
-hourly bars up to the previous session's close, written from the real 1h files), and each symbol then makes one
-request (`N D` since its last stored bar). The cold start is measured on 2 symbols (an empty store) and its
-request count reported per symbol. Requests are counted at the exchange (every historical request served).
+hourly bars up to the previous session's close, written from the real 1h files). At 10:35 a new hourly bar has
+ended, so each symbol makes one request (`N D` since its last stored bar): the busiest of a session's runs (a run
+asks only when a new bar can have ended, `core.bar_store.next_bar_end`: the 11 other runs of the hour ask for
+none). The cold start is measured on 2 symbols (an empty store) and its request count reported per symbol.
+Requests are counted at the exchange (every historical request served).
 
 Figures per size (2, 10, 50 symbols by default): the run's wall time (process start to exit, and the flow's own
 code alone), historical requests, decisions journaled, orders; the time in broker calls, decision (features,
@@ -214,16 +216,18 @@ def run(sizes: tuple[int, ...] = (2, 10, 50), timeout: float = 600.0, epochs: in
         f"symbols S01..S{largest:02d}: links to the real AAPL (odd) and TSLA (even) bars in a temporary data folder; "
         "each registered with the champion AAPL/TSLA model trained here (tradeflow train --epochs "
         f"{epochs}, {train_s:.0f} s, not part of any figure)",
-        "bar store in steady state (the hourly bars to the previous close, from the real 1h files): one historical "
-        "request per symbol per run; counted at the exchange",
+        "bar store in steady state (the hourly bars to the previous close, from the real 1h files), as_of just after "
+        "an hourly bar ended: one historical request a symbol, counted at the exchange",
         f"cold start (empty store) measured on 2 symbols: {per_symbol_cold:g} requests a symbol; for {largest} "
         f"symbols {per_symbol_cold * largest:g} requests, which IB's pacing ({IB_PACING[0]} per "
         f"{IB_PACING[1] / 60:g} minutes) makes impossible in 60 s",
         "wall_s: the run's process from start to exit (Python, Prefect, imports, the flow run); flow_s: the flow's "
         "own code; to_last_decision_s: from the flow's start to its last decision committed to the journal; "
         "broker_s / decision_s (features, P(up), rule) / journal_s: time inside each up to that last decision",
-        "a run every 5 minutes makes one request per symbol: 2 runs in any 10 minutes, so above 30 symbols the "
-        "cadence itself exceeds IB's pacing (each run's process has its own pacer and does not see the others')",
+        "over a session: a run asks only when a new hourly bar can have ended (core.bar_store.next_bar_end), so the "
+        "run after each bar's end asks once a symbol and the others not at all (about 7 requests a symbol a "
+        f"session): up to {IB_PACING[0]} symbols stay within IB's pacing; each run's process has its own pacer "
+        "and does not see the others' requests",
         "wall_s_per_symbol / wall_s_fixed: least-squares line of wall_s against the number of symbols",
     ]
     config = {"sizes": list(sizes), "as_of": AS_OF, "epochs": epochs, "sources": list(SOURCES)}

@@ -22,7 +22,8 @@ Each run is a flow run created through the API from its deployment, `Scheduled` 
 flat: it buys), 10:35 for mtf-signal (the 09:30 hourly bar has just ended; champions for AAPL and TSLA trained
 here with `tradeflow train --epochs 1`). Every run starts from the same journal, a template holding the EMA state
 up to the previous session (written by one served `ema-update` run) and the models' records. Each series starts
-with a warm-up run that is not counted (it fills the disk cache, the bytecode cache and mtf-signal's bar store).
+with a warm-up run that is not counted (it fills the disk cache, the bytecode cache and mtf-signal's bar store:
+the measured mtf-signal runs, at the same `as_of`, then have no new hourly bar to ask for).
 
 Breakdown of each run's latency (scheduled start -> action), from the instants its process noted and the
 exchange's arrival time; work done before the scheduled start counts for nothing:
@@ -355,7 +356,9 @@ def run(runs: int = 20, cold_runs: int = 5, mtf_runs: int = 20, query_seconds: f
         "2026-02-27), as_of 2026-03-02 15:55 (BULL and flat: a BUY order every run)",
         f"each mtf-signal run: {', '.join(MTF_SYMBOLS)} with champions trained here (tradeflow train --epochs 1), "
         f"as_of {MTF_AS_OF} (the 09:30 hourly bar just ended), a fresh account and the template journal; the bar "
-        "store filled by the warm-up run (one request a symbol a run afterwards)",
+        "store filled by the warm-up run, so that the measured runs (the same as_of) find no new hourly bar due "
+        "and ask the broker for none, as 11 of the 12 runs of an hour do (mtf_signal_scale measures the run "
+        "after a bar's end, which asks once a symbol)",
     ]
     config = {"runs": runs, "cold_runs": cold_runs, "mtf_runs": mtf_runs, "query_seconds": query_seconds,
               "prefetch_seconds": prefetch_seconds, "ema_as_of": EMA_SESSION_AS_OF, "mtf_as_of": MTF_AS_OF}
