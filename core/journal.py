@@ -913,6 +913,10 @@ class Journal:
                     con.execute("ROLLBACK")
                     raise
 
+    @property
+    def _wal_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".wal")
+
     def _refresh_snapshot(self) -> Path | None:
         """Copy the live file to the snapshot and atomically replace it (the caller holds the writer lock).
 
@@ -967,10 +971,14 @@ class Journal:
                     con.execute("ROLLBACK")
                     raise
                 con.execute("COMMIT")
-                con.execute("CHECKPOINT")
+                # a transaction that changed nothing (a read through tx.fetch, a repeated idempotent write) leaves
+                # no write-ahead log: then the checkpoint and the full-file snapshot copy are skipped
+                changed = self._wal_path.exists() and self._wal_path.stat().st_size > 0
+                if changed:
+                    con.execute("CHECKPOINT")
             finally:
                 con.close()
-            retired = self._refresh_snapshot()
+            retired = self._refresh_snapshot() if changed or not self.snapshot_path.exists() else None
         finally:
             lock.release()
         if retired is not None:

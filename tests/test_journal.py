@@ -293,3 +293,17 @@ def test_a_write_leaves_no_retired_snapshot_and_an_open_reader_keeps_its_view(jo
     assert journal.query("SELECT count(*) AS n FROM signals")["n"][0] == 4
     assert sorted(p.name for p in journal.path.parent.iterdir()) == [
         "journal.duckdb", "journal.duckdb.lock", "journal.read.duckdb"]
+
+
+def test_a_transaction_that_changes_nothing_leaves_the_snapshot_alone(journal):
+    with journal.transaction() as tx:
+        tx.record_signal("mtf", "AAPL", T0, DAY, "NO_TRADE", "below threshold", probability=0.4)
+    before = journal.snapshot_path.stat().st_ino
+    with journal.transaction() as tx:  # a read, and a repeated idempotent write: nothing changes
+        assert tx.fetch("SELECT count(*) FROM signals") == [(1,)]
+        assert not tx.record_signal("mtf", "AAPL", T0, DAY, "NO_TRADE", "below threshold", probability=0.4)
+    assert journal.snapshot_path.stat().st_ino == before  # not copied again
+    with journal.transaction() as tx:
+        tx.record_signal("mtf", "TSLA", T0, DAY, "NO_TRADE", "below threshold", probability=0.4)
+    assert journal.snapshot_path.stat().st_ino != before
+    assert journal.query("SELECT count(*) AS n FROM signals")["n"][0] == 2
