@@ -2,6 +2,7 @@
 
 `OrderGateway.submit` does, in this order:
 
+0. refuses a non-paper account without the live opt-in (`Broker.guard_live`), before the journal records it;
 1. refuses when trading is halted (`core.controls.KillSwitch`), unless the order is an exit an operator asked
    for (`operator=True`: `tradeflow flatten`);
 2. in one journal transaction: refuses when the symbol has an unresolved position break (`position_breaks`,
@@ -97,6 +98,7 @@ class OrderGateway:
             core.broker.BrokerError subclasses: from the broker (see `Broker.place_order`).
         """
         what = _describe(request, strategy, intent)
+        self.broker.guard_live(what)
         if not operator:
             self.check_halt(what)
         with self.journal.transaction() as tx:
@@ -122,10 +124,12 @@ class OrderGateway:
         return info
 
     def check_sendable(self, request: OrderRequest, *, strategy: str, intent: str) -> None:
-        """Raise what `submit` would raise before sending (TradingHaltedError, PositionBreakError), sending and
+        """Raise what `submit` would raise before sending (LiveTradingRefusedError, TradingHaltedError,
+        PositionBreakError), sending and
         journaling nothing: for a caller that must not take a step unless the order can follow it (cancelling
         the stop that an exit or a new stop replaces)."""
         what = _describe(request, strategy, intent)
+        self.broker.guard_live(what)
         self.check_halt(what)
         with self.journal.transaction() as tx:
             _check_breaks(tx, request.symbol, what)

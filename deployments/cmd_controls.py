@@ -9,7 +9,8 @@
   then closes every position with a market order through the one order path as an operator exit (strategy
   `manual`, intent `flatten`: allowed while halted), waits for the fills (a market order outside regular hours
   waits for the next open), and journals in `controls` what it cancelled, sent and got. It does not halt: halt
-  first when the strategies must not enter again.
+  first when the strategies must not enter again. On a non-paper account without the live opt-in
+  (TRADING_MODE=live and TRADEFLOW_LIVE_ACCOUNT) it is refused as a whole before anything is cancelled.
 
 `who` is the login name unless `--who` names someone. Exit codes: 0 done, 1 something failed (said why), 2 usage.
 """
@@ -94,6 +95,8 @@ def flatten_account(broker: Any, journal: Any, switch: Any, *, who: str, reason:
         shares, order_ref, status, filled, avg_fill_price USD) and what failed. Journaled in any case.
 
     Raises:
+        core.broker.LiveTradingRefusedError: a non-paper account without the live opt-in; raised before anything
+            is cancelled or sent (journaled as an error first).
         core.broker.BrokerError: the broker failed outside one position's order (journaled as an error first).
     """
     from core.broker import BrokerError, OrderRequest
@@ -103,6 +106,9 @@ def flatten_account(broker: Any, journal: Any, switch: Any, *, who: str, reason:
     report: dict[str, Any] = {"cancelled": [], "orders": [], "errors": []}
     gateway = OrderGateway(broker=broker, journal=journal, kill_switch=switch, run_id=f"flatten-{uuid.uuid4()}")
     try:
+        # refused as a whole, before anything is cancelled, when the account may not also be sold (a live account
+        # without the double opt-in): a global cancel alone would leave every position without its stop
+        broker.guard_live("tradeflow flatten (a global cancel, then market orders closing every position)")
         cancelled = broker.cancel_all_orders()
         for o in cancelled:
             report["cancelled"].append({"symbol": o.symbol, "action": o.action, "quantity": o.quantity,
