@@ -81,6 +81,11 @@ class Settings(BaseSettings):
         DEFAULT_DATA_DIR, description="Bars in the format of shared/data/bars (daily/, 1h/, 5m/ CSV files)."
     )
 
+    journal_lock_timeout_seconds: float = Field(
+        60.0, gt=0, le=3600, description="How long a flow's journal write waits for the journal when another "
+        "process holds it, seconds; after an order was sent the write is kept instead and the order path goes on."
+    )
+
     # --- the paper exchange (`tradeflow paper-exchange`) -----------------------------------------------------
     paper_port: int = Field(7497, ge=0, le=65535, description="TWS API port on 127.0.0.1 (0: a free one).")
     paper_admin_port: int = Field(7498, ge=0, le=65535, description="Admin port on 127.0.0.1 (0: a free one).")
