@@ -57,7 +57,8 @@ def _parts() -> tuple[Any, Any, Any]:
     from core.settings import get_settings
 
     settings = get_settings()
-    return settings, Journal(settings.journal_path), KillSwitch(settings.state_dir)
+    return (settings, Journal(settings.journal_path, lock_timeout=settings.journal_lock_timeout_seconds),
+            KillSwitch(settings.state_dir))
 
 
 def _who(args: argparse.Namespace) -> str:
@@ -67,16 +68,37 @@ def _who(args: argparse.Namespace) -> str:
 
 
 def _halt(args: argparse.Namespace) -> int:
+    from core.controls import HaltError, HaltNotJournaledError
+
     _, journal, switch = _parts()
-    info = switch.halt(journal, _who(args), args.reason, _now())
+    try:
+        info = switch.halt(journal, _who(args), args.reason, _now())
+    except HaltError as exc:
+        print(f"tradeflow halt: FAILED: {exc}", file=sys.stderr)
+        return 1
+    except HaltNotJournaledError as exc:
+        print(f"tradeflow halt: {exc}", file=sys.stderr)
+        return 1
     print(f"{info.describe()}\nEvery order path now refuses new orders (checked when each order is sent). "
           "`tradeflow flatten --reason ...` closes positions; `tradeflow resume --reason ...` lifts the halt.")
     return 0
 
 
 def _resume(args: argparse.Namespace) -> int:
+    from core.controls import ResumeError
+    from core.journal import UNAVAILABLE
+
     _, journal, switch = _parts()
-    was = switch.resume(journal, _who(args), args.reason, _now())
+    try:
+        was = switch.resume(journal, _who(args), args.reason, _now())
+    except ResumeError as exc:
+        print(f"tradeflow resume: FAILED: {exc}", file=sys.stderr)
+        return 1
+    except UNAVAILABLE as exc:
+        halted = switch.current()
+        state = f"trading is still halted ({halted.describe()})" if halted else "trading was not halted"
+        print(f"tradeflow resume: FAILED: {type(exc).__name__}: {exc}; {state}", file=sys.stderr)
+        return 1
     print(f"resumed: lifted '{was.describe()}'" if was else "trading was not halted; the resume is journaled")
     return 0
 
