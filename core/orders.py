@@ -4,7 +4,7 @@
 
 0. refuses a non-paper account without the live opt-in (`Broker.guard_live`), before the journal records it;
 1. refuses when trading is halted (`core.controls.KillSwitch`), unless the order is an exit an operator asked
-   for (`operator=True`: `tradeflow flatten`);
+   for (`operator=True`: `tradeflow flatten`) or the stop of shares an entry just bought (`protects_fill=True`);
 2. in one journal transaction: refuses when the symbol has an unresolved position break (`position_breaks`,
    written by reconciliation) and records the order with its `order_ref` and status `Created` *before* it is
    sent, so that an order whose process dies right after sending is still known by its orderRef;
@@ -15,6 +15,13 @@
 
 A rerun with the same `order_ref` sends nothing when the journal already holds the order as sent (any status
 after `Created`, including `Cancelled`, which the broker no longer lists) or when the broker finds it.
+
+Once an order is sent, nothing the journal does stops what must follow it (waiting for its fill, placing its
+stop): every journal write after sending goes through `write_or_keep`, which keeps the write when the journal
+cannot be written (held by another process, a full disk) and writes it, in order, when it can
+(`flush_kept`). The gateway remembers what it sent (`sent`, `last_status`) and the flow says what protects each
+position (`protection`), so the run's failure (`JournalBehindError`, raised by `tasks.runtime.flow_run`) names in
+its first line what was sent and what is held with or without its stop.
 
 Errors: `TradingHaltedError`, `PositionBreakError` (both `OrderBlockedError`: nothing was sent), and the broker's
 typed errors (`core.broker`). A rejection is journaled as the order's final status `Inactive` with IB's message;
@@ -141,9 +148,9 @@ class OrderGateway:
         """The JournalBehindError message: first line what was sent and how each symbol is protected, then the
         run's own failure (if any), the journal's error and the kept writes."""
         sent = "; ".join(f"{what}: {self.last_status.get(ref, 'sent')}" for ref, what in self.sent.items())
-        sent = sent or "no order"
         held = "; ".join(f"{sym}: {p}" for sym, p in sorted(self.protection.items()))
-        first = f"ORDERS SENT, JOURNAL BEHIND: sent {sent}" + (f". {held}" if held else "")
+        first = (f"ORDERS SENT, JOURNAL BEHIND: sent {sent}" if sent else "JOURNAL BEHIND: no order was sent") \
+            + (f". {held}" if held else "")
         lines = [first]
         if failure is not None:
             lines.append(f"then the run failed: {type(failure).__name__}: {failure}")

@@ -73,10 +73,7 @@ def _halt(args: argparse.Namespace) -> int:
     _, journal, switch = _parts()
     try:
         info = switch.halt(journal, _who(args), args.reason, _now())
-    except HaltError as exc:
-        print(f"tradeflow halt: FAILED: {exc}", file=sys.stderr)
-        return 1
-    except HaltNotJournaledError as exc:
+    except (HaltError, HaltNotJournaledError) as exc:  # the message says whether trading is halted
         print(f"tradeflow halt: {exc}", file=sys.stderr)
         return 1
     print(f"{info.describe()}\nEvery order path now refuses new orders (checked when each order is sent). "

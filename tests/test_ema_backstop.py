@@ -4,19 +4,12 @@ stop order is gone and equity fell through 0.98 x E0 (2025-05-28, tests/test_ema
 
 from __future__ import annotations
 
-from flows.ema_entry import ema_entry
-from flows.equity_snapshot import equity_snapshot
 from flows.mtf_signal import mtf_signal
-from tests.test_ema_flows import at, market  # noqa: F401  (the fixture)
+from tests.test_ema_flows import at, long_without_its_stop, market  # noqa: F401  (the fixture)
 
 
 def test_the_ema_backstop_runs_when_the_mtf_champion_is_missing(market):  # noqa: F811
-    m = market(at(2025, 5, 27, 15, 55))
-    ema_entry(as_of=at(2025, 5, 27, 15, 55))
-    m.to(at(2025, 5, 28, 9, 30))
-    snap = equity_snapshot(as_of=at(2025, 5, 28, 9, 30))
-    stop = m.orders("ema-SMH-20250528-stop")[0]
-    m.exchange.engine.cancel(stop.client_id, stop.order_id, m.exchange.now())  # the stop order is lost
+    m, snap = long_without_its_stop(market)
     m.to(at(2025, 5, 28, 15, 40))  # SMH 243.11: equity below 0.98 E0
     assert m.position() == snap["position_qty"] > 0
 
