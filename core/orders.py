@@ -154,8 +154,9 @@ class OrderGateway:
         lines = [first]
         if failure is not None:
             lines.append(f"then the run failed: {type(failure).__name__}: {failure}")
-        lines.append(f"the journal could not be written ({self.journal_problem}); {len(self.kept)} write(s) it lacks, "
-                     "kept until it can be (reconciliation also repairs fills and statuses from the broker):")
+        lines.append(f"the journal could not be written ({self.journal_problem}); {len(self.kept)} write(s) it "
+                     "lacks, kept by this run only: a rerun with the same as_of, or the evening reconciliation, "
+                     "records them from the broker:")
         lines += [f"  - {k.what}" for k in self.kept]
         return "\n".join(lines)
 

@@ -137,7 +137,9 @@ class Settings(BaseSettings):
         default=[(12.0, 3.75), (13.0, 3.5), (14.0, 3.25)],
         description="(VIX upper bound, leverage) pairs, ascending: the first bound above VIX gives L.",
     )
-    default_leverage: float = Field(3.0, gt=0, le=MAX_LEVERAGE, description="Leverage when VIX >= the last bound or unknown.")
+    default_leverage: float = Field(
+        3.0, gt=0, le=MAX_LEVERAGE, description="Leverage when VIX >= the last bound or unknown."
+    )
     late_run_max_minutes: float = Field(
         3.0, ge=0, le=390, description="An order flow starting later than this after its scheduled time does not trade."
     )
@@ -145,10 +147,12 @@ class Settings(BaseSettings):
         60.0, gt=0, le=3600, description="How long an EMA flow waits for its market order to fill, seconds."
     )
     ema_close_settle_seconds: float = Field(
-        300.0, ge=0, le=4 * 3600, description="After the close, seconds before the day's bar counts as final (IB's official close)."
+        300.0, ge=0, le=4 * 3600,
+        description="After the close, seconds before the day's bar counts as final (IB's official close)."
     )
     ema_close_max_wait_seconds: float = Field(
-        1800.0, gt=0, le=6 * 3600, description="How long ema-update waits for the final daily bar before failing, seconds."
+        1800.0, gt=0, le=6 * 3600,
+        description="How long ema-update waits for the final daily bar before failing, seconds."
     )
     ema_close_retry_seconds: float = Field(
         30.0, gt=0, le=3600, description="Seconds between ema-update's looks at the daily bar while it is not final."
@@ -165,7 +169,8 @@ class Settings(BaseSettings):
         description="Position size, USD (at most 5,000,000; the flow also checks it against the funds).",
     )
     mtf_daily_loss_limit_usd: float = Field(
-        2_000.0, gt=0, le=MAX_MTF_POSITION_USD, description="No new MTF entries once the day's P&L is at or below minus this, USD."
+        2_000.0, gt=0, le=MAX_MTF_POSITION_USD,
+        description="No new MTF entries once the day's P&L is at or below minus this, USD."
     )
     mtf_lookback: int = Field(24, gt=0, le=1000, description="L: feature rows the LSTM reads.")
     mtf_horizon: int = Field(4, gt=0, le=1000, description="H: base bars ahead that the label looks.")

@@ -4,8 +4,8 @@ in `<state dir>/prefect/api-auth`, mode 0600, created on the first `up`.
 The server requires it on every API request (Prefect 3.8's `PREFECT_SERVER_API_AUTH_STRING`; /health and /ready
 stay open); its clients send it (`PREFECT_API_AUTH_STRING`): the worker and the flow runs it starts, the replay,
 and every `tradeflow` command that talks to the API (`deployments.cli.main` exports it from the file unless
-PREFECT_API_AUTH_STRING is set or PREFECT_API_URL names another host). The UI asks for it at its login page. The `prefect` CLI in
-another shell: `export PREFECT_API_AUTH_STRING="$(cat state/prefect/api-auth)"`.
+PREFECT_API_AUTH_STRING is set or PREFECT_API_URL names another host). The UI asks for it at its login page.
+The `prefect` CLI in another shell: `export PREFECT_API_AUTH_STRING="$(cat state/prefect/api-auth)"`.
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ def ensure_auth(prefect_home: Path) -> str:
 def export_client_auth(prefect_home: Path, create: bool = False) -> str | None:
     """Put the local server's auth string in this process's environment (`PREFECT_API_AUTH_STRING`) for the
     Prefect client and every child process, unless it is set already or PREFECT_API_URL names a server on
-    another host (their auth comes from the environment). Call it before Prefect is imported: Prefect reads its settings then.
+    another host (their auth comes from the environment). Call it before Prefect is imported: Prefect reads its
+    settings then.
     Returns the string exported, or None."""
     if os.environ.get(CLIENT_VARIABLE):
         return None  # the environment's own (a server of the operator's)

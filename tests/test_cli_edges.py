@@ -6,9 +6,6 @@ has no bars skips it and trains the others."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
-
-import pytest
 
 from core.controls import KillSwitch
 from core.journal import Journal
@@ -63,3 +60,16 @@ def test_train_skips_a_symbol_without_bars_and_trains_the_others(state_dir, tmp_
     assert "NOSUCH: skipped: no usable hourly bars (bars file not found:" in err and "Traceback" not in err
     assert "AAPL: " in out and "registered AAPL" in out
     assert (models / "AAPL").is_dir() and not (models / "NOSUCH").exists()
+
+
+def test_a_local_server_password_others_can_read_is_refused(state_dir, capsys):
+    from deployments.prefect_auth import auth_path, ensure_auth
+
+    home = get_settings().prefect_home
+    secret = ensure_auth(home)
+    assert secret.startswith("tradeflow:") and ensure_auth(home) == secret  # made once, then read
+    assert oct(auth_path(home).stat().st_mode & 0o777) == "0o600"
+    auth_path(home).chmod(0o644)
+    assert main(["schedule", "--from", "2026-11-23", "--to", "2026-11-23"]) == 2
+    err = capsys.readouterr().err
+    assert f"can be read by others (mode 644): `chmod 600 {auth_path(home)}`" in err and secret not in err

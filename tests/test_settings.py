@@ -38,7 +38,8 @@ def test_environment_and_dotenv(monkeypatch, tmp_path):
         ("IBKR_PORT", "seven", "IBKR_PORT: Input should be a valid integer"),
         ("IBKR_PORT", "70000", "IBKR_PORT: Input should be less than or equal to 65535"),
         ("TRADING_MODE", "real", "TRADING_MODE: Input should be 'paper' or 'live'"),
-        ("TRADEFLOW_DAILY_STOP_FRACTION", "2", "TRADEFLOW_DAILY_STOP_FRACTION: Input should be less than or equal to 0.5"),
+        ("TRADEFLOW_DAILY_STOP_FRACTION", "2",
+         "TRADEFLOW_DAILY_STOP_FRACTION: Input should be less than or equal to 0.5"),
         ("TRADEFLOW_EMA_FAST", "200", "TRADEFLOW_EMA_FAST must be smaller than TRADEFLOW_EMA_SLOW"),
     ],
 )
