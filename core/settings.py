@@ -139,6 +139,17 @@ class Settings(BaseSettings):
     )
     mtf_lookback: int = Field(24, gt=0, description="L: feature rows the LSTM reads.")
     mtf_horizon: int = Field(4, gt=0, description="H: base bars ahead that the label looks.")
+    mtf_gate_min_auc_low: float = Field(
+        0.5, ge=0, le=1, description="Edge gate: the walk-forward ROC AUC 95 % interval's lower bound must exceed this."
+    )
+    mtf_gate_min_return: float = Field(
+        0.0, description="Edge gate: the rules' pooled walk-forward return after costs must exceed this (fraction)."
+    )
+    mtf_gate_baselines: list[str] = Field(
+        default=["majority", "buy_hold"],
+        description="Edge gate: that return must also beat these baselines (majority, buy_hold, logistic).",
+    )
+    mtf_gate_min_trades: int = Field(10, ge=0, description="Edge gate: at least this many walk-forward round trips.")
 
     # --- costs and backtests ----------------------------------------------------------------------------------
     commission_per_share: float = Field(0.005, ge=0, description="IB fixed pricing, USD a share.")
