@@ -156,14 +156,18 @@ def test_leverage_follows_session_vix_and_falls_back_to_previous_close():
     assert res.equity["leverage_source"].iloc[0] == "default" and res.equity["leverage"].iloc[0] == 3.0
 
 
-def test_accounting_commissions_and_slippage():
-    rng = np.random.default_rng(3)
-    n = 500
+def random_walk_bars(seed: int = 3, n: int = 500):
+    """300 warm-up sessions and 200 window sessions of a random walk with gaps and intraday lows."""
+    rng = np.random.default_rng(seed)
     closes = 100 * np.exp(np.cumsum(rng.normal(0.0005, 0.02, n)))
     opens = closes * np.exp(rng.normal(0, 0.005, n))
     lows = np.minimum(opens, closes) * (1 - np.abs(rng.normal(0, 0.01, n)))
     bars, _ = make_bars(list(closes[:300]), list(zip(opens[300:], lows[300:], closes[300:], strict=True)))
-    first = bars.index[300]
+    return bars, bars.index[300]
+
+
+def test_accounting_commissions_and_slippage():
+    bars, first = random_walk_bars()
     cfg = EmaBacktestConfig(slippage_fraction=0.001, commission=CommissionSchedule())
     res = run_ema_backtest(bars, vix_const(bars, 13.5), first, bars.index[-1], cfg)
     tr, eq = res.trades, res.equity
@@ -373,13 +377,7 @@ def test_sensitivity_table_falls_with_slippage_and_tearsheet_is_empyricals():
     from core.backtest.ema import slippage_sensitivity
     from core.backtest.metrics import tearsheet
 
-    rng = np.random.default_rng(3)
-    n = 500
-    closes = 100 * np.exp(np.cumsum(rng.normal(0.0005, 0.02, n)))
-    opens = closes * np.exp(rng.normal(0, 0.005, n))
-    lows = np.minimum(opens, closes) * (1 - np.abs(rng.normal(0, 0.01, n)))
-    bars, _ = make_bars(list(closes[:300]), list(zip(opens[300:], lows[300:], closes[300:], strict=True)))
-    first = bars.index[300]
+    bars, first = random_walk_bars()
     table = slippage_sensitivity(bars, vix_const(bars, 13.5), first, bars.index[-1])
     assert table.index.tolist() == [0.0, 2.0, 5.0, 10.0]
     assert table["end_equity"].is_monotonic_decreasing and table["end_equity"].iloc[0] > table["end_equity"].iloc[-1]

@@ -150,7 +150,7 @@ def test_a_planted_signal_clears_the_gate_and_shuffled_labels_do_not():
     # the tables: one row per fold and model, and the pooled rows; the folds' windows do not overlap
     assert len(good.folds) == 2 * 4 and good.pooled["model"].tolist() == ["lstm", "logistic", "majority", "buy_hold"]
     lstm = good.folds[good.folds["model"] == "lstm"]
-    assert (pd.to_datetime(lstm["train_last"]) < pd.to_datetime(lstm["test_first"])).all()
+    assert (pd.to_datetime(lstm["train_last"], utc=True) < pd.to_datetime(lstm["test_first"], utc=True)).all()
     assert len(good.calibration) > 0 and good.calibration["n"].sum() == ev["lstm"]["n"]
 
     null = walk("null")
