@@ -45,16 +45,11 @@ def _num(x, fmt: str = "{:.3f}") -> str:
 def _gate_lines(journal_path, registry, symbols: list[str]) -> dict[str, str]:
     from core.journal import Journal
     from core.settings import get_settings
-    from models.gate import GateRule, gate_status
+    from models.gate import GateRule, champion_gates
 
-    rule = GateRule.from_settings(get_settings())
-    out = {}
-    with Journal(journal_path).transaction() as tx:
-        for sym in symbols:
-            champ = registry.champion(sym)
-            st = gate_status(tx, sym, f"{sym}/{champ.version}" if champ else None, rule)
-            out[sym] = f"  edge gate: {'OPEN' if st.open else 'CLOSED'} ({st.source}): {st.reason}"
-    return out
+    gates = champion_gates(Journal(journal_path), registry, symbols, GateRule.from_settings(get_settings()))
+    return {sym: f"  edge gate: {'OPEN' if st.open else 'CLOSED'} ({st.source}): {st.reason}"
+            for sym, st in gates.items()}
 
 
 def _allow(args: argparse.Namespace, journal_path, registry) -> int:

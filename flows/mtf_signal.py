@@ -24,7 +24,7 @@ One run, for `as_of` (default: its scheduled start):
    gateway with orderRef `mtf-<SYMBOL>-<YYYYMMDDTHHMM>-entry|exit` (unique to symbol and run), a wait of up to
    `fill_timeout_seconds` for the fill, and the fill journaled. The edge gate (`models.gate`): when the
    champion's walk-forward evidence does not clear the bar and no operator allowed the symbol, an entry the rules
-   would make is journaled as NO_TRADE (code `edge_gate`, the rules' decision in the inputs) and nothing is sent;
+   would make is journaled as NO_TRADE (code `edge_gate`, saying what the rules would buy) and nothing is sent;
    exits of a position still go out.
 8. Publishes an artifact: a table of symbol, P(up), decision, reason and order.
 
@@ -46,7 +46,7 @@ from typing import Any
 from prefect import flow
 
 from core.orders import OrderBlockedError
-from core.strategies.mtf import MtfDecision, MtfRules, day_pnl, decide, loss_limit_reached, runs_held
+from core.strategies.mtf import MtfRules, day_pnl, decide, loss_limit_reached, runs_held
 from models.gate import GateStatus
 from tasks.ema_stop import ema_stop_second_line
 from tasks.mtf_signal import (BookState, Champion, SymbolView, edge_gates, journal_decision, load_champions,
@@ -160,11 +160,8 @@ def _decide(run: FlowRun, broker, gateway, rules: MtfRules, champion: Champion, 
     decision = decide(qty, runs, view.p_up, view.price, context["entries_barred"], rules,
                       market_open=run.as_of < run.session.close, blocked=blocked,
                       no_probability=view.problem or "no P(up)", no_price=view.price_problem or "no usable price",
-                      loss_limit_reason=None if context["loss_limit_reached"] else context["day_pnl_problem"])
-    gated = None
-    if decision.action == "BUY" and not gate.open:
-        gated = f"{decision.action} {decision.quantity}: {decision.reason}"
-        decision = MtfDecision("NO_TRADE", 0, "edge_gate", f"{gate.reason}; the rules said {gated}; no order")
+                      loss_limit_reason=None if context["loss_limit_reached"] else context["day_pnl_problem"],
+                      entry_barred=None if gate.open else gate.reason)
     ref = mtf_order_ref(sym, run.as_of, decision)
     halted = run.kill_switch.current() if ref else None
     if halted is not None:
@@ -172,7 +169,7 @@ def _decide(run: FlowRun, broker, gateway, rules: MtfRules, champion: Champion, 
     inputs = {"model": champion.journal_id, **view_inputs(view), "position": qty, "broker_position": at_broker,
               "entry_time": entry.isoformat() if entry else None, "runs_held": runs, "blocked": blocked,
               "code": decision.code, "market_open": run.as_of < run.session.close, **context,
-              "edge_gate": {"open": gate.open, "source": gate.source, "reason": gate.reason}, "gated_decision": gated,
+              "edge_gate": {"open": gate.open, "source": gate.source, "reason": gate.reason},
               "rules": dataclasses.asdict(rules)}
     journal_decision(run, sym, decision, view, inputs, ref)
     order = None

@@ -37,11 +37,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from core.journal import JournalTx
+    from core.journal import Journal, JournalTx
     from core.settings import Settings
+    from models.registry import ModelRegistry
 
-__all__ = ["EVIDENCE_WINDOW", "GateRule", "GateStatus", "GateVerdict", "edge_gate", "evidence_metrics",
-           "evidence_from_metrics", "gate_status"]
+__all__ = ["EVIDENCE_WINDOW", "GateRule", "GateStatus", "GateVerdict", "champion_gates", "edge_gate",
+           "evidence_from_metrics", "evidence_metrics", "gate_status"]
 
 EVIDENCE_WINDOW = "walkforward"
 """`model_metrics.eval_window` of the pooled walk-forward evidence."""
@@ -224,3 +225,20 @@ def gate_status(tx: JournalTx, symbol: str, version: str | None, rule: GateRule 
         note = f" (allowance withdrawn by {allowance['who']}: {allowance['reason']})"
     return GateStatus(sym, version, verdict.passed, "evidence",
                       ("edge gate open: " if verdict.passed else "edge gate closed: ") + verdict.reason + note)
+
+
+def champion_gates(journal: Journal, registry: ModelRegistry, symbols: list[str],
+                   rule: GateRule = GateRule()) -> dict[str, GateStatus]:
+    """The edge gate of each symbol's current champion (None version when it has none: closed), in one journal
+    transaction: what a pre-open check or a status line calls (`tradeflow models list` does).
+
+    Raises:
+        models.registry.RegistryError: a damaged champion pointer.
+        core.journal.JournalError: the journal cannot be read.
+    """
+    out = {}
+    with journal.transaction() as tx:
+        for sym in symbols:
+            champ = registry.champion(sym)
+            out[sym.upper()] = gate_status(tx, sym, f"{champ.symbol}/{champ.version}" if champ else None, rule)
+    return out
