@@ -273,3 +273,40 @@ def test_a_proven_model_trades(exchange, prefect_harness, models, fresh_pacing):
     assert not out["edge_gate"]["TSLA"]["open"]  # no evidence recorded for TSLA's champion
     assert out["decisions"][0]["decision"] == "BUY"
     assert [(o.symbol, o.action) for o in exchange.engine.orders.values()] == [("AAPL", "BUY")]
+
+
+def test_evaluate_command_prints_the_tables_writes_them_and_records_the_evidence(state_dir, tmp_path):
+    """`tradeflow evaluate mtf` on synthetic hourly bars: tables printed and written; with a champion in the
+    registry the evidence lands in the journal and `models list` reports the gate."""
+    from core.journal import Journal
+    from core.settings import get_settings
+    from deployments.cli import main
+    from tests.mtf_support import register_constant
+    from models.registry import ModelRegistry
+
+    data = tmp_path / "data"
+    (data / "1h").mkdir(parents=True)
+    bars = planted_bars(sessions=400)
+    out = bars.copy()
+    out.index = out.index.map(lambda t: t.isoformat())
+    out.to_csv(data / "1h" / "SYN.csv", index_label="timestamp")
+    registry = ModelRegistry(get_settings().models_dir)
+    registry.promote("SYN", register_constant(registry, "SYN", 0.6))
+
+    code, text = cli(main, ["evaluate", "mtf", "--symbols", "SYN", "--folds", "2", "--epochs", "1", "--bootstrap",
+                            "50", "--data-dir", str(data), "--out", str(tmp_path / "out"),
+                            "--as-of", "2026-03-01T00:00:00+00:00"])
+    assert code == 0, text
+    for label in ("per fold:", "pooled over the folds' test samples:", "AUC 95% CI", "logistic", "majority",
+                  "buy_hold", "calibration of the LSTM", "edge gate on this evidence:", "SYN/v0001"):
+        assert label in text
+    for name in ("SYN_folds.csv", "SYN_pooled.csv", "SYN_calibration.csv", "SYN_walkforward.json"):
+        assert (tmp_path / "out" / name).is_file()
+    folds = pd.read_csv(tmp_path / "out" / "SYN_folds.csv")
+    assert sorted(set(folds["fold"])) == [1, 2] and set(folds["model"]) == {"lstm", "logistic", "majority", "buy_hold"}
+    rows = Journal(get_settings().journal_path).query(
+        "SELECT eval_window, metric FROM model_metrics WHERE version = 'SYN/v0001' ORDER BY 1, 2")
+    assert {"walkforward", "walkforward:fold1", "walkforward:fold2"} == set(rows["eval_window"])
+    assert {"roc_auc_low", "sim_return", "sim_return_buy_hold"} <= set(rows[rows.eval_window == "walkforward"].metric)
+    code, listed = cli(main, ["models", "list", "--symbols", "SYN"])
+    assert code == 0 and "edge gate:" in listed
