@@ -290,7 +290,7 @@ def run_walk_forward(symbol: str, bars: pd.DataFrame, config: WalkForwardConfig 
     for fold in folds:
         if fold_progress is not None:
             fold_progress(fold.number, len(folds))
-        preds, scaler = _fit_fold(symbol, _shuffled(ds, fold.split, config.shuffle_labels), fold.split, tc,
+        preds = _fit_fold(symbol, _shuffled(ds, fold.split, config.shuffle_labels), fold.split, tc,
                                   progress)
         sp = fold.split
         y = ds.labels[sp.test]
@@ -337,7 +337,7 @@ def _shuffled(ds: Dataset, split: Split, seed: int | None) -> Dataset:
 
 
 def _fit_fold(symbol: str, ds: Dataset, split: Split, tc: TrainConfig,
-              progress: ProgressFn | None) -> tuple[dict[str, np.ndarray], Any]:
+              progress: ProgressFn | None) -> dict[str, np.ndarray]:
     """P(up) of the fold's test samples from the LSTM, the logistic regression and the majority class."""
     res = fit_split(symbol, ds, split, tc, progress)
     scaled = np.nan_to_num(res.scaler.transform(ds.features))
@@ -346,7 +346,7 @@ def _fit_fold(symbol: str, ds: Dataset, split: Split, tc: TrainConfig,
     logit = LogisticRegression(C=1.0, max_iter=2000).fit(scaled[fit_rows], y_fit)
     p_logit = logit.predict_proba(scaled[split.test])[:, 1]
     p_major = np.full(len(split.test), float(np.mean(ds.labels[split.train])))
-    return {"lstm": res.p_test, "logistic": p_logit, "majority": p_major}, res.scaler
+    return {"lstm": res.p_test, "logistic": p_logit, "majority": p_major}
 
 
 # --------------------------------------------------------------------------------------------------------------
