@@ -275,6 +275,13 @@ class Broker(abc.ABC):
         the final state of an order whose process died."""
 
     @abc.abstractmethod
+    def guard_live(self, what: str = "an order") -> None:
+        """Raise LiveTradingRefusedError naming `what` unless the account may be changed: a paper account, or a
+        live one with both opt-ins (TRADING_MODE=live and TRADEFLOW_LIVE_ACCOUNT naming it). Every method that
+        changes the account (place, modify, cancel, global cancel) calls it before sending anything; a caller
+        whose steps must all happen or none (flatten: cancel, then sell) calls it before the first."""
+
+    @abc.abstractmethod
     def place_order(self, request: OrderRequest) -> OrderInfo:
         """Place an order idempotently (see OrderRequest.order_ref) and wait until IB acknowledges it. When the
         connection breaks before the acknowledgement, reconnect and return the order if the broker lists it by
@@ -288,12 +295,14 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def cancel_order(self, order_id: int, timeout: float | None = None) -> OrderInfo:
         """Cancel an open order and wait until IB confirms; returns its final state (which may be Filled when
-        the fill won the race). Raises IBError (e.g. 10147 not found), BrokerTimeoutError."""
+        the fill won the race). Raises LiveTradingRefusedError (as place_order), IBError (e.g. 10147 not found),
+        BrokerTimeoutError."""
 
     @abc.abstractmethod
     def cancel_all_orders(self, timeout: float | None = None) -> list[OrderInfo]:
         """Cancel every open order of the account, whichever client placed it (IB's global cancel), and wait
-        until none is open; returns the orders that were open. Raises BrokerTimeoutError."""
+        until none is open; returns the orders that were open. Raises LiveTradingRefusedError (as place_order,
+        before anything is cancelled), BrokerTimeoutError."""
 
     @abc.abstractmethod
     def wait_for_fill(self, order_id: int, timeout: float) -> OrderInfo:

@@ -10,8 +10,9 @@ What this implementation adds to the library:
 - connect retries with exponential backoff, and a reconnect before any request when the connection dropped;
 - a timeout on every request; every IB error raised as a typed `core.broker` exception with IB's code;
 - historical requests paced within IB's limit (default 60 in any 600 s);
-- idempotent placing by orderRef; paper by default, with a loud refusal to trade a non-paper account unless
-  TRADING_MODE=live and TRADEFLOW_LIVE_ACCOUNT names it.
+- idempotent placing by orderRef; paper by default, with a loud refusal of every request that changes a non-paper
+  account (place, modify, cancel, global cancel: `guard_live`) unless TRADING_MODE=live and
+  TRADEFLOW_LIVE_ACCOUNT names it.
 
 The blocking API is used; do not call it from inside a running asyncio event loop.
 """
@@ -472,16 +473,17 @@ class IBBroker(Broker):
                          filled=shares, remaining=0.0, avg_fill_price=avg, commission=self._commission(perm),
                          existing=True)
 
-    def _guard_live(self) -> None:
+    def guard_live(self, what: str = "an order") -> None:
         if self.is_paper:
             return
         s = self.settings
         if s.trading_mode == "live" and s.live_account and s.live_account == self.account:
-            log.warning("LIVE TRADING on account %s (TRADING_MODE=live, TRADEFLOW_LIVE_ACCOUNT=%s)", self.account,
-                        s.live_account)
+            log.warning("LIVE TRADING on account %s (TRADING_MODE=live, TRADEFLOW_LIVE_ACCOUNT=%s): %s",
+                        self.account, s.live_account, what)
             return
-        msg = (f"REFUSED: account {self.account} is not a paper account (paper ids start with "
-               f"{PAPER_ACCOUNT_PREFIX}) and live trading is not enabled for it. To trade it, set TRADING_MODE=live "
+        msg = (f"REFUSED {what}: account {self.account} is not a paper account (paper ids start with "
+               f"{PAPER_ACCOUNT_PREFIX}) and live trading is not enabled for it, so nothing that changes the account "
+               f"(place, modify, cancel, global cancel) is sent. To trade it, set TRADING_MODE=live "
                f"AND TRADEFLOW_LIVE_ACCOUNT={self.account} (now TRADING_MODE={s.trading_mode}, "
                f"TRADEFLOW_LIVE_ACCOUNT={s.live_account or 'unset'}).")
         log.critical(msg)
@@ -489,7 +491,7 @@ class IBBroker(Broker):
 
     def place_order(self, request: OrderRequest) -> OrderInfo:
         self._ensure()
-        self._guard_live()
+        self.guard_live(f"placing {request.action} {request.quantity:g} {request.symbol} ({request.order_ref})")
         found = self.find_order(request.order_ref)
         if found is not None:
             log.info("order_ref %s already placed (order %s, %s); nothing sent", request.order_ref,
@@ -546,6 +548,7 @@ class IBBroker(Broker):
 
     def cancel_order(self, order_id: int, timeout: float | None = None) -> OrderInfo:
         self._ensure()
+        self.guard_live(f"cancelling order {order_id}")
         trade = self._trade(order_id)
         if trade is None:
             self._call("open orders", self.ib.reqAllOpenOrders)
@@ -583,6 +586,8 @@ class IBBroker(Broker):
         return info
 
     def cancel_all_orders(self, timeout: float | None = None) -> list[OrderInfo]:
+        self._ensure()
+        self.guard_live("a global cancel (every open order of the account)")
         were_open = self.open_orders()
         if were_open:
             self._call("global cancel", self.ib.reqGlobalCancel)

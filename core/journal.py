@@ -368,6 +368,13 @@ class JournalError(RuntimeError):
     """The journal could not be written or read (lock not obtained in time, newer schema, bad record)."""
 
 
+UNAVAILABLE = (JournalError, OSError, duckdb.Error)
+"""What a journal transaction raises when the journal cannot be written now: another process holds the file (the
+DuckDB CLI on the live journal), a full or read-only disk. A caller that must go on whatever the journal does (an
+order already sent must still get its stop) keeps the write and writes it when the journal is back
+(`core.orders.OrderGateway.write_or_keep`)."""
+
+
 def _aware(value: dt.datetime, name: str) -> dt.datetime:
     if not isinstance(value, dt.datetime) or value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{name} must be a timezone-aware datetime, got {value!r}")
@@ -752,6 +759,10 @@ class JournalTx:
             " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING 1",
             [run_id, event, deployment, _aware(as_of, "as_of"), outcome, _json(details)],
         )
+
+    def has_order(self, order_ref: str) -> bool:
+        """Whether an order with this `order_ref` is recorded."""
+        return bool(self.con.execute("SELECT 1 FROM orders WHERE order_ref = ?", [order_ref]).fetchall())
 
     def fetch(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple]:
         """Read inside this transaction (it sees the live file, including this transaction's own writes)."""

@@ -25,6 +25,7 @@ from typing import Any
 from prefect import flow
 
 from core.broker import OrderRequest
+from core.orders import UnprotectedPositionError
 from core.strategies.ema import decide_before_close
 from tasks.ema import (
     arm_stop,
@@ -112,13 +113,22 @@ def _enter(run: FlowRun, broker, gateway, shares: int, ref: str, inputs: dict[st
     fill = await_fill(run, broker, gateway, info, cancel_unfilled=True)
     out: dict[str, Any] = {"filled": fill.shares, "fill_price": fill.price}
     held = position_qty(broker, symbol)
-    if held > 0 and fill.price:
-        e0, source = day_start_equity(run), "day_start"
+    if held > 0:
+        # E0 as the decision read it (journaled with it): no journal read stands between a fill and its stop
+        e0, source = inputs.get("e0"), "day_start"
         if e0 is None:
             e0, source = float(inputs["equity"]), "NetLiquidation at the decision (no day-start snapshot)"
-        out["stop"] = arm_stop(run, broker, gateway, intent="entry-stop", qty=held, p_ref=float(fill.price),
-                               e0=e0, e0_source=source,
-                               context=f"entry {ref}: {fill.shares} filled at {fill.price:.4f}")
+        try:
+            p_ref = fill.price or broker.current_price(symbol).price
+            out["stop"] = arm_stop(run, broker, gateway, intent="entry-stop", qty=held, p_ref=float(p_ref),
+                                   e0=float(e0), e0_source=source, protects_fill=True,
+                                   context=f"entry {ref}: {fill.shares} filled at {p_ref:.4f}")
+        except Exception as exc:
+            gateway.protection[symbol] = f"{held} shares held WITHOUT A STOP ({type(exc).__name__}: {exc})"
+            raise UnprotectedPositionError(
+                f"UNPROTECTED: {held} {symbol} held without a stop: the entry {ref} filled {fill.shares} shares and "
+                f"its stop could not be placed ({type(exc).__name__}: {exc}); place one by hand or rerun ema-entry "
+                "with the same as_of") from exc
     if fill.error is not None:
         raise fill.error
     return out

@@ -182,13 +182,20 @@ def test_bull_entry_stop_hit_then_re_entry_and_one_query_explains_every_fill(mar
     assert trades.iloc[2]["signal"] == "BULL" and trades.iloc[2]["leverage"] == 3.0
 
 
-def test_second_line_exits_when_the_stop_order_is_gone(market):
+def long_without_its_stop(market) -> tuple[Market, dict]:
+    """Bought SMH on 2025-05-27 at 15:55, the 2025-05-28 09:30 snapshot and stop, then the stop order lost at the
+    exchange: (the market, the snapshot's summary)."""
     m = market(at(2025, 5, 27, 15, 55))
     ema_entry(as_of=at(2025, 5, 27, 15, 55))
     m.to(at(2025, 5, 28, 9, 30))
     snap = equity_snapshot(as_of=at(2025, 5, 28, 9, 30))
     stop = m.orders("ema-SMH-20250528-stop")[0]
     m.exchange.engine.cancel(stop.client_id, stop.order_id, m.exchange.now())  # the stop order is lost
+    return m, snap
+
+
+def test_second_line_exits_when_the_stop_order_is_gone(market):
+    m, snap = long_without_its_stop(market)
     m.to(at(2025, 5, 28, 11, 0))
     assert second_line(at(2025, 5, 28, 11, 0))["action"] == "none"  # equity above 0.98 E0
     m.to(at(2025, 5, 28, 15, 40))  # SMH 243.11 (the 15:40 bar's open): equity below 0.98 E0
