@@ -86,8 +86,13 @@ class Settings(BaseSettings):
     paper_admin_port: int = Field(7498, ge=0, le=65535, description="Admin port on 127.0.0.1 (0: a free one).")
     paper_initial_cash: float = Field(1_000_000.0, gt=0, description="Starting cash of the account, USD.")
     paper_account: str = Field("DU0000001", description="Account id (IB paper accounts start with DU).")
-    paper_max_leverage: float = Field(
-        4.0, gt=0, description="Gross position value allowed, multiple of NetLiquidation (EMA 3.75x + MTF)."
+    paper_account_type: Literal["reg_t_cash", "reg_t_margin", "portfolio_margin"] = Field(
+        "portfolio_margin",
+        description="Margin rules of the paper account (core/paper_exchange/margin.py): reg_t_cash, reg_t_margin "
+        "(4x intraday, 2x overnight) or portfolio_margin (about 15 %: the EMA's 3-3.75x overnight needs it).",
+    )
+    paper_admin_token: str | None = Field(
+        None, description="Token the paper exchange's admin port requires (default: one kept in the state dir)."
     )
     paper_server_version: Literal[157, 176] = Field(176, description="TWS API server version served.")
     paper_state_file: Path | None = Field(

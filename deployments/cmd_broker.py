@@ -36,7 +36,7 @@ def _paper_exchange(args: argparse.Namespace) -> int:
         admin_port=settings.paper_admin_port if args.admin_port is None else args.admin_port,
         server_version=args.server_version or settings.paper_server_version, state_file=state,
         config=EngineConfig(account=settings.paper_account, initial_cash=settings.paper_initial_cash,
-                            max_leverage=settings.paper_max_leverage,
+                            account_type=settings.paper_account_type,
                             commission_per_share=settings.commission_per_share,
                             commission_min=settings.commission_min,
                             commission_max_fraction=settings.commission_max_fraction),

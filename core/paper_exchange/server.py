@@ -4,7 +4,8 @@
 client's range is intersected with the configured version): the handshake, startApi, every request ib_insync's
 `connect()` issues, and the requests the Broker uses (contract details, historical data, market data
 snapshots and streams, orders, cancels, executions, positions, account updates and summaries, completed
-orders, current time, ids, market data type). Unknown requests are logged at WARNING and ignored.
+orders, current time, ids, market data type, P&L, head timestamps, matching symbols, market rules). A request it
+does not implement is answered at once with the error IB would give (`UNSUPPORTED`); nothing goes unanswered.
 
 The admin interface (see `admin.py`) is JSON lines on a second loopback port. Use `start()`/`stop()` to run
 the exchange on a background thread (tests, sync code), or `await serve_forever()` on a loop of your own
@@ -71,10 +72,24 @@ class _Conn:
     summary_subs: dict[int, list[str]] = field(default_factory=dict)
     mkt_subs: dict[int, tuple[str, bool]] = field(default_factory=dict)  # reqId -> (symbol, delayed)
     last_ticks: dict[int, float] = field(default_factory=dict)
+    hist_subs: dict[int, "_BarSub"] = field(default_factory=dict)  # keepUpToDate historical requests
+    pnl_subs: dict[int, str | None] = field(default_factory=dict)  # reqId -> symbol (None: the account)
+    last_pnl: dict[int, tuple] = field(default_factory=dict)
 
     def send(self, fields: list[Any]) -> None:
         if not self.writer.is_closing():
             self.writer.write(P.frame(fields))
+
+
+@dataclass
+class _BarSub:
+    """A keepUpToDate historical request: symbol, bar size, duration, date format and the bars sent."""
+
+    symbol: str
+    bar_size: str
+    duration: str
+    fmt_date: str
+    sent: dict[int, tuple] = field(default_factory=dict)  # bar start -> row sent
 
 
 def _parse_end(s: str) -> float | None:
@@ -92,6 +107,52 @@ def _parse_end(s: str) -> float | None:
     zone = m.group(3) or ("UTC" if "-" in s[8:9] else "America/New_York")
     tz = timezone.utc if zone in ("UTC", "GMT") else ZoneInfo(zone)
     return naive.replace(tzinfo=tz).timestamp()
+
+
+def _bar_row(b: tuple, bar_size: str, fmt_date: str) -> tuple:
+    """One bar of MarketData.history as historicalData writes it: (date, open, high, low, close, volume, wap,
+    count); daily bars dated YYYYMMDD, others 'YYYYMMDD HH:MM:SS America/New_York' or epoch (formatDate 2)."""
+    start, session, o, h, l, c, v = b
+    if bar_size == "1 day":
+        ds = str(session)
+    elif fmt_date == "2":
+        ds = str(start)
+    else:
+        ds = datetime.fromtimestamp(start, NY).strftime("%Y%m%d %H:%M:%S") + " America/New_York"
+    return (ds, o, h, l, c, v, round((h + l + c) / 3, 4), 1)
+
+
+NO_REPLY = {11, 13, 14, 23, 51, 53, 56, 57, 70, 75, 89, 90, 98, 101, 103}
+"""Cancel requests (and setServerLogLevel) to which IB sends nothing."""
+
+UNSUPPORTED: dict[int, tuple[str, int | None, int, str]] = {
+    # msgId: (request, index of its reqId field, IB error code, IB's text ('' for the generic 321 text))
+    10: ("reqMktDepth", 2, 10089, "Requested market data requires additional subscription for API. Market depth "
+                                  "is not available from the paper exchange."),
+    97: ("reqTickByTickData", 1, 10089, "Requested market data requires additional subscription for API. "
+                                        "Tick-by-tick data is not available from the paper exchange."),
+    50: ("reqRealTimeBars", 2, 420, "Invalid Real-time Query:No market data permissions for real-time bars on the "
+                                    "paper exchange."),
+    52: ("reqFundamentalData", 2, 430, "We are sorry, but fundamentals data for the security specified is not "
+                                       "available."),
+    88: ("reqHistogramData", 1, 162, "Historical Market Data Service error message:histogram data is not "
+                                     "available from the paper exchange"),
+    96: ("reqHistoricalTicks", 1, 162, "Historical Market Data Service error message:historical ticks are not "
+                                       "available from the paper exchange"),
+    18: ("requestFA", None, 321, "Error validating request.-'vd' : cause - FA data operations ignored for non FA "
+                                 "customers."),
+    19: ("replaceFA", 4, 321, "Error validating request.-'vd' : cause - FA data operations ignored for non FA "
+                              "customers."),
+    21: ("exerciseOptions", 2, 321, ""), 22: ("reqScannerSubscription", 1, 321, ""),
+    24: ("reqScannerParameters", None, 321, ""), 54: ("calculateImpliedVolatility", 2, 321, ""),
+    55: ("calculateOptionPrice", 2, 321, ""), 65: ("verifyRequest", None, 321, ""),
+    66: ("verifyMessage", None, 321, ""), 67: ("queryDisplayGroups", 2, 321, ""),
+    68: ("subscribeToGroupEvents", 2, 321, ""), 69: ("updateDisplayGroup", 2, 321, ""),
+    72: ("verifyAndAuthRequest", None, 321, ""), 73: ("verifyAndAuthMessage", None, 321, ""),
+    84: ("reqNewsArticle", 1, 321, ""), 100: ("reqWshMetaData", 1, 321, ""), 102: ("reqWshEventData", 1, 321, ""),
+}
+"""Requests the paper exchange does not implement: each is answered at once with the error IB gives an account
+without that data or permission (10089 / 420 / 430 / 162), or IB's 321 validation error."""
 
 
 class PaperExchange:
@@ -240,6 +301,8 @@ class PaperExchange:
         fills = self.engine.advance(now)
         self._publish_fills(fills, now)
         self._push_streams(now)
+        self._push_bar_updates(now)
+        self._push_pnl(now)
         # prices moved: re-send account values (a running clock at most once a real second)
         mono = asyncio.get_running_loop().time()
         if not fills and (not self.clock.speed or mono - self._last_account_push >= 1.0):
@@ -333,10 +396,22 @@ class PaperExchange:
             log.warning("request %d before startApi; ignored", msg_id)
             return True
         handler = self._handlers.get(msg_id)
-        if handler is None:
-            log.warning("unhandled request %d (%s); no reply sent", msg_id, "|".join(f[:6]))
+        if handler is not None:
+            return handler(self, conn, f) is not False
+        if msg_id in NO_REPLY:
             return True
-        return handler(self, conn, f) is not False
+        name, pos, code, text = UNSUPPORTED.get(msg_id, (f"message {msg_id}", None, 321, ""))
+        req_id = -1
+        if pos is not None and len(f) > pos:
+            try:
+                req_id = int(f[pos])
+            except ValueError:
+                req_id = -1
+        text = text or (f"Error validating request.-'{msg_id}' : cause - {name} is not supported by the paper "
+                        "exchange")
+        log.warning("request %s (%d) is not implemented: answered with IB error %d", name, msg_id, code)
+        conn.send(P.error(conn.sv, req_id, code, text))
+        return True
 
     def _start_api(self, conn: _Conn, f: list[str]) -> bool:
         client_id = int(f[2])
@@ -352,6 +427,114 @@ class PaperExchange:
 
     def _req_ids(self, conn: _Conn, f: list[str]) -> None:
         conn.send(P.next_valid_id(self.engine.next_order_id))
+
+    def _req_managed_accounts(self, conn: _Conn, f: list[str]) -> None:
+        conn.send(P.managed_accounts([self.account]))
+
+    def _req_head_timestamp(self, conn: _Conn, f: list[str]) -> None:
+        req_id = int(f[1])
+        sym = self._symbol_of(P.ContractRef.parse(f, 2))
+        if sym is None:
+            conn.send(P.error(conn.sv, req_id, 200, "No security definition has been found for the request"))
+            return
+        series = self.market.get(sym)
+        first = min(int(x.start[0]) for x in series.series.values() if len(x))
+        fmt_date = f[17] if len(f) > 17 else "1"
+        stamp = str(first) if fmt_date == "2" else \
+            datetime.fromtimestamp(first, NY).strftime("%Y%m%d %H:%M:%S") + " America/New_York"
+        conn.send(P.head_timestamp(req_id, stamp))
+
+    def _req_matching_symbols(self, conn: _Conn, f: list[str]) -> None:
+        req_id, pattern = int(f[1]), f[2].upper().strip()
+        found = []
+        if pattern:
+            names = sorted({p.stem.upper() for k in ("5m", "1h", "daily")
+                            for p in (self.market.root / k).glob("*.csv")})
+            found = [instrument(n) for n in names if n.startswith(pattern)][:16]
+        conn.send(P.symbol_samples(conn.sv, req_id, found))
+
+    def _req_market_rule(self, conn: _Conn, f: list[str]) -> None:
+        rule = int(f[1])
+        if rule != 26:
+            conn.send(P.error(conn.sv, -1, 321, f"Error validating request.-'91' : cause - unknown market rule {rule}"))
+            return
+        conn.send(P.market_rule(26, [(0.0, 0.01)]))  # US stocks: 0.01 at every price >= 1 USD
+
+    def _req_sec_def_opt_params(self, conn: _Conn, f: list[str]) -> None:
+        conn.send([76, int(f[1])])  # no options are listed on the paper exchange: the End at once
+
+    def _req_soft_dollar_tiers(self, conn: _Conn, f: list[str]) -> None:
+        conn.send([77, int(f[1]), 0])
+
+    def _req_family_codes(self, conn: _Conn, f: list[str]) -> None:
+        conn.send([78, 1, self.account, ""])
+
+    def _req_mkt_depth_exchanges(self, conn: _Conn, f: list[str]) -> None:
+        conn.send([80, 0])
+
+    def _req_smart_components(self, conn: _Conn, f: list[str]) -> None:
+        conn.send([82, int(f[1]), 0])
+
+    def _req_news_providers(self, conn: _Conn, f: list[str]) -> None:
+        conn.send([85, 0])
+
+    def _req_historical_news(self, conn: _Conn, f: list[str]) -> None:
+        conn.send([87, int(f[1]), 0])  # historicalNewsEnd, hasMore false: no news providers subscribed
+
+    def _req_user_info(self, conn: _Conn, f: list[str]) -> None:
+        conn.send([107, int(f[1]), ""])
+
+    def _req_positions_multi(self, conn: _Conn, f: list[str]) -> None:
+        req_id = int(f[2])
+        for sym, pos in self.engine.positions.items():
+            if pos.quantity != 0:
+                conn.send([71, 1, req_id, self.account, *instrument(sym).c11(), pos.quantity,
+                           round(pos.avg_cost, 8), ""])
+        conn.send([72, 1, req_id])
+
+    # P&L ---------------------------------------------------------------------------------------------------
+
+    def _pnl_fields(self, req_id: int, sym: str | None, now: int) -> list:
+        v = self.engine.pnl(now, sym)
+        if sym is None:
+            return P.pnl(req_id, v["daily"], v["unrealized"], v["realized"])
+        return P.pnl_single(req_id, v["position"], v["daily"], v["unrealized"], v["realized"], v["value"])
+
+    def _req_pnl(self, conn: _Conn, f: list[str]) -> None:
+        req_id, account = int(f[1]), f[2]
+        if account and account != self.account:
+            conn.send(P.error(conn.sv, req_id, 321, f"Error validating request.-'92' : cause - unknown account "
+                                                    f"{account}"))
+            return
+        conn.pnl_subs[req_id] = None
+        self._send_pnl(conn, req_id, self.now(), force=True)
+
+    def _req_pnl_single(self, conn: _Conn, f: list[str]) -> None:
+        req_id, account, con_id = int(f[1]), f[2], int(f[4] or 0)
+        sym = next((s for s in self.engine.positions if instrument(s).con_id == con_id), None)
+        if sym is None:
+            sym = next((s for s, c in KNOWN_CON_IDS.items() if c == con_id and self.market.has(s)), None)
+        if sym is None or (account and account != self.account):
+            conn.send(P.error(conn.sv, req_id, 321, "Error validating request.-'94' : cause - no position or "
+                                                    f"contract {con_id} in account {account or self.account}"))
+            return
+        conn.pnl_subs[req_id] = sym
+        self._send_pnl(conn, req_id, self.now(), force=True)
+
+    def _send_pnl(self, conn: _Conn, req_id: int, now: int, force: bool = False) -> None:
+        fields = self._pnl_fields(req_id, conn.pnl_subs[req_id], now)
+        if force or conn.last_pnl.get(req_id) != tuple(fields):
+            conn.last_pnl[req_id] = tuple(fields)
+            conn.send(fields)
+
+    def _cancel_pnl(self, conn: _Conn, f: list[str]) -> None:
+        conn.pnl_subs.pop(int(f[1]), None)
+        conn.last_pnl.pop(int(f[1]), None)
+
+    def _push_pnl(self, now: int) -> None:
+        for conn in self._conns:
+            for req_id in list(conn.pnl_subs):
+                self._send_pnl(conn, req_id, now)
 
     def _req_current_time(self, conn: _Conn, f: list[str]) -> None:
         conn.send(P.current_time(self.now()))
@@ -404,6 +587,11 @@ class PaperExchange:
             conn.send(P.error(conn.sv, req_id, 162, "Historical Market Data Service error message:HMDS query "
                                                     f"returned no data ({sym}: no_data fault)"))
             return
+        keep = len(f) > 21 and f[21] == "1" and c.sec_type != "BAG"
+        if keep and end_s.strip():
+            conn.send(P.error(conn.sv, req_id, 321, "Error validating request.-'bP' : cause - End date not "
+                                                    "supported with live updates"))
+            return
         now = self.now()
         try:
             end = _parse_end(end_s)
@@ -416,19 +604,33 @@ class PaperExchange:
             conn.send(P.error(conn.sv, req_id, 162, "Historical Market Data Service error message:HMDS query "
                                                     "returned no data"))
             return
-        daily = bar_size == "1 day"
-        out = []
-        for start, session, o, h, l, c_, v in bars:
-            if daily:
-                ds = str(session)
-            elif fmt_date == "2":
-                ds = str(start)
-            else:
-                ds = datetime.fromtimestamp(start, NY).strftime("%Y%m%d %H:%M:%S") + " America/New_York"
-            out.append((ds, o, h, l, c_, v, round((h + l + c_) / 3, 4), 1))
+        out = [_bar_row(b, bar_size, fmt_date) for b in bars]
         first = datetime.fromtimestamp(bars[0][0], NY).strftime("%Y%m%d %H:%M:%S")
         last = datetime.fromtimestamp(cutoff, NY).strftime("%Y%m%d %H:%M:%S")
         conn.send(P.historical_data(req_id, first, last, out))
+        if keep:
+            conn.hist_subs[req_id] = _BarSub(sym, bar_size, duration, fmt_date,
+                                             {b[0]: row for b, row in zip(bars, out)})
+
+    def _cancel_historical(self, conn: _Conn, f: list[str]) -> None:
+        conn.hist_subs.pop(int(f[2]), None)
+
+    def _push_bar_updates(self, now: int) -> None:
+        """keepUpToDate: send the bars that changed or began since the last update (historicalDataUpdate)."""
+        for conn in self._conns:
+            for req_id, sub in list(conn.hist_subs.items()):
+                try:
+                    bars = self.market.history(sub.symbol, sub.bar_size, now, sub.duration)
+                except BadRequestError:
+                    continue
+                last_sent = max(sub.sent) if sub.sent else 0
+                for b in bars:
+                    if b[0] < last_sent:
+                        continue
+                    row = _bar_row(b, sub.bar_size, sub.fmt_date)
+                    if sub.sent.get(b[0]) != row:
+                        sub.sent[b[0]] = row
+                        conn.send(P.historical_data_update(req_id, row))
 
     # market data -------------------------------------------------------------------------------------------
 
@@ -496,7 +698,9 @@ class PaperExchange:
 
     # orders -----------------------------------------------------------------------------------------------------
 
-    def _view(self, o: Order) -> P.OrderView:
+    def _view(self, o: Order, margin: P.OrderMargin | None = None) -> P.OrderView:
+        held = self.engine.parent_of(o)
+        why = "child" if o.is_open and held is not None and held.status != "Filled" else ""
         return P.OrderView(
             order_id=o.order_id, client_id=o.client_id, perm_id=o.perm_id, action=o.action, quantity=o.quantity,
             order_type=o.order_type, lmt_price=o.lmt_price, aux_price=o.aux_price, tif=o.tif, account=o.account,
@@ -504,13 +708,15 @@ class PaperExchange:
             avg_fill_price=round(o.avg_fill_price, 8), last_fill_price=o.last_fill_price,
             completed_time=(datetime.fromtimestamp(o.completed_at, NY).strftime("%Y%m%d %H:%M:%S")
                             + " America/New_York") if o.completed_at else "",
-            completed_status=o.completed_status)
+            completed_status=o.completed_status, parent_id=o.parent_id, oca_group=o.oca_group,
+            oca_type=o.oca_type, good_till_date=o.good_till_date, why_held=why)
 
     def _exec_view(self, e: Execution) -> P.ExecView:
         return P.ExecView(exec_id=e.exec_id, order_id=e.order_id, client_id=e.client_id, perm_id=e.perm_id,
                           time_str=exec_time_str(e.time), account=e.account, side=e.side, shares=e.shares,
                           price=e.price, cum_qty=e.cum_qty, avg_price=round(e.avg_price, 8),
-                          order_ref=e.order_ref, commission=e.commission, realized_pnl=e.realized_pnl)
+                          order_ref=e.order_ref, commission=e.commission, realized_pnl=e.realized_pnl,
+                          liquidation=e.liquidation)
 
     def _send_order_state(self, conn: _Conn, o: Order) -> None:
         ins = instrument(o.symbol)
@@ -520,42 +726,82 @@ class PaperExchange:
     def _place_order(self, conn: _Conn, f: list[str]) -> None:
         req = P.parse_place_order(f, conn.sv)
         assert conn.client_id is not None
-        if req.what_if:
-            conn.send(P.error(conn.sv, req.order_id, 201, "Order rejected - reason: what-if orders are not "
-                                                          "supported by the paper exchange"))
-            return
         sym = self._symbol_of(req.contract) or req.contract.symbol.upper()
         now = self.now()
+        common = dict(symbol=sym, action=req.action, quantity=req.quantity, order_type=req.order_type,
+                      lmt_price=req.lmt_price, aux_price=req.aux_price, tif=req.tif, account=req.account,
+                      good_till_date=req.good_till_date, unsupported=req.unsupported)
         try:
-            o = self.engine.place(client_id=conn.client_id, order_id=req.order_id, symbol=sym, action=req.action,
-                                  quantity=req.quantity, order_type=req.order_type, lmt_price=req.lmt_price,
-                                  aux_price=req.aux_price, tif=req.tif, account=req.account,
-                                  order_ref=req.order_ref, outside_rth=req.outside_rth, now=now)
+            if req.what_if:
+                self._answer_what_if(conn, req, self.engine.what_if(now=now, **common))
+                return
+            o = self.engine.place(client_id=conn.client_id, order_id=req.order_id, order_ref=req.order_ref,
+                                  outside_rth=req.outside_rth, now=now, parent_id=req.parent_id,
+                                  transmit=req.transmit, oca_group=req.oca_group, oca_type=req.oca_type, **common)
         except OrderError as exc:
             conn.send(P.error(conn.sv, req.order_id, exc.code, exc.message))
+            if exc.code == 110:  # ib_insync/ib_async take 110 for a warning: the order's end is said separately
+                conn.send(P.order_status(P.OrderView(req.order_id, conn.client_id, 0, req.action, req.quantity,
+                                                     req.order_type, req.lmt_price, req.aux_price, req.tif,
+                                                     self.account, req.order_ref, req.outside_rth, "Cancelled",
+                                                     0, 0, 0)))
             return
+        if req.outside_rth and req.order_type == "MKT":
+            conn.send(P.error(conn.sv, req.order_id, 2109, "Order Event Warning:Attribute 'Outside Regular Trading "
+                                                           "Hours' is ignored based on the order type and "
+                                                           "destination. PlaceOrder is now being processed."))
         self._send_order_state(conn, o)
         self._publish_fills(self.engine.advance(now), now)
+
+    def _answer_what_if(self, conn: _Conn, req: P.PlaceOrderRequest, m) -> None:
+        """A what-if order: openOrder with whatIf set and the margin impact in its OrderState; nothing placed."""
+        margin = P.OrderMargin(
+            init_before=round(m.init_before, 2), maint_before=round(m.maint_before, 2),
+            equity_before=round(m.equity_before, 2), init_change=round(m.init_after - m.init_before, 2),
+            maint_change=round(m.maint_after - m.maint_before, 2),
+            equity_change=round(m.equity_after - m.equity_before, 2), init_after=round(m.init_after, 2),
+            maint_after=round(m.maint_after, 2), equity_after=round(m.equity_after, 2),
+            commission=round(m.commission, 4), warning=m.warning)
+        assert conn.client_id is not None
+        view = P.OrderView(req.order_id, conn.client_id, 0, req.action, req.quantity, req.order_type,
+                           req.lmt_price, req.aux_price, req.tif, self.account, req.order_ref, req.outside_rth,
+                           "PreSubmitted", 0, 0, 0, what_if=True, margin=margin, parent_id=req.parent_id,
+                           oca_group=req.oca_group, oca_type=req.oca_type, good_till_date=req.good_till_date)
+        conn.send(P.open_order(conn.sv, instrument(self._symbol_of(req.contract) or req.contract.symbol), view))
+
+    def _tell_owner(self, o: Order) -> None:
+        """openOrder + orderStatus of an order that changed without a fill (and 202 when it was cancelled)."""
+        owner = self._conn_of(o.client_id)
+        if owner is None:
+            return
+        self._send_order_state(owner, o)
+        if o.status == "Cancelled":
+            owner.send(P.error(owner.sv, o.order_id, 202, f"Order Canceled - reason:{o.completed_status}"))
 
     def _cancel_order(self, conn: _Conn, f: list[str]) -> None:
         order_id = int(f[2])
         assert conn.client_id is not None
+        now = self.now()
         try:
-            o = self.engine.cancel(conn.client_id, order_id, self.now())
+            o = self.engine.cancel(conn.client_id, order_id, now)
         except OrderError as exc:
             conn.send(P.error(conn.sv, order_id, exc.code, exc.message))
             return
         conn.send(P.order_status(self._view(o)))
         conn.send(P.error(conn.sv, order_id, 202, "Order Canceled - reason:"))
+        self._publish_fills([], now)
 
     def _global_cancel(self, conn: _Conn, f: list[str]) -> None:
         now = self.now()
         for o in self.engine.open_orders():
+            if not o.is_open:  # cancelled with its parent meanwhile
+                continue
             self.engine.cancel(o.client_id, o.order_id, now)
             owner = self._conn_of(o.client_id)
             if owner:
                 owner.send(P.order_status(self._view(o)))
                 owner.send(P.error(owner.sv, o.order_id, 202, "Order Canceled - reason:"))
+        self._publish_fills([], now)
 
     def _req_open_orders(self, conn: _Conn, f: list[str]) -> None:
         for o in self.engine.open_orders(conn.client_id):
@@ -573,9 +819,19 @@ class PaperExchange:
         conn.send(P.completed_orders_end())
 
     def _req_executions(self, conn: _Conn, f: list[str]) -> None:
+        """reqExecutions with its ExecutionFilter: clientId, account, time ('YYYYMMDD HH:MM:SS [zone]' or
+        'YYYYMMDD-HH:MM:SS' UTC: executions at or after it), symbol, secType, exchange, side."""
         req_id = int(f[2])
-        client_f, acct_f, sym_f, side_f = int(f[3] or 0), f[4], f[6].upper(), f[9].upper()
-        for e in self.engine.executions_on(self.now()):
+        client_f, acct_f, time_f, sym_f, side_f = int(f[3] or 0), f[4], f[5].strip(), f[6].upper(), f[9].upper()
+        since = None
+        if time_f:
+            try:
+                since = int(_parse_end(time_f))
+            except BadRequestError:
+                conn.send(P.error(conn.sv, req_id, 321, f"Error validating request.-'bL' : cause - invalid "
+                                                        f"ExecutionFilter time {time_f!r}"))
+                return
+        for e in self.engine.executions_on(self.now(), since):
             if client_f and e.client_id != client_f:
                 continue
             if acct_f and acct_f != e.account:
@@ -590,10 +846,12 @@ class PaperExchange:
         conn.send(P.exec_details_end(req_id))
 
     def _publish_fills(self, fills: list[tuple[Order, Execution]], now: int) -> None:
-        for o in self.engine.pop_expired():
-            owner = self._conn_of(o.client_id)
-            if owner is not None:
-                owner.send(P.order_status(self._view(o)))
+        """Tell clients about fills (execDetails, openOrder, orderStatus, commissionReport to the order's owner;
+        positions and portfolio to subscribers) and about orders changed without a fill."""
+        filled = {o.perm_id for o, _ in fills}
+        for o in self.engine.pop_changed():
+            if o.perm_id not in filled:
+                self._tell_owner(o)
         if not fills:
             return
         for o, e in fills:
@@ -629,9 +887,7 @@ class PaperExchange:
     def _send_account_updates(self, conn: _Conn, now: int) -> None:
         for k, v, cur in self._account_pairs(now):
             conn.send(P.account_value(k, v, cur, self.account))
-        for sym, pos in self.engine.positions.items():
-            if pos.quantity == 0:
-                continue
+        for sym, pos in self.engine.positions.items():  # a closed position too: IB sends it with position 0
             p = self.engine.price(sym, now)
             conn.send(P.portfolio_value(instrument(sym), pos.quantity, p, pos.avg_cost,
                                         pos.quantity * (p - pos.avg_cost), pos.realized_pnl, self.account))
@@ -695,7 +951,12 @@ class PaperExchange:
     _handlers = {
         1: _req_mkt_data, 2: _cancel_mkt_data, 3: _place_order, 4: _cancel_order, 5: _req_open_orders,
         6: _req_account_updates, 7: _req_executions, 8: _req_ids, 9: _req_contract_details,
-        15: _noop, 16: _req_all_open_orders, 20: _req_historical, 25: _noop, 49: _req_current_time,
+        12: _noop, 15: _noop, 16: _req_all_open_orders, 17: _req_managed_accounts, 20: _req_historical,
+        25: _cancel_historical, 49: _req_current_time, 74: _req_positions_multi, 78: _req_sec_def_opt_params,
+        79: _req_soft_dollar_tiers, 80: _req_family_codes, 81: _req_matching_symbols, 82: _req_mkt_depth_exchanges,
+        83: _req_smart_components, 85: _req_news_providers, 86: _req_historical_news, 87: _req_head_timestamp,
+        91: _req_market_rule, 92: _req_pnl, 93: _cancel_pnl, 94: _req_pnl_single, 95: _cancel_pnl,
+        104: _req_user_info,
         58: _global_cancel, 59: _req_market_data_type, 61: _req_positions, 62: _req_account_summary,
         63: _cancel_account_summary, 64: _cancel_positions, 71: _start_api, 76: _req_account_updates_multi,
         77: _cancel_account_updates_multi, 99: _req_completed_orders,
