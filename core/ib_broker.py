@@ -42,6 +42,7 @@ from core.broker import (
     Execution,
     IBError,
     LiveTradingRefusedError,
+    MarginImpact,
     MarketDataError,
     OrderInfo,
     OrderNotFilledError,
@@ -496,13 +497,7 @@ class IBBroker(Broker):
                      found.order_id, found.status)
             return found
         contract = self.contract(request.symbol)
-        order = ibapi.Order(action=request.action, totalQuantity=float(request.quantity),
-                            orderType=request.order_type, tif=request.tif, orderRef=request.order_ref,
-                            account=self.account, transmit=True)
-        if request.order_type == "LMT":
-            order.lmtPrice = float(request.limit_price)  # type: ignore[arg-type]
-        if request.order_type == "STP":
-            order.auxPrice = float(request.stop_price)  # type: ignore[arg-type]
+        order = self._order(request)
         trade = self.ib.placeOrder(contract, order)
         log.info("placed %s %s %s %s ref=%s as order %s", request.action, request.quantity, request.symbol,
                  request.order_type, request.order_ref, order.orderId)
@@ -515,14 +510,54 @@ class IBBroker(Broker):
         except BrokerConnectionError as exc:
             return self._found_after_reconnect(request.order_ref, exc)
         if trade.orderStatus.status in ("Cancelled", "ApiCancelled", "Inactive") and not trade.fills:
-            errs = [e for e in trade.log if getattr(e, "errorCode", 0)]
+            errs = [(e.errorCode, e.message) for e in trade.log if getattr(e, "errorCode", 0)]
+            # a code the library takes for a warning (110: the price's tick) is not in the trade's log
+            errs = errs or [(code, msg) for rid, code, msg in self._errors if rid == order.orderId and code < 2100]
             if errs:
-                raise typed_error(errs[-1].errorCode, errs[-1].message) if errs[-1].errorCode != 201 else \
-                    OrderRejectedError(errs[-1].message, 201)
+                code, msg = errs[-1]
+                raise typed_error(code, msg) if code != 201 else OrderRejectedError(msg, 201)
             raise OrderRejectedError(f"order {order.orderId} ended {trade.orderStatus.status} at once")
         if trade.order.permId:
             self._perm_ids[trade.order.orderId] = trade.order.permId
         return self._info(trade)
+
+    def _order(self, request: OrderRequest):
+        """The library's Order for `request` (transmitted at once)."""
+        order = ibapi.Order(action=request.action, totalQuantity=float(request.quantity),
+                            orderType=request.order_type, tif=request.tif, orderRef=request.order_ref,
+                            account=self.account, transmit=True)
+        if request.order_type == "LMT":
+            order.lmtPrice = float(request.limit_price)  # type: ignore[arg-type]
+        if request.order_type == "STP":
+            order.auxPrice = float(request.stop_price)  # type: ignore[arg-type]
+        return order
+
+    def what_if(self, request: OrderRequest) -> MarginImpact:
+        """IB's what-if for `request` (`whatIf=True`: IB answers with the OrderState's margin numbers and places
+        nothing). Raises typed IB errors (110, 200, 201...), BrokerTimeoutError, BrokerError when the answer has
+        no margin numbers."""
+        contract = self.contract(request.symbol)
+        order = self._order(request)
+        state = self._call("what-if order", self.ib.whatIfOrder, contract, order)
+        if not state:
+            raise BrokerError(f"IB answered the what-if of {request.order_ref!r} without an order state")
+
+        def num(name: str) -> float:
+            v = _state_num(getattr(state, name, None))
+            if v is None:
+                raise BrokerError(f"IB's what-if answer for {request.order_ref!r} has no {name} "
+                                  f"({getattr(state, name, None)!r})")
+            return v
+
+        return MarginImpact(
+            init_margin_before=num("initMarginBefore"), init_margin_change=num("initMarginChange"),
+            init_margin_after=num("initMarginAfter"), maint_margin_before=num("maintMarginBefore"),
+            maint_margin_change=num("maintMarginChange"), maint_margin_after=num("maintMarginAfter"),
+            equity_with_loan_before=num("equityWithLoanBefore"),
+            equity_with_loan_change=num("equityWithLoanChange"),
+            equity_with_loan_after=num("equityWithLoanAfter"),
+            commission=_state_num(getattr(state, "commission", None)),
+            warning=str(getattr(state, "warningText", "") or ""))
 
     def _found_after_reconnect(self, order_ref: str, lost: BrokerConnectionError) -> OrderInfo:
         """The order just sent with `order_ref` when the connection broke before its acknowledgement: reconnect
@@ -720,6 +755,15 @@ def _num(x) -> float | None:
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) and v > 0 else None
+
+
+def _state_num(x) -> float | None:
+    """A number of IB's OrderState (sent as text; '' or UNSET_DOUBLE when IB has none): float or None."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) and abs(v) < ibapi.util.UNSET_DOUBLE else None
 
 
 def _reported(x) -> float:
