@@ -73,8 +73,9 @@ def fit_to_margin(requested: int, impact: MarginImpact, buffer: float = DEFAULT_
     after = impact.init_margin_before + per_share * shares
     if capped:
         reason = (f"sized down from {requested} to {shares} shares by IB's what-if: initial margin after "
-                  f"{impact.init_margin_after:,.2f} USD would exceed equity with loan {impact.equity_with_loan_after:,.2f}"
-                  f" USD (less a {buffer:.1%} cushion); {shares} shares need {after:,.2f} USD")
+                  f"{impact.init_margin_after:,.2f} USD against equity with loan after "
+                  f"{impact.equity_with_loan_after:,.2f} USD less a {buffer:.1%} cushion; {shares} shares need "
+                  f"{after:,.2f} USD")
     else:
         reason = (f"IB's what-if: initial margin after {impact.init_margin_after:,.2f} USD within equity with loan "
                   f"{impact.equity_with_loan_after:,.2f} USD")
