@@ -40,7 +40,10 @@ def _paper_exchange(args: argparse.Namespace) -> int:
                             commission_per_share=settings.commission_per_share,
                             commission_min=settings.commission_min,
                             commission_max_fraction=settings.commission_max_fraction),
-        realtime=settings.paper_realtime, resume=args.start is None)
+        realtime=settings.paper_realtime, resume=args.start is None, admin_token=settings.paper_admin_token,
+        restart_time=(datetime.strptime(settings.paper_restart_time, "%H:%M").time()
+                      if settings.paper_restart_time else None),
+        restart_seconds=settings.paper_restart_seconds)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
