@@ -530,10 +530,9 @@ def test_bracket_children_are_held_echo_their_parent_and_die_with_it(broker, exc
     bracket = ib.bracketOrder("BUY", 10, limitPrice=100.0, takeProfitPrice=900.0, stopLossPrice=50.0)
     trades = [ib.placeOrder(contract, o) for o in bracket]
     parent, take, stop = trades
-    wait_until(lambda: all(t.orderStatus.status in ("Submitted", "PreSubmitted") for t in trades), 5,
-               "the bracket's acknowledgement", poll=ib.sleep)
-    assert parent.orderStatus.status == "Submitted"
-    assert take.orderStatus.status == stop.orderStatus.status == "PreSubmitted"  # held until the parent fills
+    wait_until(lambda: parent.orderStatus.status == "Submitted" and take.orderStatus.status ==
+               stop.orderStatus.status == "PreSubmitted", 5, "the bracket transmitted, its children held",
+               poll=ib.sleep)
     assert take.order.parentId == stop.order.parentId == parent.order.orderId  # echoed in openOrder
     assert take.orderStatus.parentId == parent.order.orderId  # and in orderStatus
     assert len(exchange.status()["open_orders"]) == 3
