@@ -176,6 +176,7 @@ def _bar_row(b: tuple, bar_size: str, fmt_date: str) -> tuple:
 NO_REPLY = {11, 13, 14, 23, 51, 53, 56, 57, 70, 75, 89, 90, 98, 101, 103}
 """Cancel requests (and setServerLogLevel) to which IB sends nothing."""
 
+_NOT_FA = "Error validating request.-'vd' : cause - FA data operations ignored for non FA customers."
 UNSUPPORTED: dict[int, tuple[str, int | None, int, str]] = {
     # msgId: (request, index of its reqId field, IB error code, IB's text ('' for the generic 321 text))
     10: ("reqMktDepth", 2, 10089, "Requested market data requires additional subscription for API. Market depth "
@@ -190,10 +191,7 @@ UNSUPPORTED: dict[int, tuple[str, int | None, int, str]] = {
                                      "available from the paper exchange"),
     96: ("reqHistoricalTicks", 1, 162, "Historical Market Data Service error message:historical ticks are not "
                                        "available from the paper exchange"),
-    18: ("requestFA", None, 321, "Error validating request.-'vd' : cause - FA data operations ignored for non FA "
-                                 "customers."),
-    19: ("replaceFA", 4, 321, "Error validating request.-'vd' : cause - FA data operations ignored for non FA "
-                              "customers."),
+    18: ("requestFA", None, 321, _NOT_FA), 19: ("replaceFA", 4, 321, _NOT_FA),
     21: ("exerciseOptions", 2, 321, ""), 22: ("reqScannerSubscription", 1, 321, ""),
     24: ("reqScannerParameters", None, 321, ""), 54: ("calculateImpliedVolatility", 2, 321, ""),
     55: ("calculateOptionPrice", 2, 321, ""), 65: ("verifyRequest", None, 321, ""),
