@@ -30,7 +30,7 @@ from core.broker import (
 )
 from core.ib_broker import IB_LIBRARY, IBBroker, ibapi
 from core.paper_exchange import AdminClient, EngineConfig, PaperExchange, commission_for
-from core.settings import load_settings
+from core.settings import get_settings, load_settings
 
 pytestmark = pytest.mark.needs_data
 
@@ -840,3 +840,18 @@ def test_the_admin_port_requires_its_token(exchange, tmp_path):
     assert AdminClient(exchange.admin_port, token=exchange.admin_token).status()["account"] == exchange.account
     with pytest.raises(AdminError, match="too long"):
         AdminClient(exchange.admin_port).call("status", pad="x" * 70_000)
+
+
+def test_another_process_reads_the_token_from_the_state_dir(exchange, tmp_path, monkeypatch):
+    """What `tradeflow paper-clock` does: no exchange of its own, the token from the configured state file."""
+    from core.paper_exchange.admin import register_token, token_for
+
+    register_token(exchange.admin_port, None)  # as if the exchange ran in another process
+    monkeypatch.setenv("TRADEFLOW_PAPER_STATE_FILE", str(tmp_path / "state.json"))
+    get_settings.cache_clear()
+    try:
+        assert token_for(exchange.admin_port) == exchange.admin_token
+        assert AdminClient(exchange.admin_port).status()["account"] == exchange.account
+    finally:
+        register_token(exchange.admin_port, exchange.admin_token)
+        get_settings.cache_clear()
