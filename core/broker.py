@@ -16,6 +16,7 @@ An empty result has the same columns and an empty tz-aware index.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -102,6 +103,34 @@ class AccountValues:
 
 
 @dataclass(frozen=True)
+class MarginImpact:
+    """What an order would do to the account's margin, from IB's what-if answer (USD): initial and maintenance
+    margin and equity with loan, before, change and after; the order's commission (None when IB gives none);
+    IB's warning text ('' when none). The order is not placed."""
+
+    init_margin_before: float
+    init_margin_change: float
+    init_margin_after: float
+    maint_margin_before: float
+    maint_margin_change: float
+    maint_margin_after: float
+    equity_with_loan_before: float
+    equity_with_loan_change: float
+    equity_with_loan_after: float
+    commission: float | None = None
+    warning: str = ""
+
+    @property
+    def fits(self) -> bool:
+        """Whether equity with loan after the order covers the initial margin after it."""
+        return self.init_margin_after <= self.equity_with_loan_after
+
+    def as_record(self) -> dict:
+        """The numbers as a flat dict (for a decision's journaled inputs)."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
 class Position:
     """A position: `quantity` shares (negative when short), `avg_cost` USD a share (IB includes commissions)."""
 
@@ -127,7 +156,7 @@ class OrderRequest:
     order_type: OrderType = "MKT"
     limit_price: float | None = None
     stop_price: float | None = None
-    tif: Literal["DAY", "GTC"] = "DAY"
+    tif: Literal["DAY", "GTC", "IOC", "FOK", "OPG"] = "DAY"
 
     def __post_init__(self) -> None:
         if not self.order_ref:
@@ -291,6 +320,12 @@ class Broker(abc.ABC):
         UnknownContractError, BrokerTimeoutError, BrokerConnectionError (no connection, or the order is not
         listed after a reconnect).
         """
+
+    @abc.abstractmethod
+    def what_if(self, request: OrderRequest) -> MarginImpact:
+        """Ask IB what `request` would do to margin (a what-if order: nothing is placed). Raises IBError when IB
+        refuses the order itself (bad price 110, unknown contract 200...), BrokerTimeoutError, BrokerError when
+        the answer carries no margin numbers."""
 
     @abc.abstractmethod
     def cancel_order(self, order_id: int, timeout: float | None = None) -> OrderInfo:

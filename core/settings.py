@@ -90,6 +90,12 @@ class Settings(BaseSettings):
         None,
         description="The live account id (e.g. U1234567) that live mode may trade; the second explicit opt-in.",
     )
+    gateway_restart_time: str = Field(
+        "23:45",
+        pattern=r"^([01]\d|2[0-3]):[0-5]\d$",
+        description="HH:MM New York: when IB Gateway restarts daily (IBC's AutoRestartTime); a failed connection "
+        "names it (schedule it outside 09:00-17:30).",
+    )
     alert_url: SecretStr | None = Field(
         None, description="Apprise URL or webhook that failure notifications go to (secret: never logged)."
     )
@@ -112,9 +118,18 @@ class Settings(BaseSettings):
     paper_admin_port: int = Field(7498, ge=0, le=65535, description="Admin port on 127.0.0.1 (0: a free one).")
     paper_initial_cash: float = Field(1_000_000.0, gt=0, le=1e10, description="Starting cash of the account, USD.")
     paper_account: str = Field("DU0000001", description="Account id (IB paper accounts start with DU).")
-    paper_max_leverage: float = Field(
-        4.0, gt=0, le=MAX_LEVERAGE * 2,
-        description="Gross position value allowed, multiple of NetLiquidation (EMA 3.75x + MTF)."
+    paper_account_type: Literal["reg_t_cash", "reg_t_margin", "portfolio_margin"] = Field(
+        "portfolio_margin",
+        description="Margin rules of the paper account (core/paper_exchange/margin.py): reg_t_cash, reg_t_margin "
+        "(4x intraday, 2x overnight) or portfolio_margin (about 15 %: the EMA's 3-3.75x overnight needs it).",
+    )
+    paper_restart_time: str | None = Field(
+        None, pattern=r"^([01]\d|2[0-3]):[0-5]\d$",
+        description="HH:MM New York: the paper exchange's daily gateway restart (default: none).",
+    )
+    paper_restart_seconds: float = Field(120.0, ge=0, description="How long the daily restart keeps the port closed.")
+    paper_admin_token: str | None = Field(
+        None, description="Token the paper exchange's admin port requires (default: one kept in the state dir)."
     )
     paper_server_version: Literal[157, 176] = Field(176, description="TWS API server version served.")
     paper_state_file: Path | None = Field(

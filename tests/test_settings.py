@@ -51,7 +51,7 @@ def test_environment_and_dotenv(monkeypatch, tmp_path):
         ("TRADEFLOW_MTF_DAILY_LOSS_LIMIT_USD", "1e12", "TRADEFLOW_MTF_DAILY_LOSS_LIMIT_USD: Input should be less"),
         ("TRADEFLOW_MTF_DAILY_LOSS_LIMIT_USD", "30000", "TRADEFLOW_MTF_DAILY_LOSS_LIMIT_USD 30,000.00 USD exceeds "
                                                         "everything the MTF positions hold"),
-        ("TRADEFLOW_PAPER_MAX_LEVERAGE", "-inf", "TRADEFLOW_PAPER_MAX_LEVERAGE: Input should be a finite number"),
+        ("TRADEFLOW_PAPER_RESTART_SECONDS", "-inf", "TRADEFLOW_PAPER_RESTART_SECONDS: Input should be a finite number"),
     ],
 )
 def test_a_wrong_value_names_the_setting(monkeypatch, name, value, message):
