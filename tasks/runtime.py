@@ -35,6 +35,7 @@ from prefect.states import Cancelled, State
 
 from core.calendar import NY, Session, session_for
 from core.controls import KillSwitch
+from core.heartbeat import ping
 from core.ib_broker import IBBroker
 from core.journal import Journal
 from core.orders import OrderGateway
@@ -43,6 +44,7 @@ from core.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 CLIENT_ID_OFFSETS = {
+    "preflight": 5,
     "equity-snapshot": 10,
     "mtf-signal": 20,
     "ema-entry": 30,
@@ -159,13 +161,15 @@ class FlowRun:
 @contextmanager
 def flow_run(deployment: str, as_of: dt.datetime | str | None, settings: Settings | None = None) -> Iterator[FlowRun]:
     """Open a flow run's context: resolve `as_of`, journal 'started', and on exit 'completed' (with
-    `run.outcome`) or, when an exception escapes, 'failed' with the error (then re-raise it)."""
+    `run.outcome`) or, when an exception escapes, 'failed' with the error (then re-raise it). Either end pings
+    TRADEFLOW_HEARTBEAT_URL when set (a failure at URL/fail; `core.heartbeat`)."""
     settings = settings or get_settings()
     when = resolve_as_of(as_of)
     run = FlowRun(deployment=deployment, as_of=when, run_id=current_run_id(), settings=settings,
                   journal=Journal(settings.journal_path), session=session_for(when))
     with run.journal.transaction() as tx:
         tx.record_flow_event(run.run_id, "started", deployment, when)
+    _rearm_late_alert(deployment)
     try:
         yield run
     except BaseException as exc:
@@ -175,8 +179,34 @@ def flow_run(deployment: str, as_of: dt.datetime | str | None, settings: Setting
                                      details=run.details or None)
         except Exception:  # noqa: BLE001 - the original error matters more than the failure to journal it
             log.exception("could not journal the failure of %s", deployment)
+        _heartbeat(settings, failed=True)
         raise
     if run.skipped is None:
         with run.journal.transaction() as tx:
             tx.record_flow_event(run.run_id, "completed", deployment, when, outcome=run.outcome or None,
                                  details=run.details or None)
+    _heartbeat(settings, failed=False)
+
+
+def _rearm_late_alert(deployment: str) -> None:
+    """In a deployment run: the runs-late alert of `deployment`, paused since it notified, is re-armed and says
+    the runs are picked up again (`deployments.alerts.rearm_after_outage`). Never fails the run."""
+    from prefect.runtime import deployment as current_deployment
+
+    if current_deployment.id is None:
+        return
+    try:
+        from prefect.client.orchestration import get_client
+
+        from deployments.alerts import rearm_after_outage
+
+        with get_client(sync_client=True) as client:
+            rearm_after_outage(deployment, client)
+    except Exception as exc:  # noqa: BLE001 - an alert's bookkeeping must not stop a trading run
+        log.warning("could not re-arm the late-run alert of %s: %s", deployment, type(exc).__name__)
+
+
+def _heartbeat(settings: Settings, failed: bool) -> None:
+    """The dead-man's switch (`core.heartbeat`): a ping when TRADEFLOW_HEARTBEAT_URL is set (never raises)."""
+    if settings.heartbeat_url is not None:
+        ping(settings.heartbeat_url.get_secret_value(), failed=failed)

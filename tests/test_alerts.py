@@ -5,10 +5,7 @@ and the error. Real server, real process worker, real automations and notificati
 
 from __future__ import annotations
 
-import json
 import os
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -18,6 +15,7 @@ from core.settings import PROJECT_ROOT
 from deployments.alerts import FAILED_AUTOMATION, STUCK_AUTOMATION, ensure_alerts
 from deployments.deploy import DeploymentSpec, apply, run
 from deployments.processes import Child, free_port, wait_for, worker_argv
+from tests.alert_support import Receiver
 
 pytestmark = pytest.mark.prefect_server
 
@@ -30,31 +28,6 @@ async def _ensure(url: str, ids: dict):
 
     async with get_client() as client:
         return await ensure_alerts(url, ids, client)
-
-
-class Receiver:
-    """An HTTP server on 127.0.0.1 (ephemeral port) recording the JSON bodies POSTed to it."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict] = []
-        received = self.bodies
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's name
-                length = int(self.headers.get("Content-Length", 0))
-                received.append(json.loads(self.rfile.read(length)))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
 
 
 def test_failing_late_and_cancelled_behind_a_stuck_run_each_notify_once_through_a_webhook_or_apprise(
