@@ -56,6 +56,10 @@ CONCURRENCY_MESSAGE = "Deployment concurrency limit reached."
 SERVER_LATE_AFTER_SECONDS = 15.0
 """PREFECT_SERVER_SERVICES_LATE_RUNS_AFTER_SECONDS (Prefect's default, which `tradeflow up` keeps): a Scheduled
 run is marked Late this long after its scheduled time (the service loops every 5 s)."""
+TAKEN_EVENTS = {f"prefect.flow-run.{name}" for name in (
+    "Pending", "Running", "Cancelling", "Cancelled", "Completed", "Failed", "Crashed", "TimedOut", "SkippedLate")}
+"""A run of the deployment was taken (or ended) after a Late mark: the late alert waits for one of these. A backlog
+run the concurrency limit cancels goes Late -> Cancelled without Pending; it must not look late after the rest."""
 OLD_AUTOMATIONS = ("tradeflow: run failed, crashed or skipped late",)
 """Names earlier versions created; `ensure_alerts` deletes them."""
 
@@ -268,7 +272,7 @@ def late_automation(deployment: str, deployment_id: str, block_id: Any, times: A
         description=f"Notify {BLOCK_NAME} once when runs of {deployment} are not started {seconds:g} s after "
                     "their scheduled time; paused until its next run starts.",
         trigger=EventTrigger(
-            after={"prefect.flow-run.Late"}, expect={"prefect.flow-run.Pending", "prefect.flow-run.Running"},
+            after={"prefect.flow-run.Late"}, expect=TAKEN_EVENTS,
             match={"prefect.resource.id": "prefect.flow-run.*"}, match_related=related, posture=Posture.Proactive,
             threshold=1, within=max(seconds - SERVER_LATE_AFTER_SECONDS, 10.0)),
         actions=[SendNotification(block_document_id=block_id, subject=LATE_SUBJECT.format(**fmt),

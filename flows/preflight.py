@@ -16,6 +16,7 @@ from prefect import flow
 from core.preflight import (PreflightLimits, as_table, checklist_markdown, evaluate, failure_message,
                             red_items)
 from tasks.preflight import broker_facts, local_facts, new_facts, schedule_window
+from tasks.run_policy import run_policy
 from tasks.runtime import flow_run
 
 DEPLOYMENT = "preflight"
@@ -25,7 +26,7 @@ class PreflightRed(RuntimeError):
     """A red checklist item; the message names each one and why."""
 
 
-@flow(name=DEPLOYMENT, retries=1, retry_delay_seconds=60, timeout_seconds=600)
+@flow(name=DEPLOYMENT, **run_policy(DEPLOYMENT))
 def preflight(as_of: datetime | None = None) -> dict[str, Any]:
     """Run the checklist for `as_of` (default: the run's scheduled start). Returns {item: status}.
 

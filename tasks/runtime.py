@@ -33,11 +33,12 @@ from typing import Any
 
 from prefect.states import Cancelled, State
 
+from core.broker import BrokerConnectionError, BrokerTimeoutError
 from core.calendar import NY, Session, session_for
 from core.controls import KillSwitch
 from core.heartbeat import ping
 from core.ib_broker import IBBroker
-from core.journal import Journal
+from core.journal import Journal, JournalError
 from core.orders import OrderGateway
 from core.settings import Settings, get_settings
 
@@ -179,6 +180,8 @@ def flow_run(deployment: str, as_of: dt.datetime | str | None, settings: Setting
                                      details=run.details or None)
         except Exception:  # noqa: BLE001 - the original error matters more than the failure to journal it
             log.exception("could not journal the failure of %s", deployment)
+        if not isinstance(exc, RETRYABLE):
+            _no_more_retries(exc)
         _heartbeat(settings, failed=True)
         raise
     if run.skipped is None:
@@ -186,6 +189,34 @@ def flow_run(deployment: str, as_of: dt.datetime | str | None, settings: Setting
             tx.record_flow_event(run.run_id, "completed", deployment, when, outcome=run.outcome or None,
                                  details=run.details or None)
     _heartbeat(settings, failed=False)
+
+
+RETRYABLE = (BrokerConnectionError, BrokerTimeoutError, JournalError, TimeoutError)
+"""Failures a flow's retries (`tasks.run_policy`) are for: the broker unreachable or slow (a gateway restart),
+the journal held by another process. Any other failure (a decision: a position break, a red preflight item,
+half-known state) ends the run at once, whatever retries remain."""
+
+
+def _no_more_retries(exc: BaseException) -> None:
+    """Set this flow run's retries to those already used, so the server's retry rule lets the coming Failed
+    state stand (Prefect 3.8 flows have no retry condition). Logs, never raises."""
+    from prefect.runtime import flow_run as current
+
+    if current.id is None:
+        return
+    try:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.objects import FlowRunPolicy
+
+        with get_client(sync_client=True) as client:
+            fr = client.read_flow_run(current.id)
+            if not fr.empirical_policy.retries:
+                return
+            policy = fr.empirical_policy.model_copy(update={"retries": max(fr.run_count - 1, 0)})
+            client.update_flow_run(current.id, empirical_policy=FlowRunPolicy.model_validate(policy.model_dump()))
+        log.info("%s is not retried: a retry is for a broker or journal failure", type(exc).__name__)
+    except Exception as err:  # noqa: BLE001
+        log.warning("could not stop the retries of this run: %s", type(err).__name__)
 
 
 def _rearm_late_alert(deployment: str) -> None:
