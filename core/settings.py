@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     )
     alert_window_seconds: float = Field(
         3600.0, gt=0, description="Runs of one deployment cancelled behind a running one notify once per window, s.")
+    daily_report: bool = Field(
+        True, description="After the evening reconciliation, one notification: P&L, equity, positions, breaks.")
+    fill_notifications: bool = Field(False, description="One notification per fill (sent by the reconciliation).")
     preflight_min_free_mb: float = Field(
         500.0, ge=0, description="preflight is red below this much free space in the state directory, MiB.")
     preflight_max_model_age_days: float = Field(

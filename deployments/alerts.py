@@ -73,7 +73,7 @@ as_of: {% if flow_run.parameters.get('as_of') %}{{ flow_run.parameters['as_of'] 
 {% else %}the scheduled start, {{ flow_run.expected_start_time }}{% endif %}
 Error: {{ flow_run.state.message or '(no message)' }}
 """
-THROTTLED = "\n(Further such runs of {{ deployment.name }} within {window} notify nobody.)\n"
+THROTTLED = "\n(Further such runs of {{{{ deployment.name }}}} within {window} notify nobody.)\n"
 
 LATE_SUBJECT = "tradeflow: {deployment} runs are late: the worker is not picking up runs"
 LATE_BODY = """\

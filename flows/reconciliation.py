@@ -23,6 +23,7 @@ from prefect.cache_policies import NONE
 from core.reconcile import PositionBreaksFound
 from core.reconcile_report import equity_chart_png, format_markdown, png_markdown
 from tasks.reconcile import reconcile_account
+from tasks.report import send_reports
 from tasks.run_policy import run_policy
 from tasks.runtime import flow_run
 
@@ -49,6 +50,7 @@ def reconciliation(as_of: datetime | None = None) -> dict[str, Any]:
         run.publish(format_markdown(result), table=[{**t, "exec_time": t["exec_time"].isoformat()}
                                                     for t in result.trades])
         _publish_equity_curve(run, result.day)
+        send_reports(run, result, DEPLOYMENT)  # the daily report (and per-fill notices), breaks or not
         summary = result.summary()
         run.details = summary
         failure = result.failure

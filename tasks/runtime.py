@@ -8,7 +8,7 @@ A flow uses it like this (see `flows/`):
             with run.broker() as broker:                   # IBBroker, a client id of its own per deployment
                 late = run.refuse_if_late(broker, run.settings.late_run_max_minutes)
                 if late is not None:
-                    return late                            # a Cancelled state named "SkippedLate"
+                    return late                            # a Completed state named "SkippedLate"
                 gateway = run.gateway(broker)              # the one order path (core.orders)
                 ...
             run.publish(markdown)                          # the run's artifact in the Prefect UI
@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from prefect.states import Cancelled, State
+from prefect.states import Completed, State
 
 from core.broker import BrokerConnectionError, BrokerTimeoutError
 from core.calendar import NY, Session, session_for
@@ -59,7 +59,19 @@ CLIENT_ID_OFFSETS = {
 never share an id (IB error 326); IBBroker still moves to the next id when one is taken."""
 
 LATE_STATE_NAME = "SkippedLate"
-"""Name of the Cancelled state a flow ends in when it started too late to act (the alert automation matches it)."""
+"""Name of the Completed state a flow ends in when it started too late to act (`FlowRun.skip`; the skipped-late
+alert automation matches it)."""
+
+
+def _run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The Prefect run logger (its lines reach the run's Logs tab) inside a run, else this module's logger."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return log
 
 
 def resolve_as_of(as_of: dt.datetime | str | None) -> dt.datetime:
@@ -124,14 +136,19 @@ class FlowRun:
         return OrderGateway(broker=broker, journal=self.journal, kill_switch=self.kill_switch, run_id=self.run_id)
 
     def skip(self, reason: str) -> State:
-        """End the run without acting: journal 'skipped' with `reason`, return a Cancelled state named
-        `SkippedLate` for the flow to return (the alert automation matches that name)."""
+        """End the run without acting: journal 'skipped' with `reason`, log it (the run's Logs tab), return a
+        Completed state named `SkippedLate` for the flow to return.
+
+        Completed, not Cancelled: the run did its job (refusing to trade late) and a returned Cancelled state
+        makes Prefect log "Engine execution exited with unexpected exception" and a CancelledRun traceback,
+        which reads as a crash. The name still tells it: the UI shows the state name, the event is
+        `prefect.flow-run.SkippedLate` (the skipped-late alert matches it), and `flow_events` says 'skipped'."""
         self.skipped = reason
         with self.journal.transaction() as tx:
             tx.record_flow_event(self.run_id, "skipped", self.deployment, self.as_of, outcome=reason)
-        log.warning("%s %s: %s", self.deployment, self.as_of.isoformat(), reason)
+        _run_logger().warning("%s %s skipped, nothing done: %s", self.deployment, self.as_of.isoformat(), reason)
         self.publish(f"### {self.deployment} skipped\n\n`as_of` {self.as_of.isoformat()}\n\n{reason}\n")
-        return Cancelled(name=LATE_STATE_NAME, message=reason)
+        return Completed(name=LATE_STATE_NAME, message=f"skipped: {reason}")
 
     def refuse_if_late(self, broker: IBBroker, max_minutes: float) -> State | None:
         """A `SkippedLate` state when the broker's clock is more than `max_minutes` past `as_of`, else None."""

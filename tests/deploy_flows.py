@@ -20,7 +20,7 @@ def alert_probe(as_of: datetime | None = None) -> dict:
 
 @flow(name="late-probe")
 def late_probe(as_of: datetime | None = None):
-    """Ends as the Cancelled state named SkippedLate, as an order flow started too late does."""
+    """Ends as the Completed state named SkippedLate, as an order flow started too late does."""
     with flow_run("late-probe", as_of) as run:
         return run.skip("started 12.0 minutes after its scheduled time (test)")
 

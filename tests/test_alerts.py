@@ -83,7 +83,7 @@ def test_failing_late_and_cancelled_behind_a_stuck_run_each_notify_once_through_
         worker.stop()
         receiver.close()
     failing, late, behind = run(read(failing.id)), run(read(late.id)), run(read(behind.id))
-    assert failing.state.name == "Failed" and (late.state.type.value, late.state.name) == ("CANCELLED", "SkippedLate")
+    assert failing.state.name == "Failed" and (late.state.type.value, late.state.name) == ("COMPLETED", "SkippedLate")
     assert behind.state.is_cancelled() and behind.state.message == "Deployment concurrency limit reached."
     assert len(receiver.bodies) == 4 and [len(mentioning(r)) for r in (failing, late, behind, again)] == [1] * 4
     assert not mentioning(stuck)  # the run that completed notifies nobody

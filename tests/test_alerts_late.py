@@ -89,7 +89,8 @@ def test_late_runs_notify_once_with_their_count_then_once_when_picked_up_and_a_l
                  "every late run to end (skipped or cancelled behind the one running)")
         states = [_read(r.id).state for r in missed]
         assert {s.name for s in states} <= {"SkippedLate", "Cancelled"} and "SkippedLate" in {s.name for s in states}
-        wait_for(lambda: [t for t in receiver.about("Deployment: mtf-signal") if "SkippedLate" in t], 60,
+        wait_for(lambda: [t for t in receiver.texts() if t.startswith("tradeflow: mtf-signal run ")
+                          and "SkippedLate" in t], 60,
                  "the skipped-late notification")
 
         # the worker dies: the pool has no ready worker for 10 s

@@ -26,7 +26,7 @@ def test_a_ping_that_cannot_be_delivered_is_logged_without_the_url(caplog):
 
 
 @pytest.mark.prefect_server
-def test_completed_and_failed_runs_ping_the_heartbeat(prefect_harness, state_dir, monkeypatch):
+def test_completed_and_failed_runs_ping_the_heartbeat(prefect_harness, state_dir, monkeypatch, capfd):
     from tests.deploy_flows import alert_probe, late_probe
 
     receiver = Receiver()
@@ -34,8 +34,13 @@ def test_completed_and_failed_runs_ping_the_heartbeat(prefect_harness, state_dir
         monkeypatch.setenv("TRADEFLOW_HEARTBEAT_URL", f"{receiver.base}/ping/check-uuid")
         monkeypatch.setenv("IBKR_HOST", "127.0.0.1")
         monkeypatch.setenv("IBKR_PORT", str(free_port()))  # nothing listens: the probe fails
-        late_probe(return_state=True)
+        skipped = late_probe(return_state=True)
         assert receiver.pings == ["/ping/check-uuid"]
+        # a skip reads as a skip: a Completed state named SkippedLate, its reason logged, no engine traceback
+        assert skipped.is_completed() and skipped.name == "SkippedLate"
+        logs = "".join(capfd.readouterr())
+        assert "skipped, nothing done: started 12.0 minutes" in logs
+        assert "Engine execution exited" not in logs and "CancelledRun" not in logs
         state = alert_probe(as_of="2026-03-02T15:55:00-05:00", return_state=True)
         assert state.is_failed()
         assert receiver.pings == ["/ping/check-uuid", "/ping/check-uuid/fail"]
