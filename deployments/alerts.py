@@ -285,10 +285,17 @@ def rearm_after_outage(deployment: str, client: Any) -> bool:
     automation is paused (it notified), resume it and send one "runs are being picked up again" notification
     through the block. True when it did. Runs of one deployment run one at a time (concurrency limit 1), so one
     run sees the pause."""
+    from prefect.automations import AutomationCore
+
     found = client.read_automations_by_name(LATE_AUTOMATION.format(deployment=deployment))
     if not found or found[0].enabled:
         return False
-    client.resume_automation(found[0].id)
+    # rewritten, not only resumed: the server gives the rewritten trigger a new id, so a bucket that a Late mark
+    # opened while the notification was being sent (the server marks a backlog in batches) cannot fire on resume
+    automation = found[0]
+    core = AutomationCore(**{name: getattr(automation, name) for name in AutomationCore.model_fields
+                             if name != "enabled"}, enabled=True)
+    client.update_automation(automation.id, core)
     load_block().notify(subject=RESUMED_SUBJECT.format(deployment=deployment),
                         body=RESUMED_BODY.format(deployment=deployment), _sync=True)
     return True

@@ -103,7 +103,8 @@ def test_late_runs_notify_once_with_their_count_then_once_when_picked_up_and_a_l
         receiver.close()
 
     texts = receiver.texts()
-    assert len(receiver.about("runs are late")) == 2  # one per deployment, none for the stale runs
+    subjects = [t[:70] for t in texts]
+    assert len(receiver.about("runs are late")) == 2, subjects  # one per deployment, none for the stale runs
     assert len(receiver.about("mtf-signal runs are being picked up again")) == 1
     mtf_skipped = [t for t in texts if "Deployment: mtf-signal" in t and "SkippedLate" in t]
     mtf_cancelled = [t for t in texts if "Deployment: mtf-signal" in t and "concurrency limit" in t.lower()]
