@@ -293,8 +293,8 @@ def rearm_after_outage(deployment: str, client: Any) -> bool:
     # rewritten, not only resumed: the server gives the rewritten trigger a new id, so a bucket that a Late mark
     # opened while the notification was being sent (the server marks a backlog in batches) cannot fire on resume
     automation = found[0]
-    core = AutomationCore(**{name: getattr(automation, name) for name in AutomationCore.model_fields
-                             if name != "enabled"}, enabled=True)
+    keep = ("name", "description", "trigger", "actions", "actions_on_trigger", "actions_on_resolve")
+    core = AutomationCore(**{name: getattr(automation, name) for name in keep}, enabled=True)
     client.update_automation(automation.id, core)
     load_block().notify(subject=RESUMED_SUBJECT.format(deployment=deployment),
                         body=RESUMED_BODY.format(deployment=deployment), _sync=True)
