@@ -23,7 +23,8 @@ process, or every worker, is gone:
   `for_each` the deployment: Prefect ignores the bucket's further events until the window ends).
 - `tradeflow: no worker in the tradeflow pool`: the pool goes *not ready* (`prefect.work-pool.not-ready`: the
   server's foreman saw no worker heartbeat for 3 heartbeat intervals) and is not *ready* again within
-  `TRADEFLOW_NO_WORKER_ALERT_SECONDS`: one notification per such change.
+  `TRADEFLOW_NO_WORKER_ALERT_SECONDS`. The server repeats the not-ready event while the pool has no worker, so
+  the notification pauses its automation; the next run that starts (a worker is back) re-arms it.
 
 Where it goes: `TRADEFLOW_ALERT_URL` (a secret: stored in a secret field of the block, never printed or logged).
 - An URL Apprise knows (`slack://...`, `https://hooks.slack.com/...`, `mailto://...`, `tgram://...`,
@@ -195,11 +196,12 @@ class AlertsResult:
 
 
 def automations(deployment_ids: Mapping[str, str], block_id: Any, times: AlertTimes,
-                work_pool_id: str | None = None) -> list[Any]:
+                work_pool_id: str | None = None, no_worker_id: Any = None) -> list[Any]:
     """The automations (Prefect `AutomationCore`) that watch every run of `deployment_ids` (name -> id) as one:
     failed or crashed (one per run), skipped late and cancelled behind a running one (one per deployment and
     window), and, with `work_pool_id`, no worker in the pool."""
     from prefect.automations import AutomationCore, EventTrigger, Posture, SendNotification
+    from prefect.events.actions import PauseAutomation
 
     related = {"prefect.resource.role": "deployment",
                "prefect.resource.id": [f"prefect.deployment.{i}" for i in deployment_ids.values()]}
@@ -242,14 +244,16 @@ def automations(deployment_ids: Mapping[str, str], block_id: Any, times: AlertTi
         out.append(AutomationCore(
             name=NO_WORKER_AUTOMATION,
             description=f"Notify {BLOCK_NAME} when the work pool {times.work_pool} has no ready worker for "
-                        f"{times.no_worker_seconds:g} s.",
+                        f"{times.no_worker_seconds:g} s; paused until a run starts again (the server repeats the "
+                        "pool's not-ready event while it has no worker).",
             trigger=EventTrigger(
                 after={"prefect.work-pool.not-ready"}, expect={"prefect.work-pool.ready"},
                 match={"prefect.resource.id": f"prefect.work-pool.{work_pool_id}"}, posture=Posture.Proactive,
                 threshold=1, within=times.no_worker_seconds),
             actions=[SendNotification(
                 block_document_id=block_id, subject=NO_WORKER_SUBJECT.format(pool=times.work_pool),
-                body=NO_WORKER_BODY.format(pool=times.work_pool, seconds=times.no_worker_seconds))]))
+                body=NO_WORKER_BODY.format(pool=times.work_pool, seconds=times.no_worker_seconds)),
+                *([PauseAutomation(source="selected", automation_id=no_worker_id)] if no_worker_id else [])]))
     return out
 
 
@@ -281,23 +285,30 @@ def late_automation(deployment: str, deployment_id: str, block_id: Any, times: A
 
 
 def rearm_after_outage(deployment: str, client: Any) -> bool:
-    """Called when a run of `deployment` starts (`client`: a synchronous Prefect client): when its runs-late
-    automation is paused (it notified), resume it and send one "runs are being picked up again" notification
-    through the block. True when it did. Runs of one deployment run one at a time (concurrency limit 1), so one
-    run sees the pause."""
+    """Called when a run of `deployment` starts (`client`: a synchronous Prefect client): a worker is taking
+    runs. When its runs-late automation is paused (it notified), re-arm it and send one "runs are being picked
+    up again" notification through the block; re-arm the no-worker automation silently. True when the late one
+    was re-armed. Runs of one deployment run one at a time (concurrency limit 1), so one run sees the pause."""
+    late = _rearm(client, LATE_AUTOMATION.format(deployment=deployment))
+    _rearm(client, NO_WORKER_AUTOMATION)
+    if late:
+        load_block().notify(subject=RESUMED_SUBJECT.format(deployment=deployment),
+                            body=RESUMED_BODY.format(deployment=deployment), _sync=True)
+    return late
+
+
+def _rearm(client: Any, name: str) -> bool:
+    """Enable the paused automation `name`; False when it is missing or enabled. Rewritten, not only resumed:
+    the server gives the rewritten trigger a new id, so a bucket opened while its notification was being sent
+    (the server marks a backlog Late in batches) cannot fire on resume."""
     from prefect.automations import AutomationCore
 
-    found = client.read_automations_by_name(LATE_AUTOMATION.format(deployment=deployment))
+    found = client.read_automations_by_name(name)
     if not found or found[0].enabled:
         return False
-    # rewritten, not only resumed: the server gives the rewritten trigger a new id, so a bucket that a Late mark
-    # opened while the notification was being sent (the server marks a backlog in batches) cannot fire on resume
     automation = found[0]
     keep = ("name", "description", "trigger", "actions", "actions_on_trigger", "actions_on_resolve")
-    core = AutomationCore(**{name: getattr(automation, name) for name in keep}, enabled=True)
-    client.update_automation(automation.id, core)
-    load_block().notify(subject=RESUMED_SUBJECT.format(deployment=deployment),
-                        body=RESUMED_BODY.format(deployment=deployment), _sync=True)
+    client.update_automation(automation.id, AutomationCore(**{k: getattr(automation, k) for k in keep}, enabled=True))
     return True
 
 
@@ -371,6 +382,11 @@ async def ensure_alerts(url: str | None, deployment_ids: Mapping[str, str], clie
     ids: dict[str, str] = {}
     for automation in automations(deployment_ids, block_id, times, pool_id):
         ids[automation.name] = await _upsert(client, automation)
+    if NO_WORKER_AUTOMATION in ids:  # again, pausing itself when it notifies (its id is known now)
+        for automation in automations(deployment_ids, block_id, times, pool_id, ids[NO_WORKER_AUTOMATION]):
+            if automation.name == NO_WORKER_AUTOMATION:
+                await _upsert(client, automation)
+        await client.resume_automation(ids[NO_WORKER_AUTOMATION])
     for name, deployment_id in deployment_ids.items():
         if name not in times.late_seconds:
             continue

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -15,12 +16,14 @@ class Receiver:
     def __init__(self) -> None:
         self.bodies: list[dict] = []
         self.pings: list[str] = []
-        received, pings = self.bodies, self.pings
+        self.times: list[float] = []  # time.time() of each body, for messages when a test fails
+        received, pings, times = self.bodies, self.pings, self.times
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 - http.server's name
                 length = int(self.headers.get("Content-Length", 0))
                 received.append(json.loads(self.rfile.read(length) or b"{}"))
+                times.append(time.time())
                 self.send_response(200)
                 self.end_headers()
 
