@@ -109,7 +109,9 @@ def test_late_runs_notify_once_with_their_count_then_once_when_picked_up_and_a_l
     subjects = "\n".join(f"{t - start:.0f}s {x[:60]}" for t, x in zip(receiver.times, texts))
     assert len(receiver.about("runs are late")) == 2, subjects  # one per deployment, none for the stale runs
     assert len(receiver.about("mtf-signal runs are being picked up again")) == 1
-    mtf_skipped = [t for t in texts if "Deployment: mtf-signal" in t and "SkippedLate" in t]
-    mtf_cancelled = [t for t in texts if "Deployment: mtf-signal" in t and "concurrency limit" in t.lower()]
-    assert len(mtf_skipped) == 1 and len(mtf_cancelled) <= 1  # 12 stale runs, at most one message each kind
+    mtf_runs = [t for t in texts if t.startswith("tradeflow: mtf-signal run ")]  # the per-run messages
+    mtf_skipped = [t for t in mtf_runs if "SkippedLate" in t]
+    mtf_cancelled = [t for t in mtf_runs if "Deployment concurrency limit reached." in t]
+    assert all("within 1 h notify nobody" in t for t in mtf_runs), subjects
+    assert len(mtf_skipped) == 1 and len(mtf_cancelled) <= 1, subjects  # 12 stale runs: one message each kind
     assert len(receiver.about("no worker in the work pool")) == before_kill + 1, subjects
