@@ -94,7 +94,8 @@ class Settings(BaseSettings):
     preflight_min_schedule_days: int = Field(
         30, ge=0, description="preflight is red when the deployed schedules end within this many days.")
     no_worker_alert_seconds: float = Field(
-        60.0, ge=10, description="The tradeflow work pool without a ready worker this long notifies, seconds.")
+        3600.0, ge=10, description="The tradeflow work pool without a ready worker notifies at most once in this "
+                                   "many seconds (the server sees a worker gone after 3 missed heartbeats).")
 
     # --- where things live ----------------------------------------------------------------------------------
     state_dir: Path = Field(

@@ -22,9 +22,9 @@ process, or every worker, is gone:
   both notify at most once per deployment per `TRADEFLOW_ALERT_WINDOW_SECONDS` (a Reactive trigger, threshold 1,
   `for_each` the deployment: Prefect ignores the bucket's further events until the window ends).
 - `tradeflow: no worker in the tradeflow pool`: the pool goes *not ready* (`prefect.work-pool.not-ready`: the
-  server's foreman saw no worker heartbeat for 3 heartbeat intervals) and is not *ready* again within
-  `TRADEFLOW_NO_WORKER_ALERT_SECONDS`. The server repeats the not-ready event while the pool has no worker, so
-  the notification pauses its automation; the next run that starts (a worker is back) re-arms it.
+  server's foreman saw no worker heartbeat for 3 heartbeat intervals, 90 s by default). The server repeats that
+  event while the pool has no worker, so it notifies at most once per `TRADEFLOW_NO_WORKER_ALERT_SECONDS`
+  (a Reactive trigger, threshold 1, that window).
 
 Where it goes: `TRADEFLOW_ALERT_URL` (a secret: stored in a secret field of the block, never printed or logged).
 - An URL Apprise knows (`slack://...`, `https://hooks.slack.com/...`, `mailto://...`, `tgram://...`,
@@ -97,8 +97,9 @@ cancels the rest of the backlog; see
 """
 NO_WORKER_SUBJECT = "tradeflow: no worker in the work pool {pool}"
 NO_WORKER_BODY = """\
-The work pool '{pool}' has had no ready worker for {seconds:g} s (since {{{{ event.occurred }}}}): no scheduled run
-starts. Start one: `tradeflow up`, or `prefect worker start --pool {pool}` in the project folder.
+The work pool '{pool}' has no ready worker (since {{{{ event.occurred }}}}; the server counts a worker gone after
+three missed heartbeats, 90 s by default): no scheduled run starts. Start one: `tradeflow up`, or
+`prefect worker start --pool {pool}` in the project folder. (Not repeated within {window}.)
 """
 
 
@@ -163,14 +164,14 @@ class AlertTimes:
     Attributes:
         late_seconds: deployment name -> seconds after its scheduled time a run not started notifies (>= 25).
         window_seconds: the throttle window of skipped and concurrency-cancelled runs, seconds.
-        no_worker_seconds: how long the pool may have no ready worker before it notifies, seconds (>= 10).
+        no_worker_seconds: the no-worker notification repeats at most once in this many seconds.
         late_run_max_minutes: TRADEFLOW_LATE_RUN_MAX_MINUTES, quoted in the late message.
         work_pool: the pool whose workers are watched.
     """
 
     late_seconds: Mapping[str, float]
     window_seconds: float = 3600.0
-    no_worker_seconds: float = 60.0
+    no_worker_seconds: float = 3600.0
     late_run_max_minutes: float = 3.0
     work_pool: str = "tradeflow"
 
@@ -196,7 +197,7 @@ class AlertsResult:
 
 
 def automations(deployment_ids: Mapping[str, str], block_id: Any, times: AlertTimes,
-                work_pool_id: str | None = None, no_worker_id: Any = None) -> list[Any]:
+                work_pool_id: str | None = None) -> list[Any]:
     """The automations (Prefect `AutomationCore`) that watch every run of `deployment_ids` (name -> id) as one:
     failed or crashed (one per run), skipped late and cancelled behind a running one (one per deployment and
     window), and, with `work_pool_id`, no worker in the pool."""
@@ -243,17 +244,16 @@ def automations(deployment_ids: Mapping[str, str], block_id: Any, times: AlertTi
     if work_pool_id is not None:
         out.append(AutomationCore(
             name=NO_WORKER_AUTOMATION,
-            description=f"Notify {BLOCK_NAME} when the work pool {times.work_pool} has no ready worker for "
-                        f"{times.no_worker_seconds:g} s; paused until a run starts again (the server repeats the "
-                        "pool's not-ready event while it has no worker).",
+            description=f"Notify {BLOCK_NAME} when the work pool {times.work_pool} has no ready worker, at most "
+                        f"once in {_window(times.no_worker_seconds)} (the server repeats the pool's not-ready "
+                        "event while it has no worker).",
             trigger=EventTrigger(
-                after={"prefect.work-pool.not-ready"}, expect={"prefect.work-pool.ready"},
-                match={"prefect.resource.id": f"prefect.work-pool.{work_pool_id}"}, posture=Posture.Proactive,
+                expect={"prefect.work-pool.not-ready"},
+                match={"prefect.resource.id": f"prefect.work-pool.{work_pool_id}"}, posture=Posture.Reactive,
                 threshold=1, within=times.no_worker_seconds),
             actions=[SendNotification(
                 block_document_id=block_id, subject=NO_WORKER_SUBJECT.format(pool=times.work_pool),
-                body=NO_WORKER_BODY.format(pool=times.work_pool, seconds=times.no_worker_seconds)),
-                *([PauseAutomation(source="selected", automation_id=no_worker_id)] if no_worker_id else [])]))
+                body=NO_WORKER_BODY.format(pool=times.work_pool, window=_window(times.no_worker_seconds)))]))
     return out
 
 
@@ -287,10 +287,8 @@ def late_automation(deployment: str, deployment_id: str, block_id: Any, times: A
 def rearm_after_outage(deployment: str, client: Any) -> bool:
     """Called when a run of `deployment` starts (`client`: a synchronous Prefect client): a worker is taking
     runs. When its runs-late automation is paused (it notified), re-arm it and send one "runs are being picked
-    up again" notification through the block; re-arm the no-worker automation silently. True when the late one
-    was re-armed. Runs of one deployment run one at a time (concurrency limit 1), so one run sees the pause."""
+    up again" notification through the block. True when it did. Runs of one deployment run one at a time (concurrency limit 1), so one run sees the pause."""
     late = _rearm(client, LATE_AUTOMATION.format(deployment=deployment))
-    _rearm(client, NO_WORKER_AUTOMATION)
     if late:
         load_block().notify(subject=RESUMED_SUBJECT.format(deployment=deployment),
                             body=RESUMED_BODY.format(deployment=deployment), _sync=True)
@@ -382,11 +380,6 @@ async def ensure_alerts(url: str | None, deployment_ids: Mapping[str, str], clie
     ids: dict[str, str] = {}
     for automation in automations(deployment_ids, block_id, times, pool_id):
         ids[automation.name] = await _upsert(client, automation)
-    if NO_WORKER_AUTOMATION in ids:  # again, pausing itself when it notifies (its id is known now)
-        for automation in automations(deployment_ids, block_id, times, pool_id, ids[NO_WORKER_AUTOMATION]):
-            if automation.name == NO_WORKER_AUTOMATION:
-                await _upsert(client, automation)
-        await client.resume_automation(ids[NO_WORKER_AUTOMATION])
     for name, deployment_id in deployment_ids.items():
         if name not in times.late_seconds:
             continue

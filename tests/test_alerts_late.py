@@ -55,7 +55,7 @@ def test_late_runs_notify_once_with_their_count_then_once_when_picked_up_and_a_l
     specs = [DeploymentSpec("ema-entry", "tests/deploy_flows.py:ema_entry_probe", "late-run probe", ()),
              DeploymentSpec("mtf-signal", "tests/deploy_flows.py:mtf_signal_probe", "late-run probe", ())]
     ids = run(apply(specs, work_pool=POOL)).ids
-    times = AlertTimes(late_seconds=LATE_SECONDS, window_seconds=3600, no_worker_seconds=10, work_pool=POOL)
+    times = AlertTimes(late_seconds=LATE_SECONDS, window_seconds=3600, no_worker_seconds=60, work_pool=POOL)
     run(_client_call(lambda c: ensure_alerts(receiver.url, ids, c, times)))
     worker = None
     start = time.time()
@@ -94,7 +94,8 @@ def test_late_runs_notify_once_with_their_count_then_once_when_picked_up_and_a_l
                           and "SkippedLate" in t], 60,
                  "the skipped-late notification")
 
-        # the worker dies: the pool has no ready worker for 10 s (before, the new pool had none either)
+        # the worker dies: the pool has no ready worker (before, the new pool had none either: more than a
+        # minute, the no-worker window here, has passed since)
         before_kill = len(receiver.about("no worker in the work pool"))
         os.killpg(worker.proc.pid, signal.SIGKILL)
         wait_for(lambda: len(receiver.about("no worker in the work pool")) > before_kill, 180,
