@@ -7,6 +7,7 @@ All times returned here are timezone-aware in America/New_York.
 Event times per deployment (one per line of `tradeflow schedule`):
 
 =================  ==============================================================================================
+preflight          09:00, half an hour before the open: the pre-open checklist
 equity-snapshot    at the open (09:30)
 mtf-signal         every 5 minutes from open + 5 min to the close inclusive: 78 on a full session, 42 on an early
                    close. Each is the END of a 5-minute bar (09:35 closes the 09:30 bar).
@@ -37,10 +38,11 @@ NY = ZoneInfo("America/New_York")
 
 REGULAR_CLOSE = dt.time(16, 0)
 MTF_INTERVAL = dt.timedelta(minutes=5)
+PREFLIGHT_TIME = dt.time(9, 0)
 RECONCILIATION_TIME = dt.time(17, 0)
 RETRAIN_TIME = dt.time(18, 0)
 
-DEPLOYMENTS = ("equity-snapshot", "mtf-signal", "ema-entry", "ema-update", "reconciliation", "retrain")
+DEPLOYMENTS = ("preflight", "equity-snapshot", "mtf-signal", "ema-entry", "ema-update", "reconciliation", "retrain")
 """The deployments whose event times the calendar gives, in the order of a session."""
 
 
@@ -182,7 +184,7 @@ def session_events(
     """
     if entry_minutes_before_close <= 0:
         raise ValueError(f"entry_minutes_before_close must be positive, got {entry_minutes_before_close}")
-    events = [Event(session.open, "equity-snapshot")]
+    events = [Event(_at(session.date, PREFLIGHT_TIME), "preflight"), Event(session.open, "equity-snapshot")]
     events += [Event(t, "mtf-signal") for t in session.bar_ends(MTF_INTERVAL)]
     events.append(Event(session.close - dt.timedelta(minutes=entry_minutes_before_close), "ema-entry"))
     events.append(Event(session.close, "ema-update"))

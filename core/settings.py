@@ -99,6 +99,30 @@ class Settings(BaseSettings):
     alert_url: SecretStr | None = Field(
         None, description="Apprise URL or webhook that failure notifications go to (secret: never logged)."
     )
+    heartbeat_url: SecretStr | None = Field(
+        None, description="Dead-man's switch (healthchecks-style): every completed deployment run GETs it, "
+                          "every failed one GETs it + '/fail' (secret: never logged)."
+    )
+    late_alert_seconds: dict[str, float] = Field(
+        default={"default": 120.0, "ema-entry": 30.0, "mtf-signal": 30.0, "equity-snapshot": 30.0,
+                 "preflight": 60.0},
+        description="Per deployment (key 'default' for the others): a run not started this many seconds after "
+                    "its scheduled time notifies (once, until runs are picked up again), seconds, >= 25.",
+    )
+    alert_window_seconds: float = Field(
+        3600.0, gt=0, description="Runs of one deployment cancelled behind a running one notify once per window, s.")
+    daily_report: bool = Field(
+        True, description="After the evening reconciliation, one notification: P&L, equity, positions, breaks.")
+    fill_notifications: bool = Field(False, description="One notification per fill (sent by the reconciliation).")
+    preflight_min_free_mb: float = Field(
+        500.0, ge=0, description="preflight is red below this much free space in the state directory, MiB.")
+    preflight_max_model_age_days: float = Field(
+        45.0, gt=0, description="preflight is red when an MTF champion was trained longer ago than this, days.")
+    preflight_min_schedule_days: int = Field(
+        30, ge=0, description="preflight is red when the deployed schedules end within this many days.")
+    no_worker_alert_seconds: float = Field(
+        3600.0, ge=10, description="The tradeflow work pool without a ready worker notifies at most once in this "
+                                   "many seconds (the server sees a worker gone after 3 missed heartbeats).")
 
     # --- where things live ----------------------------------------------------------------------------------
     state_dir: Path = Field(
@@ -323,6 +347,14 @@ def _source_error(exc: SourceError) -> str:
     got = f" (got {raw!r})" if raw is not None else ""
     example = json.dumps(Settings.model_fields[field_name].default) if field_name in Settings.model_fields else "[]"
     return f"{name}: not valid JSON{got}: write it as JSON, e.g. {name}='{example}'"
+SECRET_FIELDS = frozenset({"alert_url", "tradeflow_alert_url", "heartbeat_url", "tradeflow_heartbeat_url"})
+"""Settings whose value is never echoed in an error message."""
+
+
+def late_alert_seconds_for(settings: "Settings", deployment: str) -> float:
+    """`late_alert_seconds` of `deployment` (its own key, else 'default', else 120), seconds."""
+    table = settings.late_alert_seconds
+    return float(table.get(deployment, table.get("default", 120.0)))
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -345,7 +377,7 @@ def load_settings(**overrides: object) -> Settings:
         for err in exc.errors():
             loc = err.get("loc") or ()
             name = _env_name(str(loc[0])) if loc else "settings"
-            secret = bool(loc) and str(loc[0]).lower() in {"alert_url", "tradeflow_alert_url"}
+            secret = bool(loc) and str(loc[0]).lower() in SECRET_FIELDS
             got = "" if secret or "input" not in err else f" (got {err['input']!r})"
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"{name}: {msg}{got}" if loc else msg)

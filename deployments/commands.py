@@ -100,6 +100,7 @@ from deployments.cmd_deploy import register_deploy  # noqa: E402
 from deployments.cmd_paper_clock import register_paper_clock  # noqa: E402
 from deployments.cmd_up import register_up  # noqa: E402
 from deployments.cmd_replay import register_replay  # noqa: E402
+from deployments.cmd_alerts import register_alerts  # noqa: E402
 from deployments.cmd_evaluate import register_evaluate  # noqa: E402
 
 REGISTRY += [
@@ -117,5 +118,6 @@ REGISTRY += [
     register_controls,
     register_up,
     register_replay,
+    register_alerts,
     register_paper_clock,
 ]

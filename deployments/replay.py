@@ -203,7 +203,7 @@ def replay_sessions(start: dt.date, end: dt.date, mtf_every: int = 1, entrypoint
     from core.paper_exchange import AdminClient
     from core.settings import get_settings
     from deployments.deploy import ENTRYPOINTS
-    from tasks.runtime import flow_run
+    from tasks.runtime import LATE_STATE_NAME, flow_run
 
     settings = get_settings()
     if mtf_every < 1:
@@ -255,8 +255,8 @@ def replay_sessions(start: dt.date, end: dt.date, mtf_every: int = 1, entrypoint
                 fn = flows[event.deployment].with_options(
                     flow_run_name=f"{event.deployment} {event.time.astimezone(NY):%Y-%m-%d %H:%M}")
                 state = fn(as_of=event.time, return_state=True)
-                outcome = ("completed" if state.is_completed() else
-                           "skipped" if state.is_cancelled() else "failed")
+                outcome = ("skipped" if state.name == LATE_STATE_NAME or state.is_cancelled() else
+                           "completed" if state.is_completed() else "failed")
                 tally[(event.deployment, outcome)] += 1
                 if outcome == "failed":
                     failures.append(f"{event.deployment} {event.time.isoformat()}: {state.message}")

@@ -45,10 +45,11 @@ from tasks.ema import (
     sync_fills,
     wait_final_close,
 )
+from tasks.run_policy import run_policy
 from tasks.runtime import FlowRun, flow_run
 
 
-@flow(name="ema-update")
+@flow(name="ema-update", **run_policy("ema-update"))
 def ema_update(as_of: datetime | None = None) -> dict[str, Any]:
     """Fold the session's official close into the EMAs; send the exit for the next open when the final signal is
     BEAR while long. `as_of` (aware; default: the run's scheduled start) must be at or after the session's

@@ -23,6 +23,8 @@ from prefect.cache_policies import NONE
 from core.reconcile import PositionBreaksFound
 from core.reconcile_report import equity_chart_png, format_markdown, png_markdown
 from tasks.reconcile import reconcile_account
+from tasks.report import send_reports
+from tasks.run_policy import run_policy
 from tasks.runtime import flow_run
 
 DEPLOYMENT = "reconciliation"
@@ -32,7 +34,7 @@ def _as_task(fn):
     return task(fn, name=fn.__name__.replace("_", "-"), cache_policy=NONE)
 
 
-@flow(name=DEPLOYMENT)
+@flow(name=DEPLOYMENT, **run_policy(DEPLOYMENT))
 def reconciliation(as_of: datetime | None = None) -> dict[str, Any]:
     """Reconcile the account for the session of `as_of` (default: the run's scheduled start) and record its P&L.
 
@@ -48,6 +50,7 @@ def reconciliation(as_of: datetime | None = None) -> dict[str, Any]:
         run.publish(format_markdown(result), table=[{**t, "exec_time": t["exec_time"].isoformat()}
                                                     for t in result.trades])
         _publish_equity_curve(run, result.day)
+        send_reports(run, result, DEPLOYMENT)  # the daily report (and per-fill notices), breaks or not
         summary = result.summary()
         run.details = summary
         failure = result.failure
