@@ -504,7 +504,7 @@ class IBBroker(Broker):
         if request.order_type == "STP":
             order.auxPrice = float(request.stop_price)  # type: ignore[arg-type]
         trade = self.ib.placeOrder(contract, order)
-        log.info("placed %s %s %s %s ref=%s as order %s", request.action, request.quantity, request.symbol,
+        log.debug("placed %s %s %s %s ref=%s as order %s", request.action, request.quantity, request.symbol,
                  request.order_type, request.order_ref, order.orderId)
         try:
             self._wait(lambda: trade.orderStatus.status in _ACKED, self.timeout,

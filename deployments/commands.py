@@ -100,6 +100,8 @@ from deployments.cmd_deploy import register_deploy  # noqa: E402
 from deployments.cmd_paper_clock import register_paper_clock  # noqa: E402
 from deployments.cmd_up import register_up  # noqa: E402
 from deployments.cmd_replay import register_replay  # noqa: E402
+from deployments.cmd_status import register_status  # noqa: E402
+from deployments.cmd_config import register_config  # noqa: E402
 
 REGISTRY += [
     register_schedule,
@@ -116,4 +118,6 @@ REGISTRY += [
     register_up,
     register_replay,
     register_paper_clock,
+    register_status,
+    register_config,
 ]

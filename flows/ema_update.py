@@ -46,9 +46,10 @@ from tasks.ema import (
     wait_final_close,
 )
 from tasks.runtime import FlowRun, flow_run
+from tasks.ui import run_name
 
 
-@flow(name="ema-update")
+@flow(name="ema-update", flow_run_name=run_name("ema-update"))
 def ema_update(as_of: datetime | None = None) -> dict[str, Any]:
     """Fold the session's official close into the EMAs; send the exit for the next open when the final signal is
     BEAR while long. `as_of` (aware; default: the run's scheduled start) must be at or after the session's

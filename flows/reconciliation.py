@@ -24,6 +24,7 @@ from core.reconcile import PositionBreaksFound
 from core.reconcile_report import equity_chart_png, format_markdown, png_markdown
 from tasks.reconcile import reconcile_account
 from tasks.runtime import flow_run
+from tasks.ui import run_name
 
 DEPLOYMENT = "reconciliation"
 
@@ -32,7 +33,7 @@ def _as_task(fn):
     return task(fn, name=fn.__name__.replace("_", "-"), cache_policy=NONE)
 
 
-@flow(name=DEPLOYMENT)
+@flow(name=DEPLOYMENT, flow_run_name=run_name(DEPLOYMENT))
 def reconciliation(as_of: datetime | None = None) -> dict[str, Any]:
     """Reconcile the account for the session of `as_of` (default: the run's scheduled start) and record its P&L.
 

@@ -38,11 +38,12 @@ from models.mtf import TrainConfig
 from models.retrain import evaluation_month
 from tasks.retrain import journal_retrain, retrain_one, update_bar_store
 from tasks.runtime import flow_run
+from tasks.ui import run_name
 
 DEPLOYMENT = "retrain"
 
 
-@flow(name=DEPLOYMENT)
+@flow(name=DEPLOYMENT, flow_run_name=run_name(DEPLOYMENT))
 def retrain(as_of: datetime | None = None, symbols: list[str] | None = None, history_months: int = 24,
             max_requests: int = 56, epochs: int | None = None, lstm_units: list[int] | None = None,
             min_auc_gain: float = PromotionRule.min_auc_gain,

@@ -180,6 +180,8 @@ def record_signal(run: FlowRun, strategy: str, decision: str, reason: str, *, si
                   price: float | None = None, quantity: float | None = None, ref: str | None = None,
                   inputs: dict[str, Any] | None = None) -> bool:
     """Journal one decision of this run (once per strategy, symbol and as_of)."""
+    what = f"{decision} {quantity:g} {symbol_of(run)}" if quantity else decision
+    log.info("decided (%s%s): %s: %s", strategy, f", signal {signal}" if signal else "", what, reason)
     with run.journal.transaction() as tx:
         return tx.record_signal(strategy, symbol_of(run), run.as_of, require_session(run).date, decision, reason,
                                 signal=signal, price=price, quantity=quantity or None, order_ref=ref,
@@ -255,6 +257,9 @@ def read_market(run: FlowRun, broker: Broker) -> MarketRead:
     if account.net_liquidation <= 0:
         raise HalfKnownStateError(f"NetLiquidation {account.net_liquidation!r} USD is not positive: no decision")
     qty = position_qty(broker, symbol)
+    log.info("observed: %s %.2f USD, VIX %s (last close %s), NetLiquidation %s USD, BuyingPower %s USD, "
+             "%s position %d shares%s", symbol, price, _num(current), _num(last_close), f"{account.net_liquidation:,.2f}",
+             f"{account.buying_power:,.2f}", symbol, qty, f"; {'; '.join(notes)}" if notes else "")
     return MarketRead(price=price, quote={"bid": quote.bid, "ask": quote.ask, "last": quote.last,
                                           "close": quote.close, "delayed": quote.delayed},
                       vix=VixInfo(current=current, last_close=last_close, last_close_session=last_session),
@@ -264,6 +269,10 @@ def read_market(run: FlowRun, broker: Broker) -> MarketRead:
 # --------------------------------------------------------------------------------------------------------------
 # EMA state
 # --------------------------------------------------------------------------------------------------------------
+
+
+def _num(value: float | None) -> str:
+    return "unavailable" if value is None else f"{value:.2f}"
 
 
 def _daily_closes(broker: Broker, symbol: str, duration: str) -> pd.Series:
@@ -498,10 +507,13 @@ def await_fill(run: FlowRun, broker: Broker, gateway: OrderGateway, info: OrderI
     says so, and callers protect what was bought before failing."""
     error: BrokerError | None = None
     if not info.is_filled:
+        log.info("waiting up to %g s for the fill of %s", run.settings.ema_fill_timeout_seconds, info.order_ref)
         try:
             info = broker.wait_for_fill(info.order_id, run.settings.ema_fill_timeout_seconds)
         except (BrokerTimeoutError, OrderNotFilledError) as exc:
             error = exc
+            log.warning("%s did not fill: %s%s", info.order_ref, exc,
+                        "; cancelling it" if cancel_unfilled and isinstance(exc, BrokerTimeoutError) else "")
             if cancel_unfilled and isinstance(exc, BrokerTimeoutError):
                 info = broker.cancel_order(info.order_id)
                 gateway.record_status(info, message=f"not filled within {run.settings.ema_fill_timeout_seconds:g} "

@@ -39,6 +39,7 @@ from core.ib_broker import IBBroker
 from core.journal import Journal
 from core.orders import OrderGateway
 from core.settings import Settings, get_settings
+from tasks.ui import send_project_logs_to_prefect, sync_kill_switch
 
 log = logging.getLogger(__name__)
 
@@ -161,14 +162,21 @@ def flow_run(deployment: str, as_of: dt.datetime | str | None, settings: Setting
     """Open a flow run's context: resolve `as_of`, journal 'started', and on exit 'completed' (with
     `run.outcome`) or, when an exception escapes, 'failed' with the error (then re-raise it)."""
     settings = settings or get_settings()
+    send_project_logs_to_prefect(settings)
     when = resolve_as_of(as_of)
     run = FlowRun(deployment=deployment, as_of=when, run_id=current_run_id(), settings=settings,
                   journal=Journal(settings.journal_path), session=session_for(when))
     with run.journal.transaction() as tx:
         tx.record_flow_event(run.run_id, "started", deployment, when)
+    log.info("%s for %s", deployment, describe_when(when, run.session))
+    if not run.run_id.startswith("local-"):  # a Prefect run: its UI shows the kill switch as the file says
+        shown = sync_kill_switch(run.kill_switch, settings.state_dir)
+        if shown and shown.startswith("HALTED"):
+            log.warning("%s: orders will be refused", shown)
     try:
         yield run
     except BaseException as exc:
+        log.error("%s failed: %s: %s", deployment, type(exc).__name__, exc)
         try:
             with run.journal.transaction() as tx:
                 tx.record_flow_event(run.run_id, "failed", deployment, when, outcome=f"{type(exc).__name__}: {exc}",
@@ -180,3 +188,14 @@ def flow_run(deployment: str, as_of: dt.datetime | str | None, settings: Setting
         with run.journal.transaction() as tx:
             tx.record_flow_event(run.run_id, "completed", deployment, when, outcome=run.outcome or None,
                                  details=run.details or None)
+        log.info("%s done: %s", deployment, run.outcome or "completed")
+
+
+def describe_when(when: dt.datetime, session: Session | None) -> str:
+    """`as_of` for a person: '2026-03-06 15:55 New York, session 2026-03-06 (09:30-16:00)' (early close and no
+    session said as such)."""
+    at = f"{when.astimezone(NY):%Y-%m-%d %H:%M} New York"
+    if session is None:
+        return f"{at} (no NYSE session that day)"
+    early = ", early close" if session.early_close else ""
+    return f"{at}, session {session.date} ({session.open:%H:%M}-{session.close:%H:%M}{early})"

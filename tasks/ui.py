@@ -1,0 +1,134 @@
+"""What the Prefect UI says: a run's name and its Logs tab, and the kill switch.
+
+- **Logs.** Prefect sends only its own loggers to the API; the project logs through the standard `logging`
+  module (`core.*`, `tasks.*`, `flows.*`, `models.*`, `deployments.*`), so `send_project_logs_to_prefect()`
+  gives those loggers a handler that forwards their INFO and higher lines to the run they are logged in (the
+  Logs tab), and nothing outside a run. It is called when a flow run opens (`tasks.runtime.flow_run`), so a
+  worker's process, `tradeflow replay`, an ad hoc run and a test all send the same lines, with nothing to set in
+  the environment. (`PREFECT_LOGGING_EXTRA_LOGGERS` alone would not do: it adds the handler but leaves the
+  loggers at the root's WARNING level, so the INFO lines that tell the story would be dropped.) Every line
+  passes through `redact`: the settings' secret values (the alert URL) never leave the process.
+- **The kill switch** (`sync_kill_switch`): the Prefect Variable `tradeflow_kill_switch` (UI: Variables)
+  holds "HALTED by ... at ...: reason" or "trading allowed", with the state directory; `tradeflow halt` /
+  `resume` set it, and every flow run sets it from the halt file when it starts, so it follows the file even
+  when the file was written by hand.
+- **Names.** `run_name(deployment)` names a run `<deployment> <YYYY-MM-DD HH:MM>` in New York time, from its
+  `as_of` parameter or, without one, its scheduled start: the Runs list reads like the schedule.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+
+from core.calendar import NY
+
+PROJECT_LOGGERS = ("core", "models", "tasks", "flows", "deployments", "tradeflow")
+"""Top-level packages whose loggers reach the run's Logs tab."""
+
+_SECRETS: set[str] = set()
+
+
+def redact(text: str) -> str:
+    """`text` with every known secret value (the settings' SecretStr values) replaced by `***`."""
+    for secret in _SECRETS:
+        text = text.replace(secret, "***")
+    return text
+
+
+def remember_secrets(settings) -> None:
+    """Note the secret values of `settings` (pydantic SecretStr fields) so that `redact` masks them."""
+    from pydantic import SecretStr
+
+    for name in type(settings).model_fields:
+        value = getattr(settings, name, None)
+        if isinstance(value, SecretStr) and value.get_secret_value():
+            _SECRETS.add(value.get_secret_value())
+
+
+def _make_handler() -> logging.Handler:
+    from prefect.context import FlowRunContext, TaskRunContext
+    from prefect.logging.handlers import APILogHandler
+
+    class RunLogHandler(APILogHandler):
+        """Prefect's API log handler, for lines logged inside a flow or task run only, secrets masked."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if FlowRunContext.get() is None and TaskRunContext.get() is None:
+                return  # a command outside any run: its console is where it is read
+            if _SECRETS:
+                record.msg, record.args = redact(record.getMessage()), None
+            super().emit(record)
+
+    handler = RunLogHandler(level=logging.INFO)
+    handler.set_name("tradeflow-run-logs")
+    return handler
+
+
+def send_project_logs_to_prefect(settings=None) -> None:
+    """Forward the project's INFO+ log lines to the Prefect run they are logged in (idempotent: once per
+    process). `settings`: whose secrets to mask (default: none besides those noted before)."""
+    if settings is not None:
+        remember_secrets(settings)
+    handler = None
+    for name in PROJECT_LOGGERS:
+        logger = logging.getLogger(name)
+        if any(h.get_name() == "tradeflow-run-logs" for h in logger.handlers):
+            continue
+        handler = handler or _make_handler()
+        logger.addHandler(handler)
+        if logger.level == logging.NOTSET or logger.level > logging.INFO:
+            logger.setLevel(logging.INFO)
+
+
+def name_for(deployment: str, when: dt.datetime) -> str:
+    """`<deployment> <YYYY-MM-DD HH:MM>`, `when` shown in New York time (aware datetime)."""
+    return f"{deployment} {when.astimezone(NY):%Y-%m-%d %H:%M}"
+
+
+def run_name(deployment: str) -> Callable[[], str]:
+    """A `flow_run_name` callable: the run's `as_of` parameter (aware datetime or ISO string) or, without
+    one, its scheduled start, as `name_for` shows it; the deployment name alone when neither is readable."""
+
+    def name() -> str:
+        from prefect.runtime import flow_run as current
+
+        when = (current.parameters or {}).get("as_of")
+        if isinstance(when, str):
+            try:
+                when = dt.datetime.fromisoformat(when)
+            except ValueError:
+                when = None
+        if not isinstance(when, dt.datetime) or when.tzinfo is None:
+            when = current.scheduled_start_time
+        if not isinstance(when, dt.datetime):
+            return deployment
+        return name_for(deployment, when)
+
+    return name
+
+
+KILL_SWITCH_VARIABLE = "tradeflow_kill_switch"
+"""The Prefect Variable that mirrors the halt file (UI: Variables)."""
+
+
+def kill_switch_text(halt, state_dir) -> str:
+    """The Variable's value: 'HALTED: <describe()> (state dir ...)' or 'trading allowed (state dir ...)'."""
+    return (f"HALTED: {halt.describe()}" if halt is not None else "trading allowed") + f" (state dir {state_dir})"
+
+
+def sync_kill_switch(switch, state_dir) -> str | None:
+    """Set the Variable `KILL_SWITCH_VARIABLE` from `switch.current()` (a core.controls.KillSwitch) when it
+    differs. Returns the text set, or None when the Prefect API could not be reached (logged; never raises:
+    the halt file, not the Variable, is what stops orders)."""
+    from prefect.variables import Variable
+
+    text = kill_switch_text(switch.current(), state_dir)
+    try:
+        if Variable.get(KILL_SWITCH_VARIABLE) != text:
+            Variable.set(KILL_SWITCH_VARIABLE, text, overwrite=True)
+    except Exception as exc:  # noqa: BLE001 - the UI's copy must never stop a command or a flow
+        logging.getLogger(__name__).warning("could not show the kill switch in the Prefect UI: %s", exc)
+        return None
+    return text
