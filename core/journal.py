@@ -1091,3 +1091,43 @@ def status_last_runs(journal: Journal) -> pd.DataFrame:
         "SELECT deployment, event, as_of, outcome, recorded_at FROM (SELECT *, row_number() OVER (PARTITION BY "
         "deployment ORDER BY as_of DESC, recorded_at DESC, CASE event WHEN 'started' THEN 1 ELSE 0 END) AS rn "
         "FROM flow_events) WHERE rn = 1 ORDER BY deployment")
+
+
+# --- reads for the charts (core/charts.py: the flows' artifacts and `tradeflow plot`) ----------------------------
+
+def chart_ema_state(journal: Journal, symbol: str) -> pd.DataFrame:
+    """Every folded close of `symbol` (`ema_state`): session, close, ema_fast, ema_slow, fast_span, slow_span."""
+    return journal.query("SELECT session, close, ema_fast, ema_slow, fast_span, slow_span FROM ema_state "
+                         "WHERE symbol = ? ORDER BY session", [symbol])
+
+
+def chart_fills(journal: Journal, strategy: str, since: dt.datetime | None = None,
+                until: dt.datetime | None = None) -> pd.DataFrame:
+    """The strategy's executions (`v_fills`) in [since, until): symbol, exec_time, side ('BOT'/'SLD'), shares,
+    price (USD), order_ref."""
+    return journal.query(
+        "SELECT symbol, exec_time, side, shares, price, order_ref FROM v_fills WHERE strategy_name = ? "
+        "AND exec_time >= coalesce(?, TIMESTAMPTZ '1900-01-01') AND exec_time < coalesce(?, TIMESTAMPTZ "
+        "'9999-01-01') ORDER BY exec_time", [strategy, since, until])
+
+
+def chart_stop_orders(journal: Journal, strategy: str, symbol: str) -> pd.DataFrame:
+    """The strategy's stop orders on `symbol` (`orders`): as_of, order_ref, quantity, stop_price (USD), status."""
+    return journal.query("SELECT as_of, order_ref, quantity, stop_price, status FROM orders WHERE strategy = ? "
+                         "AND symbol = ? AND order_type = 'STP' ORDER BY as_of", [strategy, symbol])
+
+
+def chart_session_signals(journal: Journal, strategy: str, session: dt.date) -> pd.DataFrame:
+    """The strategy's decisions of `session` (`signals`): symbol, as_of, decision, probability, price."""
+    return journal.query("SELECT symbol, as_of, decision, probability, price FROM signals WHERE strategy = ? "
+                         "AND session = ? ORDER BY as_of, symbol", [strategy, session])
+
+
+def chart_equity(journal: Journal, until: dt.date | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(every equity snapshot: as_of, session, kind ('day_start'/'end_of_day'), net_liquidation USD; `daily_pnl`
+    rows: session, strategy, net_pnl USD) up to session `until` inclusive (all when None), in time order."""
+    points = journal.query("SELECT as_of, session, kind, net_liquidation FROM equity_snapshots WHERE session <= "
+                           "coalesce(?, DATE '9999-01-01') ORDER BY as_of, kind DESC", [until])
+    pnl = journal.query("SELECT session, strategy, net_pnl FROM daily_pnl WHERE session <= coalesce(?, "
+                        "DATE '9999-01-01') ORDER BY session, strategy", [until])
+    return points, pnl

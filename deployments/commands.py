@@ -102,6 +102,7 @@ from deployments.cmd_up import register_up  # noqa: E402
 from deployments.cmd_replay import register_replay  # noqa: E402
 from deployments.cmd_status import register_status  # noqa: E402
 from deployments.cmd_config import register_config  # noqa: E402
+from deployments.cmd_plot import register_plot  # noqa: E402
 
 REGISTRY += [
     register_schedule,
@@ -120,4 +121,5 @@ REGISTRY += [
     register_paper_clock,
     register_status,
     register_config,
+    register_plot,
 ]

@@ -46,7 +46,7 @@ from tasks.ema import (
     wait_final_close,
 )
 from tasks.runtime import FlowRun, flow_run
-from tasks.ui import run_name
+from tasks.ui import ema_chart_or_none, run_name
 
 
 @flow(name="ema-update", flow_run_name=run_name("ema-update"))
@@ -68,7 +68,8 @@ def ema_update(as_of: datetime | None = None) -> dict[str, Any]:
             if decision == "SELL":
                 summary.update(_send_exit(run, broker, gateway, qty, ref))
         report(run, f"ema-update {session.date}: {inputs.get('signal')}",
-               f"{inputs.get('signal')} close {inputs.get('close')}: {reason}", summary, inputs)
+               f"{inputs.get('signal')} close {inputs.get('close')}: {reason}", summary, inputs,
+               chart=ema_chart_or_none(run))
         return summary
 
 

@@ -21,10 +21,10 @@ from prefect import flow, task
 from prefect.cache_policies import NONE
 
 from core.reconcile import PositionBreaksFound
-from core.reconcile_report import equity_chart_png, format_markdown, png_markdown
+from core.reconcile_report import format_markdown
 from tasks.reconcile import reconcile_account
 from tasks.runtime import flow_run
-from tasks.ui import run_name
+from tasks.ui import publish_charts, run_name
 
 DEPLOYMENT = "reconciliation"
 
@@ -48,7 +48,7 @@ def reconciliation(as_of: datetime | None = None) -> dict[str, Any]:
             result = reconcile_account(broker, run.journal, run.as_of, run_id=run.run_id, step=_as_task)
         run.publish(format_markdown(result), table=[{**t, "exec_time": t["exec_time"].isoformat()}
                                                     for t in result.trades])
-        _publish_equity_curve(run, result.day)
+        publish_charts(run, result.day)
         summary = result.summary()
         run.details = summary
         failure = result.failure
@@ -59,20 +59,3 @@ def reconciliation(as_of: datetime | None = None) -> dict[str, Any]:
             raise PositionBreaksFound(failure)
         return summary
 
-
-def _publish_equity_curve(run, day) -> None:
-    curve = run.journal.query("SELECT session, equity, drawdown FROM v_equity_curve WHERE session <= ?", [day])
-    if curve.empty:
-        return
-    png = equity_chart_png(curve)
-    reports = run.settings.state_dir / "reports"
-    reports.mkdir(parents=True, exist_ok=True)
-    path = reports / f"equity-{day}.png"
-    path.write_bytes(png)
-    from prefect.artifacts import create_markdown_artifact
-    from prefect.runtime import flow_run as current
-
-    if current.id is not None:
-        create_markdown_artifact(
-            markdown=f"### Equity and drawdown to {day}\n\n{png_markdown(png, f'equity curve to {day}')}\n\n"
-                     f"File: `{path}`\n", key=f"{DEPLOYMENT}-equity-curve", description=f"equity curve to {day}")

@@ -161,12 +161,36 @@ def follow_or_decide(run: FlowRun, decide: Callable[[], JournaledSignal]) -> tup
     return decide(), False
 
 
-def report(run: FlowRun, title: str, outcome: str, summary: dict[str, Any], table: dict[str, Any]) -> None:
-    """End of a flow: the outcome and summary journaled at completion (`flow_events`) and the run's artifact
-    (`title`, `outcome`, and `table` as rows of name and value)."""
+KEY_INPUTS = ("decision", "signal", "price", "close", "ema_fast", "ema_slow", "final_ema_fast", "final_ema_slow",
+              "vix_used", "vix_source", "leverage", "e0", "equity", "buying_power", "position_qty", "target_shares",
+              "shares", "filled", "fill_price", "order_ref", "stop", "exit", "entry")
+"""The inputs an EMA artifact shows under its sentence, in this order (the table artifact holds them all)."""
+
+
+def report(run: FlowRun, title: str, outcome: str, summary: dict[str, Any], table: dict[str, Any],
+           chart: bytes | None = None) -> None:
+    """End of a flow: the outcome and summary journaled at completion (`flow_events`) and the run's artifact:
+    `title`, the `outcome` sentence, the key inputs (`KEY_INPUTS` of `table` and `summary`), then `chart` (a
+    PNG) when given; every input of `table` as rows of name and value in the table artifact beside it."""
+    from core.charts import png_markdown
+
     run.outcome = outcome
     run.details = summary
-    run.publish(f"### {title}\n\n{outcome}\n", table=[{"name": k, "value": str(v)} for k, v in sorted(table.items())])
+    seen = {**table, **summary}
+    rows = [(k, seen[k]) for k in KEY_INPUTS if seen.get(k) not in (None, "", {})]
+    md = f"### {title}\n\n{outcome}\n\n| input | value |\n|---|---|\n" + "".join(
+        f"| {k} | {_cell(v)} |\n" for k, v in rows) + "\nEvery input: the table artifact beside this one.\n"
+    if chart is not None:
+        md += f"\n{png_markdown(chart, title)}\n"
+    run.publish(md, table=[{"name": k, "value": str(v)} for k, v in sorted(table.items())])
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.4f}".rstrip("0").rstrip(".")
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_cell(v)}" for k, v in value.items() if v not in (None, ""))[:200]
+    return str(value).replace("|", "/")
 
 
 def order_known(run: FlowRun, ref: str) -> bool:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 from core.calendar import NY
 
@@ -132,3 +133,63 @@ def sync_kill_switch(switch, state_dir) -> str | None:
         logging.getLogger(__name__).warning("could not show the kill switch in the Prefect UI: %s", exc)
         return None
     return text
+
+
+def publish_chart(run, key: str, title: str, sentence: str, png: bytes, filename: str) -> Path:
+    """A chart artifact of the run (`key`): `title`, one `sentence` saying what it shows, the PNG inline; the
+    same PNG written to `<state dir>/reports/<filename>`. Returns the file's path. Outside a flow run only the
+    file is written."""
+    from prefect.runtime import flow_run as current
+
+    from core.charts import png_markdown
+
+    reports = run.settings.state_dir / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    path = reports / filename
+    path.write_bytes(png)
+    if current.id is not None:
+        from prefect.artifacts import create_markdown_artifact
+
+        create_markdown_artifact(markdown=f"### {title}\n\n{sentence}\n\n{png_markdown(png, title)}\n\n"
+                                          f"File: `{path}`\n", key=key, description=title)
+    return path
+
+
+def ema_chart_or_none(run) -> bytes | None:
+    """The EMA chart (core.charts.ema_chart) of the run's journal, also written to
+    `<state dir>/reports/ema-<session>.png`; None (logged) when it cannot be drawn: a chart never fails a run."""
+    from core.charts import ema_chart
+
+    try:
+        png = ema_chart(run.journal, run.settings)
+    except Exception as exc:  # noqa: BLE001 - the decision and the journal matter, not the picture
+        logging.getLogger(__name__).warning("no EMA chart: %s", exc)
+        return None
+    reports = run.settings.state_dir / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / f"ema-{run.as_of.astimezone(NY):%Y-%m-%d}.png").write_bytes(png)
+    return png
+
+
+def publish_charts(run, day) -> None:
+    """Reconciliation's chart artifacts for session `day`: `reconciliation-equity-curve` (equity and drawdown,
+    each strategy's cumulative net P&L) and `mtf-session` (the session's P(up) per symbol with entries and
+    exits). A chart that cannot be drawn is logged and left out."""
+    from core.charts import equity_chart, mtf_chart
+
+    log = logging.getLogger(__name__)
+    try:
+        png = equity_chart(run.journal, day)
+        publish_chart(run, "reconciliation-equity-curve", f"Equity and drawdown to {day}",
+                      "The account's NetLiquidation per session with its drawdown from the running peak, and each "
+                      "strategy's cumulative net P&L (after commissions).", png, f"equity-{day}.png")
+    except ValueError as exc:
+        log.warning("no equity chart: %s", exc)
+    try:
+        png = mtf_chart(run.journal, run.settings, day)
+        publish_chart(run, "mtf-session", f"MTF P(up) on {day}",
+                      f"Each symbol's P(up) at every mtf-signal run against the entry ({run.settings.mtf_entry_threshold:g})"
+                      f" and exit ({run.settings.mtf_exit_threshold:g}) thresholds; triangles mark fills.", png,
+                      f"mtf-{day}.png")
+    except ValueError as exc:
+        log.warning("no MTF chart: %s", exc)
