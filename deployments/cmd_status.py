@@ -29,36 +29,6 @@ def register_status(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_status)
 
 
-def worker_summary(api_url: str | None, timeout: float = 3.0) -> str | None:
-    """A sentence on the `tradeflow` work pool's workers from the Prefect API at `api_url` (…/api): how many
-    are online and when the last one was seen; None when no API answers."""
-    from deployments.deploy import WORK_POOL, run
-    from deployments.processes import api_healthy
-
-    if not api_url or not api_healthy(api_url, timeout):
-        return None
-
-    async def read():
-        from prefect.client.orchestration import get_client
-
-        async with get_client() as client:
-            try:
-                pool = await client.read_work_pool(WORK_POOL)
-            except Exception:  # noqa: BLE001 - ObjectNotFound: no deployment was ever made here
-                return None, []
-            return pool, await client.read_workers_for_work_pool(WORK_POOL)
-
-    pool, workers = run(read())
-    if pool is None:
-        return f"no work pool '{WORK_POOL}' on {api_url}: run `tradeflow deploy` (or `tradeflow up`)"
-    online = [w for w in workers if str(getattr(w.status, "value", w.status)).upper() == "ONLINE"]
-    seen = max((w.last_heartbeat_time for w in workers if w.last_heartbeat_time), default=None)
-    when = f", last heartbeat {seen.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC" if seen else ""
-    if online:
-        return f"READY: {len(online)} worker(s) online in work pool '{WORK_POOL}'{when}"
-    return f"NOT READY: no worker online in work pool '{WORK_POOL}'{when}; start one (`tradeflow up`)"
-
-
 def default_as_of(settings) -> dt.datetime:
     """The paper exchange's clock when it is the broker and answers, else the wall clock (New York)."""
     from core.calendar import NY
@@ -84,6 +54,8 @@ def status_text(settings, as_of: dt.datetime | None = None, markdown: bool = Fal
         from prefect.settings import get_current_settings
 
         api_url = str(get_current_settings().api.url or "") or None
+    from tasks.ui import worker_summary
+
     status = build_status(Journal(settings.journal_path), settings, as_of or default_as_of(settings),
                           worker=worker_summary(api_url))
     return render(status, markdown)

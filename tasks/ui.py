@@ -12,6 +12,8 @@
   holds "HALTED by ... at ...: reason" or "trading allowed", with the state directory; `tradeflow halt` /
   `resume` set it, and every flow run sets it from the halt file when it starts, so it follows the file even
   when the file was written by hand.
+- **The morning status** (`publish_status`): `tradeflow status` as the markdown artifact `status`, for the
+  09:00 pre-open check to publish.
 - **Names.** `run_name(deployment)` names a run `<deployment> <YYYY-MM-DD HH:MM>` in New York time, from its
   `as_of` parameter or, without one, its scheduled start: the Runs list reads like the schedule.
 """
@@ -193,3 +195,52 @@ def publish_charts(run, day) -> None:
                       f"mtf-{day}.png")
     except ValueError as exc:
         log.warning("no MTF chart: %s", exc)
+
+
+def worker_summary(api_url: str | None, timeout: float = 3.0) -> str | None:
+    """A sentence on the `tradeflow` work pool's workers from the Prefect API at `api_url` (…/api): how many
+    are online and when the last one was seen; None when no API answers."""
+    from deployments.deploy import WORK_POOL, run
+    from deployments.processes import api_healthy
+
+    if not api_url or not api_healthy(api_url, timeout):
+        return None
+
+    async def read():
+        from prefect.client.orchestration import get_client
+
+        async with get_client() as client:
+            try:
+                pool = await client.read_work_pool(WORK_POOL)
+            except Exception:  # noqa: BLE001 - ObjectNotFound: no deployment was ever made here
+                return None, []
+            return pool, await client.read_workers_for_work_pool(WORK_POOL)
+
+    pool, workers = run(read())
+    if pool is None:
+        return f"no work pool '{WORK_POOL}' on {api_url}: run `tradeflow deploy` (or `tradeflow up`)"
+    online = [w for w in workers if str(getattr(w.status, "value", w.status)).upper() == "ONLINE"]
+    seen = max((w.last_heartbeat_time for w in workers if w.last_heartbeat_time), default=None)
+    when = f", last heartbeat {seen.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC" if seen else ""
+    if online:
+        return f"READY: {len(online)} worker(s) online in work pool '{WORK_POOL}'{when}"
+    return f"NOT READY: no worker online in work pool '{WORK_POOL}'{when}; start one (`tradeflow up`)"
+
+
+def publish_status(run) -> str:
+    """The pre-open check's morning artifact (key `status`): `tradeflow status` at the run's `as_of`, as
+    markdown (core/status.py). Returns the markdown. The 09:00 preflight flow calls this (one line) once it
+    exists."""
+    from prefect.settings import get_current_settings
+
+    from core.status import build_status, render
+
+    api = str(get_current_settings().api.url or "") or None
+    markdown = render(build_status(run.journal, run.settings, run.as_of, worker=worker_summary(api)), markdown=True)
+    from prefect.runtime import flow_run as current
+
+    if current.id is not None:
+        from prefect.artifacts import create_markdown_artifact
+
+        create_markdown_artifact(markdown=markdown, key="status", description=f"status {run.as_of.isoformat()}")
+    return markdown
