@@ -5,6 +5,7 @@ comes from a flow run and from the command. Prices and amounts USD, times Americ
 - `ema_chart_png`: the EMA symbol's daily closes with EMA fast/slow over the last months, the strategy's entries
   and exits (fills) and its protective stop levels;
 - `mtf_chart_png`: one session's P(up) per symbol against the entry and exit thresholds, with entries and exits;
+- `retrain_chart_png`: champion against challenger on the evaluation window (ROC curve and calibration);
 - `equity_chart_png`: the account's equity at each snapshot (day start, end of day) and its drawdown, and each
   strategy's net P&L, with axes fitted to the data (a one-session journal shows that day, not years of axis).
 """
@@ -217,6 +218,61 @@ def equity_chart_png(points: pd.DataFrame, pnl: pd.DataFrame | None = None,
         ax3.yaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:,.0f}"))
         ax3.grid(True, alpha=0.3)
         ax3.legend(loc="best", fontsize=8, ncol=4)
+    return _png(fig)
+
+
+def retrain_chart_png(symbol: str, window: str, challenger: tuple[str, dict], champion: tuple[str, dict] | None
+                      ) -> bytes:
+    """Champion against challenger on the evaluation window: ROC curves (left) and calibration (right: mean
+    P(up) against the share of bars that went up, in 10 bins of P(up)).
+
+    Args:
+        challenger, champion: (version, {"y": labels 0/1, "p_up": P(up)}) (`models.evaluate.evaluate_window`'s
+            "curve"); champion None when there is none.
+
+    Raises:
+        ValueError: the challenger's curve has no labelled bar.
+    """
+    import numpy as np
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = _plt()
+    fig, (roc, cal) = plt.subplots(1, 2, figsize=(10, 4.4), constrained_layout=True)
+    drawn = 0
+    for (version, curve), color in ((challenger, "tab:orange"), (champion or (None, None), "tab:blue")):
+        if version is None or not curve or not curve.get("y"):
+            continue
+        y, p = np.asarray(curve["y"]), np.asarray(curve["p_up"])
+        role = "challenger" if color == "tab:orange" else "champion"
+        if len(set(y.tolist())) == 2:
+            fpr, tpr, _ = roc_curve(y, p)
+            roc.plot(fpr, tpr, color=color, lw=1.5, label=f"{role} {version}: AUC {roc_auc_score(y, p):.3f}")
+        edges = np.linspace(min(p.min(), 0.3), max(p.max(), 0.7), 11)
+        which = np.clip(np.digitize(p, edges) - 1, 0, 9)
+        xs = [p[which == k].mean() for k in range(10) if (which == k).sum() >= 5]
+        ys = [y[which == k].mean() for k in range(10) if (which == k).sum() >= 5]
+        cal.plot(xs, ys, color=color, marker="o", lw=1.3, label=f"{role} {version} ({len(y)} bars)")
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        raise ValueError(f"retrain chart: no labelled bar for {symbol} in {window}")
+    roc.plot([0, 1], [0, 1], color="0.6", ls="--", lw=1, label="chance")
+    roc.set_xlabel("false positive rate")
+    roc.set_ylabel("true positive rate")
+    roc.set_title(f"{symbol} ROC on {window}")
+    roc.legend(loc="lower right", fontsize=8)
+    lo = max(0.0, min(cal.get_xlim()[0], cal.get_ylim()[0]))
+    hi = min(1.0, max(cal.get_xlim()[1], cal.get_ylim()[1]))
+    cal.plot([0, 1], [0, 1], color="0.6", ls="--", lw=1, label="perfectly calibrated")
+    cal.set_xlim(lo, hi)
+    cal.set_ylim(lo, hi)
+    cal.set_aspect("equal")
+    cal.set_xlabel("mean P(up) in the bin")
+    cal.set_ylabel("share of bars that went up")
+    cal.set_title(f"{symbol} calibration on {window}")
+    cal.legend(loc="upper left", fontsize=8)
+    for ax in (roc, cal):
+        ax.grid(True, alpha=0.3)
     return _png(fig)
 
 

@@ -24,6 +24,7 @@ import pandas as pd
 from core import journal as jr
 from core.calendar import DEPLOYMENTS, NY, Session, event_times, session_for, session_on, sessions
 from core.controls import HaltInfo, KillSwitch
+from core.reconcile_report import _table  # the one table layout of the reports (text and markdown)
 from core.strategies.ema import ema_alpha, leverage_for_vix
 
 
@@ -208,9 +209,8 @@ def build_status(journal: jr.Journal, settings, as_of: dt.datetime, *, worker: s
 
     last = {r.deployment: r for r in jr.status_last_runs(journal).itertuples()}
     names = list(DEPLOYMENTS) + sorted(set(last) - set(DEPLOYMENTS))
-    runs = [RunLine(d, last[d].event, _ts(last[d].as_of), last[d].outcome) if d in last else RunLine(d, None, None,
-                                                                                                    None)
-            for d in names]
+    runs = [RunLine(d, last[d].event, _ts(last[d].as_of), last[d].outcome if isinstance(last[d].outcome, str)
+                    else None) if d in last else RunLine(d, None, None, None) for d in names]
     return Status(as_of=as_of, state_dir=Path(settings.state_dir), halt=KillSwitch(settings.state_dir).current(),
                   breaks=breaks, positions=positions, pnl_session=pnl_session, pnl=pnl_rows.to_dict("records"),
                   session=today, next_session=following, e0=e0, ema_stop=ema_stop, ema=ema,
@@ -227,15 +227,6 @@ def _usd(x: float | None, signed: bool = False) -> str:
 
 def _when(t: dt.datetime | None) -> str:
     return "-" if t is None else f"{t.astimezone(NY):%Y-%m-%d %H:%M}"
-
-
-def _table(headers: tuple[str, ...], rows: list[tuple[Any, ...]], markdown: bool) -> str:
-    cells = [list(headers)] + [["" if c is None else str(c) for c in r] for r in rows]
-    if markdown:
-        return "\n".join(["| " + " | ".join(cells[0]) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-                         + ["| " + " | ".join(r) + " |" for r in cells[1:]])
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    return "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
 
 
 def headline(s: Status) -> str:

@@ -38,7 +38,7 @@ from models.mtf import TrainConfig
 from models.retrain import evaluation_month
 from tasks.retrain import journal_retrain, retrain_one, update_bar_store
 from tasks.runtime import flow_run
-from tasks.ui import run_name
+from tasks.ui import publish_retrain_chart, run_name
 
 DEPLOYMENT = "retrain"
 
@@ -93,6 +93,7 @@ def retrain(as_of: datetime | None = None, symbols: list[str] | None = None, his
                 continue
             journal_retrain(run, outcome, window)
             results.append(_result(outcome, updates[sym]))
+            publish_retrain_chart(run, outcome, window.label)
         run.details = {"window": window.label, "results": results, "failures": failures}
         run.outcome = "; ".join(f"{r['symbol']} promoted {r['challenger']}" if r["promoted"] else
                                 f"{r['symbol']} kept {r['champion']}" for r in results) or "nothing retrained"

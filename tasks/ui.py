@@ -197,6 +197,25 @@ def publish_charts(run, day) -> None:
         log.warning("no MTF chart: %s", exc)
 
 
+def publish_retrain_chart(run, outcome, window: str) -> None:
+    """The retrain's chart artifact of one symbol (`retrain-<symbol>-chart`): champion against challenger on the
+    evaluation window (ROC and calibration; core.charts.retrain_chart_png), the promotion decision first. A chart
+    that cannot be drawn is logged and left out."""
+    from core.charts import retrain_chart_png
+
+    champion = (outcome.champion.version, (outcome.champion_eval or {}).get("curve")) if outcome.champion else None
+    try:
+        png = retrain_chart_png(outcome.symbol, window, (outcome.challenger.version,
+                                                         outcome.challenger_eval.get("curve")), champion)
+    except ValueError as exc:
+        logging.getLogger(__name__).warning("no retrain chart: %s", exc)
+        return
+    verdict = "promoted" if outcome.promoted else "not promoted"
+    publish_chart(run, f"retrain-{outcome.symbol.lower()}-chart", f"{outcome.symbol} champion against challenger "
+                  f"on {window}", f"Challenger {outcome.challenger.version} {verdict}: {outcome.reason}", png,
+                  f"retrain-{outcome.symbol}-{window.replace(':', '-')}.png")
+
+
 def worker_summary(api_url: str | None, timeout: float = 3.0) -> str | None:
     """A sentence on the `tradeflow` work pool's workers from the Prefect API at `api_url` (…/api): how many
     are online and when the last one was seen; None when no API answers."""

@@ -2,7 +2,7 @@
 server with its UI): every run is named `<deployment> <YYYY-MM-DD HH:MM>` and tells in its Logs tab what it
 observed, decided and sent; `tradeflow status` agrees with the journal section by section; the artifacts carry
 their charts; a real browser (headless Chromium) shows the ema-entry run's name and its decision and order, and
-an artifact's chart as an image that loaded.
+an artifact's chart as an image that loaded (its screenshots go to TRADEFLOW_SCREENSHOTS_DIR when set).
 
 One replay serves the module (about two minutes: both MTF models are trained first, retrain runs at the end):
 every 13th mtf-signal event runs (6 of 78), the others as scheduled.
@@ -11,6 +11,7 @@ every 13th mtf-signal event runs (6 of 78), the others as scheduled.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -266,9 +267,12 @@ def test_artifacts_open_with_a_sentence_and_carry_their_charts(replayed):
     assert "| leverage |" in entry and "| order_ref | ema-SMH-20260306-entry |" in entry
     assert "data:image/png;base64," in _artifacts("reconciliation-equity-curve")[0].data
     assert "data:image/png;base64," in _artifacts("mtf-session")[0].data
+    retrain = _artifacts("retrain-aapl-chart")[0].data
+    assert retrain.startswith("### AAPL champion against challenger on oos:2026-02\n\nChallenger ")
+    assert "data:image/png;base64," in retrain
     reports = replayed.state_dir / "reports"
     assert {p.name for p in reports.glob("*.png")} >= {"ema-2026-03-06.png", "equity-2026-03-06.png",
-                                                       "mtf-2026-03-06.png"}
+                                                       "mtf-2026-03-06.png", "retrain-AAPL-oos-2026-02.png"}
 
 
 def test_plot_command_draws_each_chart(replayed, tmp_path, capsys):
@@ -310,7 +314,8 @@ def test_the_ui_shows_the_ema_entry_run_and_a_chart_in_a_real_browser(replayed, 
     run = next(r for r in replayed.runs if r.name == "ema-entry 2026-03-06 15:55")
     art = _artifacts("ema-update")[0]
     ui = replayed.server.ui_url
-    shots = tmp_path  # the screenshots, for a person to look at
+    shots = Path(os.environ.get("TRADEFLOW_SCREENSHOTS_DIR") or tmp_path)  # for a person to look at
+    shots.mkdir(parents=True, exist_ok=True)
     with Browser.start(tmp_path / "chromium") as browser:
         page = browser.open(f"{ui}/runs/flow-run/{run.id}")
         page.wait_for("document.body.innerText.includes('ema-entry 2026-03-06 15:55')", timeout=90)
@@ -324,3 +329,13 @@ def test_the_ui_shows_the_ema_entry_run_and_a_chart_in_a_real_browser(replayed, 
         assert loaded and loaded[0][1] > 200
         assert "BULL close" in page.text()
         page.screenshot(shots / "ema-update-artifact.png")
+
+
+def test_cross_close_is_the_close_at_which_the_emas_meet():
+    from core.status import cross_close
+    from core.strategies.ema import ema_step
+
+    c = cross_close(110.0, 100.0, 25, 125)
+    assert c is not None and 0 < c < 100
+    assert ema_step(110.0, c, 25) == pytest.approx(ema_step(100.0, c, 125))
+    assert cross_close(401.74, 363.84, 25, 125) < 0  # too far apart for one close: status says so
