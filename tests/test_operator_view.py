@@ -312,7 +312,6 @@ def test_the_ui_shows_the_ema_entry_run_and_a_chart_in_a_real_browser(replayed, 
     if chromium_path() is None:
         pytest.skip("chromium is not installed (.ci/run installs it)")
     run = next(r for r in replayed.runs if r.name == "ema-entry 2026-03-06 15:55")
-    art = _artifacts("ema-update")[0]
     ui = replayed.server.ui_url
     shots = Path(os.environ.get("TRADEFLOW_SCREENSHOTS_DIR") or tmp_path)  # for a person to look at
     shots.mkdir(parents=True, exist_ok=True)
@@ -322,20 +321,24 @@ def test_the_ui_shows_the_ema_entry_run_and_a_chart_in_a_real_browser(replayed, 
         page.wait_for("/decided \\(ema, signal BULL\\): BUY \\d+ SMH/.test(document.body.innerText) && "
                       "document.body.innerText.includes('sending BUY') && "
                       "document.body.innerText.includes('orderRef ema-SMH-20260306-entry')", timeout=90)
+        page.evaluate("[...document.querySelectorAll('body *')].find(e => !e.children.length && "
+                      "e.textContent.startsWith('decided (ema')).scrollIntoView({block: 'center'})")
         page.screenshot(shots / "ema-entry-run.png")
-        page = browser.open(f"{ui}/artifacts/artifact/{art.id}")
-        loaded = page.wait_for("[...document.images].filter(i => i.src.startsWith('data:image/png') && i.complete "
-                               "&& i.naturalWidth > 400).map(i => [i.naturalWidth, i.naturalHeight])", timeout=90)
-        assert loaded and loaded[0][1] > 200
-        assert "BULL close" in page.text()
-        page.screenshot(shots / "ema-update-artifact.png")
+        for key, text in (("ema-update", "BULL close"), ("reconciliation-equity-curve", "NetLiquidation per session")):
+            page = browser.open(f"{ui}/artifacts/artifact/{_artifacts(key)[0].id}")
+            loaded = page.wait_for("[...document.images].filter(i => i.src.startsWith('data:image/png') && "
+                                   "i.complete && i.naturalWidth > 400).map(i => [i.naturalWidth, i.naturalHeight])",
+                                   timeout=90)
+            assert loaded and loaded[0][1] > 200, key
+            assert text in page.text(), key
+            page.screenshot(shots / f"{key}-artifact.png")
 
 
 def test_cross_close_is_the_close_at_which_the_emas_meet():
     from core.status import cross_close
     from core.strategies.ema import ema_step
 
-    c = cross_close(110.0, 100.0, 25, 125)
+    c = cross_close(101.0, 100.0, 25, 125)
     assert c is not None and 0 < c < 100
-    assert ema_step(110.0, c, 25) == pytest.approx(ema_step(100.0, c, 125))
+    assert ema_step(101.0, c, 25) == pytest.approx(ema_step(100.0, c, 125))
     assert cross_close(401.74, 363.84, 25, 125) < 0  # too far apart for one close: status says so
