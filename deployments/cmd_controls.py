@@ -68,10 +68,16 @@ def _who(args: argparse.Namespace) -> str:
 
 def _show_in_ui(switch: Any, settings: Any) -> str:
     """Mirror the halt file in the Prefect UI (Variable `tradeflow_kill_switch`); a line saying where."""
+    import os
+
+    api = os.environ.get("PREFECT_API_URL", "")  # not Prefect's profile: importing Prefect would slow the halt
+    if not api:
+        return "the Prefect UI was not told (PREFECT_API_URL is unset); the next flow run shows it there"
+    from deployments.processes import api_healthy
     from tasks.ui import KILL_SWITCH_VARIABLE, sync_kill_switch
 
-    if sync_kill_switch(switch, settings.state_dir) is None:
-        return "the Prefect UI could not be told (no API answered); the next flow run shows it there"
+    if not api_healthy(api) or sync_kill_switch(switch, settings.state_dir) is None:
+        return f"the Prefect UI could not be told (no Prefect API answered at {api}); the next flow run shows it there"
     return f"the Prefect UI shows it (Variables: {KILL_SWITCH_VARIABLE})"
 
 

@@ -79,3 +79,31 @@ def test_halt_and_resume_name_the_state_dir_and_show_in_the_ui(state_dir, prefec
     done = tradeflow("resume", "--reason", "checked", "--who", "tester")
     assert done.returncode == 0 and f"state dir {state_dir}" in done.stdout
     assert Variable.get(KILL_SWITCH_VARIABLE) == f"trading allowed (state dir {state_dir})"
+
+
+@pytest.mark.prefect_server
+def test_run_names_come_from_as_of_in_new_york_time_or_the_scheduled_start(prefect_api):
+    import datetime as dt
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+
+    from core.calendar import NY
+    from deployments.deploy import run
+    from tasks.ui import run_name
+
+    @flow(name="name-probe", flow_run_name=run_name("name-probe"))
+    def probe(as_of: dt.datetime | str | None = None) -> str:
+        from prefect.runtime import flow_run as current
+
+        return str(current.id)
+
+    async def name(run_id: str) -> str:
+        async with get_client() as client:
+            return (await client.read_flow_run(run_id)).name
+
+    assert run(name(probe(dt.datetime(2026, 3, 6, 20, 55, tzinfo=dt.timezone.utc)))) == "name-probe 2026-03-06 15:55"
+    assert run(name(probe("2026-11-27T12:55:00-05:00"))) == "name-probe 2026-11-27 12:55"
+    before = dt.datetime.now(NY)
+    got = run(name(probe()))  # no as_of: the run's scheduled start (now, for a direct call), New York time
+    assert got in {f"name-probe {t:%Y-%m-%d %H:%M}" for t in (before, before + dt.timedelta(minutes=1))}, got
