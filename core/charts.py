@@ -198,7 +198,9 @@ def equity_chart_png(points: pd.DataFrame, pnl: pd.DataFrame | None = None,
     if panels == 3:
         ax3 = axes[2]
         sessions_ = sorted(pnl["session"].unique())
-        strategies = sorted(pnl["strategy"].unique())
+        traded = pnl.groupby("strategy")["net_pnl"].apply(lambda v: bool((v.abs() > 0.005).any()))
+        strategies = sorted(traded[traded].index) or sorted(pnl["strategy"].unique())  # no flat-zero bars
+        pnl = pnl[pnl["strategy"].isin(strategies)]
         if len(sessions_) <= 10:
             width = 0.8 / len(strategies)
             for k, strategy in enumerate(strategies):
@@ -209,6 +211,7 @@ def equity_chart_png(points: pd.DataFrame, pnl: pd.DataFrame | None = None,
             ax3.set_xticks([i + 0.4 - width / 2 for i in range(len(sessions_))],
                            [pd.Timestamp(d).strftime("%Y-%m-%d") for d in sessions_])
             ax3.set_ylabel("net P&L of the session, USD")
+            ax3.set_xlim(-0.5 - 0.5 * max(0, 3 - len(sessions_)), len(sessions_) - 0.1 + 0.5 * max(0, 3 - len(sessions_)))
         else:
             for strategy, rows in pnl.sort_values("session").groupby("strategy"):
                 ax3.plot(_ny_naive(rows["session"]), rows["net_pnl"].cumsum(), lw=1.3,

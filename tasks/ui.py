@@ -183,8 +183,9 @@ def publish_charts(run, day) -> None:
     try:
         png = equity_chart(run.journal, day)
         publish_chart(run, "reconciliation-equity-curve", f"Equity and drawdown to {day}",
-                      "The account's NetLiquidation per session with its drawdown from the running peak, and each "
-                      "strategy's cumulative net P&L (after commissions).", png, f"equity-{day}.png")
+                      "The account's NetLiquidation at each snapshot (the day's start, its end) with its drawdown "
+                      "from the running peak, and each strategy's net P&L after commissions (per session while there "
+                      "are few, else cumulative).", png, f"equity-{day}.png")
     except ValueError as exc:
         log.warning("no equity chart: %s", exc)
     try:

@@ -4,9 +4,11 @@ switch in the Prefect UI (a Variable), `flatten` asks before it sends anything."
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import subprocess
 import sys
+from typing import Optional, Union
 
 import pytest
 
@@ -83,27 +85,32 @@ def test_halt_and_resume_name_the_state_dir_and_show_in_the_ui(state_dir, prefec
 
 @pytest.mark.prefect_server
 def test_run_names_come_from_as_of_in_new_york_time_or_the_scheduled_start(prefect_api):
-    import datetime as dt
-
-    from prefect import flow
     from prefect.client.orchestration import get_client
 
     from core.calendar import NY
     from deployments.deploy import run
-    from tasks.ui import run_name
-
-    @flow(name="name-probe", flow_run_name=run_name("name-probe"))
-    def probe(as_of: dt.datetime | str | None = None) -> str:
-        from prefect.runtime import flow_run as current
-
-        return str(current.id)
 
     async def name(run_id: str) -> str:
         async with get_client() as client:
             return (await client.read_flow_run(run_id)).name
 
+    probe = _name_probe()
     assert run(name(probe(dt.datetime(2026, 3, 6, 20, 55, tzinfo=dt.timezone.utc)))) == "name-probe 2026-03-06 15:55"
     assert run(name(probe("2026-11-27T12:55:00-05:00"))) == "name-probe 2026-11-27 12:55"
     before = dt.datetime.now(NY)
     got = run(name(probe()))  # no as_of: the run's scheduled start (now, for a direct call), New York time
     assert got in {f"name-probe {t:%Y-%m-%d %H:%M}" for t in (before, before + dt.timedelta(minutes=1))}, got
+
+
+def _name_probe():
+    from prefect import flow
+
+    from tasks.ui import run_name
+
+    @flow(name="name-probe", flow_run_name=run_name("name-probe"))
+    def probe(as_of: Optional[Union[dt.datetime, str]] = None) -> str:  # noqa: UP007 - resolved at run time
+        from prefect.runtime import flow_run as current
+
+        return str(current.id)
+
+    return probe

@@ -324,7 +324,7 @@ def test_the_ui_shows_the_ema_entry_run_and_a_chart_in_a_real_browser(replayed, 
         page.evaluate("[...document.querySelectorAll('body *')].find(e => !e.children.length && "
                       "e.textContent.startsWith('decided (ema')).scrollIntoView({block: 'center'})")
         page.screenshot(shots / "ema-entry-run.png")
-        for key, text in (("ema-update", "BULL close"), ("reconciliation-equity-curve", "NetLiquidation per session")):
+        for key, text in (("ema-update", "BULL close"), ("reconciliation-equity-curve", "NetLiquidation at each snapshot")):
             page = browser.open(f"{ui}/artifacts/artifact/{_artifacts(key)[0].id}")
             loaded = page.wait_for("[...document.images].filter(i => i.src.startsWith('data:image/png') && "
                                    "i.complete && i.naturalWidth > 400).map(i => [i.naturalWidth, i.naturalHeight])",
