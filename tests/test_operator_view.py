@@ -278,7 +278,7 @@ def test_artifacts_open_with_a_sentence_and_carry_their_charts(replayed):
 def test_plot_command_draws_each_chart(replayed, tmp_path, capsys):
     from deployments.cli import main
 
-    for chart in ("ema", "mtf", "equity"):
+    for chart in ("ema", "mtf", "equity", "retrain"):
         out = tmp_path / f"{chart}.png"
         assert main(["plot", chart, "--out", str(out)]) == 0
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
