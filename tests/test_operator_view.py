@@ -99,6 +99,7 @@ def replayed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replayed]:
             yield Replayed(server, replay_id, runs, state)
     finally:
         get_settings.cache_clear()
+        APILogWorker.drain_all(timeout=30)  # lines still queued reach this server before it stops
         ex.stop()
         server.stop()
 
