@@ -48,14 +48,6 @@ def _ny_naive(values) -> pd.DatetimeIndex:
     return idx.tz_convert(NY).tz_localize(None) if idx.tz is not None else idx
 
 
-def _fit_days(ax, x: pd.DatetimeIndex, pad_days: float = 1.0) -> None:
-    """x limits fitted to the data: a few days around a short span (matplotlib would show years around one
-    point)."""
-    lo, hi = x.min(), x.max()
-    if (hi - lo) < pd.Timedelta(days=3):
-        ax.set_xlim(lo - pd.Timedelta(days=pad_days), hi + pd.Timedelta(days=pad_days))
-
-
 def ema_chart_png(state: pd.DataFrame, fills: pd.DataFrame, stops: pd.DataFrame, *, symbol: str,
                   fast_span: int, slow_span: int, months: int = 6) -> bytes:
     """Daily closes of `symbol` with EMA fast and slow over the last `months` months of `state`, the fills of
@@ -84,13 +76,24 @@ def ema_chart_png(state: pd.DataFrame, fills: pd.DataFrame, stops: pd.DataFrame,
     if len(fills):
         fx = _ny_naive(fills["exec_time"])
         buy = (fills["side"] == "BOT").to_numpy()
-        ax.scatter(fx[buy], fills["price"][buy], marker="^", s=70, color="tab:green", zorder=5, label="entry (fill)")
-        ax.scatter(fx[~buy], fills["price"][~buy], marker="v", s=70, color="tab:red", zorder=5, label="exit (fill)")
+        if buy.any():
+            ax.scatter(fx[buy], fills["price"][buy], marker="^", s=70, color="tab:green", zorder=5,
+                       label="entry (fill)")
+        if (~buy).any():
+            ax.scatter(fx[~buy], fills["price"][~buy], marker="v", s=70, color="tab:red", zorder=5,
+                       label="exit (fill)")
+    stops = stops[stops["as_of"].notna()] if len(stops) else stops
     if len(stops):
         sx = _ny_naive(stops["as_of"])
-        for t, price in zip(sx, stops["stop_price"], strict=True):
-            ax.hlines(price, t, t + pd.Timedelta(days=1), color="tab:red", lw=2)
-        ax.scatter(sx, stops["stop_price"], marker="_", s=200, color="tab:red", label="stop level")
+        working = ~stops["status"].isin(["Filled", "Cancelled", "ApiCancelled", "Inactive"]).to_numpy()
+        end = x[-1] + pd.Timedelta(days=4)
+        for t, price, live in zip(sx, stops["stop_price"], working, strict=True):
+            ax.hlines(price, t, end if live else t + pd.Timedelta(days=1), color="tab:red", lw=2 if live else 1,
+                      ls="-" if live else ":")
+            if live:
+                ax.annotate(f"stop {price:.2f}", (end, price), xytext=(4, -4), textcoords="offset points",
+                            color="tab:red", fontsize=8)
+        ax.plot([], [], color="tab:red", lw=2, label="stop level (working; dotted: ended)")
     signal = "BULL" if state["ema_fast"].iloc[-1] > state["ema_slow"].iloc[-1] else "BEAR"
     ax.set_title(f"{symbol} EMA {fast_span}/{slow_span}: {signal} after {x[-1]:%Y-%m-%d} (close "
                  f"{state['close'].iloc[-1]:.2f}, EMA {state['ema_fast'].iloc[-1]:.2f} / "
@@ -98,7 +101,7 @@ def ema_chart_png(state: pd.DataFrame, fills: pd.DataFrame, stops: pd.DataFrame,
     ax.set_ylabel("USD")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
-    _fit_days(ax, x)
+    ax.set_xlim(x[0], x[-1] + pd.Timedelta(days=20))  # room for the working stop's label
     return _png(fig)
 
 
