@@ -21,6 +21,7 @@ EXAMPLES = {
     "sql": 'tradeflow sql "SELECT * FROM v_daily_pnl ORDER BY session DESC LIMIT 10"',
     "backtest": "tradeflow backtest ema --from 2020-01-01 --to 2025-12-31 --out reports/ema",
     "train": "tradeflow train --symbols AAPL TSLA",
+    "evaluate": "tradeflow evaluate mtf --symbols AAPL --folds 4",
     "paper-exchange": "tradeflow paper-exchange --port 7497 --start 2026-03-02T09:25:00-05:00",
     "validate-connection": "tradeflow validate-connection --order-test",
     "reconcile": "tradeflow reconcile --export reports/today",

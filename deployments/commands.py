@@ -103,12 +103,14 @@ from deployments.cmd_replay import register_replay  # noqa: E402
 from deployments.cmd_status import register_status  # noqa: E402
 from deployments.cmd_config import register_config  # noqa: E402
 from deployments.cmd_plot import register_plot  # noqa: E402
+from deployments.cmd_evaluate import register_evaluate  # noqa: E402
 
 REGISTRY += [
     register_schedule,
     register_sql,
     register_backtest,
     register_train,
+    register_evaluate,
     register_paper_exchange,
     register_validate_connection,
     register_reconcile,
