@@ -4,7 +4,8 @@ observed, decided and sent; `tradeflow status` agrees with the journal section b
 their charts; a real browser (headless Chromium) shows the ema-entry run's name and its decision and order, and
 an artifact's chart as an image that loaded (its screenshots go to TRADEFLOW_SCREENSHOTS_DIR when set).
 
-One replay serves the module (about two minutes: both MTF models are trained first, retrain runs at the end):
+One replay serves the module (several minutes: both MTF models are trained first, retrain with its walk-forward
+evaluation runs at the end):
 every 13th mtf-signal event runs (6 of 78), the others as scheduled.
 """
 
@@ -28,7 +29,8 @@ DAY = dt.date(2026, 3, 6)
 SECRET = "json://127.0.0.1:9/i16-secret-token"
 AFTER = dt.datetime(2026, 3, 6, 18, 30, tzinfo=NY)  # after the session's last run (retrain at 18:00)
 
-pytestmark = [pytest.mark.prefect_server, pytest.mark.needs_data]
+pytestmark = [pytest.mark.prefect_server, pytest.mark.needs_data,
+              pytest.mark.timeout(1800)]  # the first test pays for the replay: retrain's walk-forward is long
 
 
 @dataclass
