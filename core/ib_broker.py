@@ -517,7 +517,7 @@ class IBBroker(Broker):
         contract = self.contract(request.symbol)
         order = self._order(request)
         trade = self.ib.placeOrder(contract, order)
-        log.info("placed %s %s %s %s ref=%s as order %s", request.action, request.quantity, request.symbol,
+        log.debug("placed %s %s %s %s ref=%s as order %s", request.action, request.quantity, request.symbol,
                  request.order_type, request.order_ref, order.orderId)
         try:
             self._wait(lambda: trade.orderStatus.status in _ACKED, self.timeout,

@@ -1,4 +1,5 @@
-"""The one settings object of the system, read from the environment and `.env`.
+"""The one settings object of the system, read from the environment and `.env` (in the project folder, or the
+file `TRADEFLOW_ENV_FILE` names).
 
 Every setting is documented in `.env.example`. Connection and mode settings use the names traders know from
 IB tooling (`IBKR_HOST`, `IBKR_PORT`, `IBKR_CLIENT_ID`, `TRADING_MODE`); everything else is prefixed
@@ -57,7 +58,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(
         env_prefix="TRADEFLOW_",
-        env_file=".env",
+        env_file=PROJECT_ROOT / ".env",
         env_file_encoding="utf-8",
         extra="ignore",
         populate_by_name=True,
@@ -357,8 +358,16 @@ def late_alert_seconds_for(settings: "Settings", deployment: str) -> float:
     return float(table.get(deployment, table.get("default", 120.0)))
 
 
+def env_file() -> Path:
+    """The `.env` file the settings read: `TRADEFLOW_ENV_FILE` when set, else `.env` in the project folder
+    (never the current directory: a command run from elsewhere must act on the same state as the flows)."""
+    named = os.environ.get("TRADEFLOW_ENV_FILE")
+    return Path(named).expanduser() if named else PROJECT_ROOT / ".env"
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Read the settings from the environment and `.env` (overrides win, for tests and commands).
+    """Read the settings from the environment and the `.env` file of `env_file()` (the environment wins;
+    overrides win over both, for tests and commands).
 
     Raises:
         SettingsError: a value is wrong (not a number, out of bounds, not finite, not JSON where JSON is
@@ -369,7 +378,7 @@ def load_settings(**overrides: object) -> Settings:
     if unknown:
         raise SettingsError("invalid settings:\n  " + "\n  ".join(unknown))
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(_env_file=env_file(), **overrides)  # type: ignore[arg-type, call-arg]
     except SourceError as exc:
         raise SettingsError("invalid settings:\n  " + _source_error(exc)) from None
     except ValidationError as exc:
@@ -388,3 +397,22 @@ def load_settings(**overrides: object) -> Settings:
 def get_settings() -> Settings:
     """The process's settings, read once. Tests that change the environment call `get_settings.cache_clear()`."""
     return load_settings()
+
+
+def settings_in_force(settings: Settings) -> list[tuple[str, str, str]]:
+    """(environment variable, value, where it came from) of every setting, secrets shown as `***` (set) or
+    empty. Where: 'environment', '.env' (the file of `env_file()`) or 'default'."""
+    from dotenv import dotenv_values
+
+    path = env_file()
+    in_file = {k.upper() for k in dotenv_values(path)} if path.is_file() else set()
+    env = {k.upper() for k in os.environ}
+    rows = []
+    for name in Settings.model_fields:
+        var = _env_name(name)
+        value = getattr(settings, name)
+        shown = ("***" if value.get_secret_value() else "") if isinstance(value, SecretStr) else (
+            "" if value is None else str(value))
+        where = "environment" if var in env else ".env" if var in in_file else "default"
+        rows.append((var, shown, where))
+    return rows

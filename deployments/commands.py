@@ -101,6 +101,9 @@ from deployments.cmd_paper_clock import register_paper_clock  # noqa: E402
 from deployments.cmd_up import register_up  # noqa: E402
 from deployments.cmd_replay import register_replay  # noqa: E402
 from deployments.cmd_alerts import register_alerts  # noqa: E402
+from deployments.cmd_status import register_status  # noqa: E402
+from deployments.cmd_config import register_config  # noqa: E402
+from deployments.cmd_plot import register_plot  # noqa: E402
 from deployments.cmd_evaluate import register_evaluate  # noqa: E402
 
 REGISTRY += [
@@ -120,4 +123,7 @@ REGISTRY += [
     register_replay,
     register_alerts,
     register_paper_clock,
+    register_status,
+    register_config,
+    register_plot,
 ]

@@ -278,7 +278,7 @@ def replay_sessions(start: dt.date, end: dt.date, mtf_every: int = 1, entrypoint
 def _replay_flow():
     from prefect import flow
 
-    @flow(name=REPLAY, description="Replays past sessions on the paper exchange's clock: every scheduled event as "
+    @flow(name=REPLAY, flow_run_name="replay {start} .. {end}", description="Replays past sessions on the paper exchange's clock: every scheduled event as "
                                    "a subflow with its as_of.")
     def replay(start: dt.date, end: dt.date, mtf_every: int = 1, entrypoints: dict[str, str] | None = None,
                train: bool = True, with_retrain: bool = False) -> dict[str, Any]:

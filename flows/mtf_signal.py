@@ -58,11 +58,12 @@ from tasks.mtf_signal import (BookState, Champion, ModelUnavailableError, Symbol
                               view_inputs)
 from tasks.run_policy import run_policy
 from tasks.runtime import FlowRun, flow_run
+from tasks.ui import run_name
 
 DEPLOYMENT = "mtf-signal"
 
 
-@flow(name=DEPLOYMENT, **run_policy(DEPLOYMENT))
+@flow(name=DEPLOYMENT, flow_run_name=run_name(DEPLOYMENT), **run_policy(DEPLOYMENT))
 def mtf_signal(as_of: datetime | None = None, symbols: list[str] | None = None,
                fill_timeout_seconds: float = 10.0) -> dict[str, Any]:
     """One 5-minute run of the MTF strategy (module docstring).

@@ -8,6 +8,7 @@ naming each red item and why, so the failure alert says it hours before the 15:5
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +19,9 @@ from core.preflight import (PreflightLimits, as_table, checklist_markdown, evalu
 from tasks.preflight import broker_facts, local_facts, new_facts, schedule_window
 from tasks.run_policy import run_policy
 from tasks.runtime import flow_run
+from tasks.ui import publish_status, run_name
+
+log = logging.getLogger(__name__)
 
 DEPLOYMENT = "preflight"
 
@@ -26,7 +30,7 @@ class PreflightRed(RuntimeError):
     """A red checklist item; the message names each one and why."""
 
 
-@flow(name=DEPLOYMENT, **run_policy(DEPLOYMENT))
+@flow(name=DEPLOYMENT, flow_run_name=run_name(DEPLOYMENT), **run_policy(DEPLOYMENT))
 def preflight(as_of: datetime | None = None) -> dict[str, Any]:
     """Run the checklist for `as_of` (default: the run's scheduled start). Returns {item: status}.
 
@@ -44,6 +48,10 @@ def preflight(as_of: datetime | None = None) -> dict[str, Any]:
                                                            min_schedule_days=s.preflight_min_schedule_days))
         run.publish(checklist_markdown(items, run.as_of), table=as_table(items))
         run.details = {i.name: i.status for i in items}
+        try:  # the morning status screen (`tradeflow status`) beside the checklist; never turns a check red
+            publish_status(run)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not publish the status screen: %s: %s", type(exc).__name__, exc)
         if red_items(items):
             raise PreflightRed(failure_message(items))
         run.outcome = "green"

@@ -41,6 +41,7 @@ from core.ib_broker import IBBroker
 from core.journal import Journal, JournalError
 from core.orders import JournalBehindError, OrderGateway
 from core.settings import Settings, get_settings
+from tasks.ui import send_project_logs_to_prefect, sync_kill_switch
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,7 @@ def flow_run(deployment: str, as_of: dt.datetime | str | None, settings: Setting
             sent and what is held with or without its stop (the alert's first line), whether the run's body
             completed or failed."""
     settings = settings or get_settings()
+    send_project_logs_to_prefect(settings)
     when = resolve_as_of(as_of)
     run = FlowRun(deployment=deployment, as_of=when, run_id=current_run_id(), settings=settings,
                   journal=Journal(settings.journal_path, lock_timeout=settings.journal_lock_timeout_seconds),
@@ -208,9 +210,15 @@ def flow_run(deployment: str, as_of: dt.datetime | str | None, settings: Setting
     with run.journal.transaction() as tx:
         tx.record_flow_event(run.run_id, "started", deployment, when)
     _rearm_late_alert(deployment)
+    log.info("%s for %s", deployment, describe_when(when, run.session))
+    if not run.run_id.startswith("local-"):  # a Prefect run: its UI shows the kill switch as the file says
+        shown = sync_kill_switch(run.kill_switch, settings.state_dir)
+        if shown and shown.startswith("HALTED"):
+            log.warning("%s: orders will be refused", shown)
     try:
         yield run
     except BaseException as exc:
+        log.error("%s failed: %s: %s", deployment, type(exc).__name__, exc)
         behind = run.journal_behind(exc)
         if behind is not None:  # orders went out and the journal lacks some of it: say so first, above all else
             log.critical("%s", behind)
@@ -235,6 +243,7 @@ def flow_run(deployment: str, as_of: dt.datetime | str | None, settings: Setting
         with run.journal.transaction() as tx:
             tx.record_flow_event(run.run_id, "completed", deployment, when, outcome=run.outcome or None,
                                  details=run.details or None)
+        log.info("%s done: %s", deployment, run.outcome or "completed")
     _heartbeat(settings, failed=False)
 
 
@@ -288,3 +297,13 @@ def _heartbeat(settings: Settings, failed: bool) -> None:
     """The dead-man's switch (`core.heartbeat`): a ping when TRADEFLOW_HEARTBEAT_URL is set (never raises)."""
     if settings.heartbeat_url is not None:
         ping(settings.heartbeat_url.get_secret_value(), failed=failed)
+
+
+def describe_when(when: dt.datetime, session: Session | None) -> str:
+    """`as_of` for a person: '2026-03-06 15:55 New York, session 2026-03-06 (09:30-16:00)' (early close and no
+    session said as such)."""
+    at = f"{when.astimezone(NY):%Y-%m-%d %H:%M} New York"
+    if session is None:
+        return f"{at} (no NYSE session that day)"
+    early = ", early close" if session.early_close else ""
+    return f"{at}, session {session.date} ({session.open:%H:%M}-{session.close:%H:%M}{early})"
