@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 """The project checkout (the folder holding `pyproject.toml`)."""
@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     )
     alert_url: SecretStr | None = Field(
         None, description="Apprise URL or webhook that failure notifications go to (secret: never logged)."
+    )
+
+    strategies: Annotated[list[str] | None, NoDecode] = Field(
+        None,
+        description="The strategies that run (comma-separated or a JSON list of names, `tradeflow strategies` lists "
+        "them); unset: every strategy enabled by default (account, ema, mtf). The account strategy always runs.",
     )
 
     # --- where things live ----------------------------------------------------------------------------------
@@ -151,6 +157,21 @@ class Settings(BaseSettings):
     commission_max_fraction: float = Field(0.01, ge=0, description="IB fixed pricing cap, fraction of value.")
     backtest_initial_capital: float = Field(1_000_000.0, gt=0, description="USD.")
     backtest_slippage_fraction: float = Field(0.0, ge=0, description="Adverse slippage per fill, fraction.")
+
+    @field_validator("strategies", mode="before")
+    @classmethod
+    def _names(cls, value: object) -> object:
+        """TRADEFLOW_STRATEGIES as 'ema,mtf,signals' or '["ema", "mtf"]'; empty means unset."""
+        if isinstance(value, str):
+            text = value.strip()
+            if not text:
+                return None
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
 
     @field_validator("state_dir", "data_dir", "paper_state_file")
     @classmethod
