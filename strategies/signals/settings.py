@@ -1,0 +1,45 @@
+"""The signals strategy's settings, read from the environment and `.env` (prefix `TRADEFLOW_SIGNALS_`), beside the
+system's (`core.settings`). Money is USD, fractions are fractions."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+HERE = Path(__file__).resolve().parent
+
+
+class SignalsSettings(BaseSettings):
+    """Where the signals come from, which tickers, the rule file and the limits."""
+
+    model_config = SettingsConfigDict(env_prefix="TRADEFLOW_SIGNALS_", env_file=".env", env_file_encoding="utf-8",
+                                      extra="ignore")
+
+    api_url: str = Field("http://127.0.0.1:7531/signals",
+                         description="The prediction source's signals endpoint (GET ?symbols=A,B&as_of=ISO).")
+    api_key: SecretStr | None = Field(None, description="The source's key, sent as `Authorization: Bearer` (secret).")
+    api_timeout_seconds: float = Field(10.0, gt=0, description="How long a request to the source may take, s.")
+    symbols: list[str] = Field(default=["AAPL", "TSLA", "SMH"], description="The tickers traded (isolated).")
+    rules_file: Path = Field(HERE / "rules.yaml", description="The YAML rule file (strategies/signals/rules.py).")
+    position_usd: float = Field(10_000.0, gt=0, description="Value of a new position, USD.")
+    max_position_usd: float = Field(20_000.0, gt=0, description="Largest position value of one ticker, USD.")
+    max_positions: int = Field(10, gt=0, description="Most tickers with a position at once (the account).")
+    max_daily_loss_usd: float = Field(1_000.0, gt=0, description="Halt for the day at this session loss, USD.")
+    fill_timeout_seconds: float = Field(30.0, gt=0, description="How long a market order's fill is awaited, s.")
+    atr_bars: int = Field(14, gt=1, description="5-minute bars of the ATR.")
+
+    @field_validator("symbols", mode="before")
+    @classmethod
+    def _symbols(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return [s.strip().upper() for s in value.split(",") if s.strip()]
+        return value
+
+
+@lru_cache(maxsize=1)
+def get_signals_settings() -> SignalsSettings:
+    """The process's signals settings, read once (`get_signals_settings.cache_clear()` rereads them)."""
+    return SignalsSettings()
