@@ -13,7 +13,7 @@ It writes, in the project folder:
 
 `<pkg>` is NAME with '-' as '_'. The skeleton's rule is a toy (the last completed 5-minute close against the mean of
 the previous ones) and its entry has `sends_orders=False`: it journals its decisions and sends nothing until you
-write a real rule and set it. It runs every 30 minutes of each session and takes the next free client-id offset.
+write a real rule and set it. It runs every 30 minutes of each session and takes the next free client-id offset (a multiple of 10).
 It does not run until named in TRADEFLOW_STRATEGIES.
 """
 

@@ -133,7 +133,7 @@ def test_new_strategy_writes_a_skeleton_that_schedules_and_passes_its_test(proje
     assert sum(line.startswith("demo ") for line in on.stdout.splitlines()) == 13
 
     listed = _tradeflow(project, "strategies", env=env)
-    assert "demo (off; project strategies/demo)" in listed.stdout and "client id 101" in listed.stdout
+    assert "demo (off; project strategies/demo)" in listed.stdout and "client id 121" in listed.stdout
 
     # its generated test, in the copy (the flow against the paper exchange needs a Prefect server: the replay
     # test below runs that flow; here the rule, the rules' imports and the registry entry)

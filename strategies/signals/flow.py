@@ -7,24 +7,25 @@ source's signals, the rule file, brackets, reversals, limits (strategies/signals
    final state of their OCA siblings.
 3. The signals of the tickers as of `as_of` (HTTP, key TRADEFLOW_SIGNALS_API_KEY); a source that does not answer
    fails the run before anything is decided.
-4. The strategy's P&L of the session (the journal's fills, marked at the last completed bars' closes) against the
+4. The strategy's P&L of the session (the journal's fills, marked at the current prices) against the
    daily loss limit: halted for the rest of the day once reached (journaled with each decision).
 5. Each ticker on its own (a failure of one does not stop the others; the run then fails naming it): its position
-   (the journal's fills of the strategy), its working pair (the broker's open orders), the last 5-minute close and
-   the ATR; the plan (`rules.plan_ticker`) is journaled with every input and its orders' refs before any order;
+   (the journal's fills of the strategy), its working pair (the broker's open orders), the current price, and the
+   ATR of the 5-minute bars when the matching rule places ATR stops; the plan (`rules.plan_ticker`) is journaled with every input and its orders' refs before any order;
    then carried out through the one order path. A rerun of the same `as_of` follows the journaled plan.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
 from prefect import flow
 
-from strategies.signals.rules import (Bracket, Limits, halted_reason, load_rules, plan_ticker, position_from_fills,
-                                      session_pnl, TickerState)
+from strategies.signals.rules import (Bracket, Limits, TickerState, halted_reason, load_rules, needs_atr,
+                                      plan_ticker, position_from_fills, session_pnl)
 from strategies.signals.rules import atr as atr_of
 from strategies.signals.settings import get_signals_settings
 from strategies.signals.source import fetch_signals
@@ -54,8 +55,7 @@ def signals(as_of: datetime | None = None) -> dict[str, Any] | Any:
             sync_orders(gateway, broker)
             key = cfg.api_key.get_secret_value() if cfg.api_key else None
             incoming = fetch_signals(cfg.api_url, key, cfg.symbols, run.as_of, cfg.api_timeout_seconds)
-            bars = {s: completed_bars(broker, s, run.as_of, duration="2 D") for s in cfg.symbols}
-            marks = {s: mark(float(b["close"].iloc[-1]), s) for s, b in bars.items()}
+            marks = {s: mark(broker.current_price(s), s) for s in cfg.symbols}
             with run.journal.transaction() as tx:
                 fills = {s: tx.strategy_fills(STRATEGY, s) for s in cfg.symbols}
                 today = tx.strategy_fills(STRATEGY, session=run.session.date)
@@ -68,7 +68,7 @@ def signals(as_of: datetime | None = None) -> dict[str, Any] | Any:
             report, failed = {}, []
             for symbol in cfg.symbols:
                 try:
-                    report[symbol] = _ticker(run, broker, gateway, symbol, incoming.get(symbol), bars[symbol],
+                    report[symbol] = _ticker(run, broker, gateway, symbol, incoming.get(symbol), marks[symbol],
                                              positions, open_orders, rules, limits, halted, pnl, cfg)
                 except Exception as exc:  # noqa: BLE001 - isolated: the others go on; the run fails below
                     failed.append(f"{symbol}: {type(exc).__name__}: {exc}")
@@ -82,15 +82,17 @@ def signals(as_of: datetime | None = None) -> dict[str, Any] | Any:
         return report
 
 
-def _ticker(run, broker, gateway, symbol, signal, bars, positions, open_orders, rules, limits, halted, pnl, cfg):
+def _ticker(run, broker, gateway, symbol, signal, price, positions, open_orders, rules, limits, halted, pnl, cfg):
     """Decide (or follow the journaled decision of this as_of) and act for one ticker."""
     with run.journal.transaction() as tx:
         journaled = tx.decision(STRATEGY, symbol, run.as_of)
     if journaled is None:
         position, avg_cost = positions[symbol]
-        state = TickerState(symbol, position, avg_cost, float(bars["close"].iloc[-1]),
-                            atr_of(list(bars["high"]), list(bars["low"]), list(bars["close"]), cfg.atr_bars),
-                            bracket_of(symbol, open_orders))
+        atr = math.nan
+        if needs_atr(signal, rules):  # one historical request, only when a rule places ATR stops (IB pacing)
+            bars = completed_bars(broker, symbol, run.as_of, duration="2 D")
+            atr = atr_of(list(bars["high"]), list(bars["low"]), list(bars["close"]), cfg.atr_bars)
+        state = TickerState(symbol, position, avg_cost, price, atr, bracket_of(symbol, open_orders))
         plan = plan_ticker(state, signal, rules, limits, open_positions=sum(1 for q, _ in positions.values() if q),
                            halted=halted)
         links = linked_orders(plan.steps, Refs.of(symbol, run.as_of), state.bracket)

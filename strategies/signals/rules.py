@@ -200,8 +200,9 @@ class Bracket:
 
 @dataclass(frozen=True)
 class TickerState:
-    """A ticker now: `position` shares (negative short), `avg_cost` USD a share, `price` USD (the last
-    completed bar's close), `atr` USD (14 bars), its `bracket` (None without one)."""
+    """A ticker now: `position` shares (negative short), `avg_cost` USD a share, `price` USD (the current price),
+    `atr` USD (of the last 5-minute bars; NaN when no rule needs it: `needs_atr`), its `bracket` (None without
+    one)."""
 
     symbol: str
     position: int
@@ -293,6 +294,20 @@ def bracket_prices(direction: int, entry: float, action: Action, atr_value: floa
     return _tick(stop), _tick(target)
 
 
+def signal_rule(signal: Signal | None, rules: Sequence[Rule]) -> Rule | None:
+    """The first signal rule whose condition `signal` meets (None without a signal or a match)."""
+    if signal is None:
+        return None
+    return next((r for r in rules if r.condition.type == "signal" and r.condition.signal == signal.side
+                 and signal.confidence >= r.condition.min_confidence), None)
+
+
+def needs_atr(signal: Signal | None, rules: Sequence[Rule]) -> bool:
+    """Whether the rule `signal` meets places ATR stops (so the ATR must be known to plan)."""
+    rule = signal_rule(signal, rules)
+    return rule is not None and rule.action.atr_stop_multiplier is not None
+
+
 def _shares(usd: float, price: float) -> int:
     return int(math.floor(usd / price)) if price > 0 else 0
 
@@ -334,10 +349,9 @@ def plan_ticker(state: TickerState, signal: Signal | None, rules: Sequence[Rule]
         reason = f"{state.symbol}: a position of {state.position} shares without its stop-loss/take-profit"
         return plan("NO_TRADE", reason + ": the pair's prices are unknown; close or protect it by hand")
 
-    for rule in rules:
-        c, a = rule.condition, rule.action
-        if c.type != "signal" or signal is None or signal.side != c.signal or signal.confidence < c.min_confidence:
-            continue
+    rule = signal_rule(signal, rules)
+    if rule is not None:
+        a = rule.action
         want = _signal_direction(signal.side)
         if a.type == "close":
             if state.direction and want != state.direction:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 HERE = Path(__file__).resolve().parent
 
@@ -22,7 +23,8 @@ class SignalsSettings(BaseSettings):
                          description="The prediction source's signals endpoint (GET ?symbols=A,B&as_of=ISO).")
     api_key: SecretStr | None = Field(None, description="The source's key, sent as `Authorization: Bearer` (secret).")
     api_timeout_seconds: float = Field(10.0, gt=0, description="How long a request to the source may take, s.")
-    symbols: list[str] = Field(default=["AAPL", "TSLA", "SMH"], description="The tickers traded (isolated).")
+    symbols: Annotated[list[str], NoDecode] = Field(default=["AAPL", "TSLA", "SMH"],
+                                                    description="The tickers traded (isolated): 'AAPL,TSLA' or JSON.")
     rules_file: Path = Field(HERE / "rules.yaml", description="The YAML rule file (strategies/signals/rules.py).")
     position_usd: float = Field(10_000.0, gt=0, description="Value of a new position, USD.")
     max_position_usd: float = Field(20_000.0, gt=0, description="Largest position value of one ticker, USD.")
@@ -34,9 +36,14 @@ class SignalsSettings(BaseSettings):
     @field_validator("symbols", mode="before")
     @classmethod
     def _symbols(cls, value: object) -> object:
-        if isinstance(value, str) and not value.strip().startswith("["):
-            return [s.strip().upper() for s in value.split(",") if s.strip()]
-        return value
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                import json
+
+                value = json.loads(value)
+            else:
+                return [s.strip().upper() for s in value.split(",") if s.strip()]
+        return [str(s).upper() for s in value] if isinstance(value, list) else value
 
 
 @lru_cache(maxsize=1)

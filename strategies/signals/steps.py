@@ -191,7 +191,10 @@ def execute(run: FlowRun, broker: Broker, gateway: OrderGateway, symbol: str, st
     return done
 
 
-def mark(price: float, symbol: str) -> float:
-    if not (math.isfinite(price) and price > 0):
-        raise ValueError(f"{symbol}: price {price!r} is not a positive number")
+def mark(quote: Any, symbol: str) -> float:
+    """The price (USD) of a `core.broker.Quote`, refused when not finite and positive or delayed (never size from
+    it)."""
+    price = float(quote.price)
+    if not (math.isfinite(price) and price > 0) or quote.delayed:
+        raise ValueError(f"{symbol}: price {price!r}{' (delayed)' if quote.delayed else ''} cannot be traded on")
     return price
