@@ -4,7 +4,8 @@ source's signals, the rule file, brackets, reversals, limits (strategies/signals
 1. The late guard: a run more than TRADEFLOW_LATE_RUN_MAX_MINUTES after its `as_of` (broker clock) does nothing
    (SkippedLate).
 2. Journal what the broker did since the last run: fills of the strategy's stop-losses and take-profits, the
-   final state of their OCA siblings.
+   final state of their OCA siblings. The run at the close stops there (a market order would wait for the next
+   open).
 3. The signals of the tickers as of `as_of` (HTTP, key TRADEFLOW_SIGNALS_API_KEY); a source that does not answer
    fails the run before anything is decided.
 4. The strategy's P&L of the session (the journal's fills, marked at the current prices) against the
@@ -45,6 +46,7 @@ def signals(as_of: datetime | None = None) -> dict[str, Any] | Any:
         if run.session is None or not (run.session.open < run.as_of <= run.session.close):
             run.outcome = "outside the session: nothing to do"
             return {}
+        at_close = run.as_of >= run.session.close
         rules = load_rules(cfg.rules_file.read_text())
         limits = Limits(cfg.position_usd, cfg.max_position_usd, cfg.max_positions, cfg.max_daily_loss_usd)
         with run.broker() as broker:
@@ -52,7 +54,10 @@ def signals(as_of: datetime | None = None) -> dict[str, Any] | Any:
             if late is not None:
                 return late
             gateway = run.gateway(broker)
-            sync_orders(gateway, broker)
+            synced = sync_orders(gateway, broker)
+            if at_close:  # a market order now would wait for the next open: journal what happened, decide nothing
+                run.outcome = f"at the close: {synced} new fill(s) journaled; no decision"
+                return {}
             key = cfg.api_key.get_secret_value() if cfg.api_key else None
             incoming = fetch_signals(cfg.api_url, key, cfg.symbols, run.as_of, cfg.api_timeout_seconds)
             marks = {s: mark(broker.current_price(s), s) for s in cfg.symbols}

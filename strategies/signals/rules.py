@@ -354,7 +354,9 @@ def plan_ticker(state: TickerState, signal: Signal | None, rules: Sequence[Rule]
         a = rule.action
         want = _signal_direction(signal.side)
         if a.type == "close":
-            if state.direction and want != state.direction:
+            # SELL and SHORT close a long, BUY closes a short; SELL says nothing about a short
+            if (state.direction > 0 and signal.side in ("SELL", "SHORT")) or (state.direction < 0 and
+                                                                              signal.side == "BUY"):
                 return plan("SELL" if state.direction > 0 else "BUY",
                             f"{signal.side} {signal.confidence:.2f}: close the {state.position} shares",
                             [Step("close", "SELL" if state.direction > 0 else "BUY", abs(state.position))], rule.name)

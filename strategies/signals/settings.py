@@ -33,6 +33,14 @@ class SignalsSettings(BaseSettings):
     fill_timeout_seconds: float = Field(30.0, gt=0, description="How long a market order's fill is awaited, s.")
     atr_bars: int = Field(14, gt=1, description="5-minute bars of the ATR.")
 
+    @field_validator("rules_file")
+    @classmethod
+    def _relative_to_project(cls, path: Path) -> Path:
+        """A relative rule file is relative to the project folder, wherever a flow process starts."""
+        from core.settings import PROJECT_ROOT
+
+        return path if path.is_absolute() else (PROJECT_ROOT / path).resolve()
+
     @field_validator("symbols", mode="before")
     @classmethod
     def _symbols(cls, value: object) -> object:
