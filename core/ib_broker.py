@@ -102,9 +102,13 @@ def typed_error(code: int, message: str) -> IBError:
     return IBError(message, code)
 
 
-def connection_hint(host: str, port: int, client_id: int) -> str:
-    """What to check when no connection can be made."""
-    return (f"could not connect to TWS API at {host}:{port} (client id {client_id}). Check that TWS or IB "
+def connection_hint(host: str, port: int, client_id: int, restart_time: str | None = None) -> str:
+    """What to check when no connection can be made; names IB Gateway's daily restart (HH:MM New York) when
+    given."""
+    restart = (f"IB Gateway restarts daily at {restart_time} New York (TRADEFLOW_GATEWAY_RESTART_TIME; IBC) and "
+               "needs a new login weekly: a run during the restart finds it down, and the next run recovers. "
+               if restart_time else "")
+    return (f"could not connect to TWS API at {host}:{port} (client id {client_id}). {restart}Check that TWS or IB "
             "Gateway (or `tradeflow paper-exchange`) is running; that the API is enabled (TWS: Configure > API > "
             "Settings > Enable ActiveX and Socket Clients); that the port is right (IBKR_PORT: TWS 7497 paper / "
             "7496 live, IB Gateway 4002 paper / 4001 live) and 127.0.0.1 is a trusted IP; and that the client "
@@ -170,6 +174,7 @@ class IBBroker(Broker):
         self._contracts: dict[str, object] = {}
         self._perm_ids: dict[int, int] = {}  # orderId -> permId of orders placed here (they outlive reconnects)
         self._errors: list[tuple[int, int, str]] = []
+        self._ib_lost = ""  # IB's 1100 text while the gateway has lost IB's servers
         self.ib = ibapi.IB()
         self.ib.RaiseRequestErrors = True
         self.ib.RequestTimeout = timeout
@@ -180,6 +185,11 @@ class IBBroker(Broker):
     def _on_error(self, req_id: int, code: int, message: str, *args: object) -> None:
         self._errors.append((req_id, code, message))
         del self._errors[:-200]
+        if code in (1100, 1101, 1102):  # IB Gateway lost / regained IB's servers (its nightly reset)
+            self._ib_lost = message if code == 1100 else ""
+            (log.error if code == 1100 else log.warning)("IB %d: %s", code, message)
+        elif code in (2103, 2105, 2157):
+            log.warning("IB %d: %s", code, message)
 
     @property
     def account(self) -> str:
@@ -251,6 +261,7 @@ class IBBroker(Broker):
         if self.ib.isConnected():
             return
         _ensure_event_loop()
+        self._ib_lost = ""  # a new connection's greeting says again (1100) when IB is unreachable
         start = self.base_client_id
         last_exc: BaseException | None = None
         attempt = 0
@@ -286,7 +297,8 @@ class IBBroker(Broker):
                 time.sleep(min(30.0, self.backoff * 2 ** (attempt - 1)))
         else:
             raise BrokerConnectionError(
-                f"{connection_hint(self.host, self.port, start)} Last error: {last_exc!r}") from last_exc
+                f"{connection_hint(self.host, self.port, start, self.settings.gateway_restart_time)} "
+                f"Last error: {last_exc!r}") from last_exc
         accounts = self.ib.managedAccounts()
         if self._account and accounts and self._account not in accounts:
             self.disconnect()
@@ -491,6 +503,10 @@ class IBBroker(Broker):
     def place_order(self, request: OrderRequest) -> OrderInfo:
         self._ensure()
         self._guard_live()
+        if self._ib_lost:
+            raise BrokerConnectionError(f"IB 1100: {self._ib_lost} IB Gateway cannot reach IB's servers (its "
+                                        f"nightly reset or a network break): order {request.order_ref!r} not sent; "
+                                        "wait for 1101/1102 (connectivity restored)")
         found = self.find_order(request.order_ref)
         if found is not None:
             log.info("order_ref %s already placed (order %s, %s); nothing sent", request.order_ref,

@@ -69,6 +69,12 @@ class Settings(BaseSettings):
         None,
         description="The live account id (e.g. U1234567) that live mode may trade; the second explicit opt-in.",
     )
+    gateway_restart_time: str = Field(
+        "23:45",
+        pattern=r"^([01]\d|2[0-3]):[0-5]\d$",
+        description="HH:MM New York: when IB Gateway restarts daily (IBC's AutoRestartTime); a failed connection "
+        "names it (schedule it outside 09:00-17:30).",
+    )
     alert_url: SecretStr | None = Field(
         None, description="Apprise URL or webhook that failure notifications go to (secret: never logged)."
     )
@@ -97,6 +103,11 @@ class Settings(BaseSettings):
         description="Margin rules of the paper account (core/paper_exchange/margin.py): reg_t_cash, reg_t_margin "
         "(4x intraday, 2x overnight) or portfolio_margin (about 15 %: the EMA's 3-3.75x overnight needs it).",
     )
+    paper_restart_time: str | None = Field(
+        None, pattern=r"^([01]\d|2[0-3]):[0-5]\d$",
+        description="HH:MM New York: the paper exchange's daily gateway restart (default: none).",
+    )
+    paper_restart_seconds: float = Field(120.0, ge=0, description="How long the daily restart keeps the port closed.")
     paper_admin_token: str | None = Field(
         None, description="Token the paper exchange's admin port requires (default: one kept in the state dir)."
     )

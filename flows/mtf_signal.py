@@ -19,8 +19,9 @@ One run, for `as_of` (default: its scheduled start):
    and the daily loss limit: reached now or by an earlier run of the session (it latches), no entries for the
    rest of the session. A P&L that cannot be computed (no quote for a held symbol) holds entries back for this
    run only, and says why.
-7. Per symbol: the decision (`core.strategies.mtf.decide`, the same function the backtest uses), journaled in
-   `signals` with all its inputs (also NO_TRADE / HOLD with P(up) and the reason), then its order through the
+7. Per symbol: the decision (`core.strategies.mtf.decide`, the same function the backtest uses); an entry is
+   then sized to what the margin allows by IB's what-if of the order (`tasks.margin.fit_entry`; NO_TRADE code
+   'margin' when nothing fits), journaled in `signals` with all its inputs (the what-if numbers too) (also NO_TRADE / HOLD with P(up) and the reason), then its order through the
    gateway with orderRef `mtf-<SYMBOL>-<YYYYMMDDTHHMM>-entry|exit` (unique to symbol and run), a wait of up to
    `fill_timeout_seconds` for the fill, and the fill journaled.
 8. Publishes an artifact: a table of symbol, P(up), decision, reason and order.
@@ -43,8 +44,9 @@ from typing import Any
 from prefect import flow
 
 from core.orders import OrderBlockedError
-from core.strategies.mtf import MtfRules, day_pnl, decide, loss_limit_reached, runs_held
+from core.strategies.mtf import MtfDecision, MtfRules, day_pnl, decide, loss_limit_reached, runs_held
 from tasks.ema_stop import ema_stop_second_line
+from tasks.margin import fit_entry
 from tasks.mtf_signal import (BookState, Champion, SymbolView, journal_decision, load_champions, mtf_order_ref,
                               observe_symbol, read_book, runs_sessions, send_order, view_inputs)
 from tasks.runtime import FlowRun, flow_run
@@ -154,6 +156,14 @@ def _decide(run: FlowRun, broker, gateway, rules: MtfRules, champion: Champion, 
                       market_open=run.as_of < run.session.close, blocked=blocked,
                       no_probability=view.problem or "no P(up)", no_price=view.price_problem or "no usable price",
                       loss_limit_reason=None if context["loss_limit_reached"] else context["day_pnl_problem"])
+    margin: dict[str, Any] = {}
+    if decision.action == "BUY":  # the funds check: IB's what-if of the entry, sized to what margin allows
+        fit = fit_entry(broker, sym, decision.quantity, mtf_order_ref(sym, run.as_of, decision) or "")
+        margin = fit.record
+        if fit.capped:
+            decision = dataclasses.replace(decision, quantity=fit.shares, reason=f"{decision.reason}; {fit.reason}")
+        if fit.shares == 0:
+            decision = MtfDecision("NO_TRADE", 0, "margin", decision.reason)
     ref = mtf_order_ref(sym, run.as_of, decision)
     halted = run.kill_switch.current() if ref else None
     if halted is not None:
@@ -161,7 +171,7 @@ def _decide(run: FlowRun, broker, gateway, rules: MtfRules, champion: Champion, 
     inputs = {"model": champion.journal_id, **view_inputs(view), "position": qty, "broker_position": at_broker,
               "entry_time": entry.isoformat() if entry else None, "runs_held": runs, "blocked": blocked,
               "code": decision.code, "market_open": run.as_of < run.session.close, **context,
-              "rules": dataclasses.asdict(rules)}
+              "rules": dataclasses.asdict(rules), **margin}
     journal_decision(run, sym, decision, view, inputs, ref)
     order = None
     if ref and halted is None:

@@ -21,6 +21,7 @@ except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.
 from core.broker import (
     BrokerConnectionError,
     BrokerTimeoutError,
+    IBError,
     LiveTradingRefusedError,
     OrderNotFilledError,
     OrderRejectedError,
@@ -29,7 +30,7 @@ from core.broker import (
 )
 from core.ib_broker import IB_LIBRARY, IBBroker, ibapi
 from core.paper_exchange import AdminClient, EngineConfig, PaperExchange, commission_for
-from core.settings import load_settings
+from core.settings import get_settings, load_settings
 
 pytestmark = pytest.mark.needs_data
 
@@ -529,10 +530,9 @@ def test_bracket_children_are_held_echo_their_parent_and_die_with_it(broker, exc
     bracket = ib.bracketOrder("BUY", 10, limitPrice=100.0, takeProfitPrice=900.0, stopLossPrice=50.0)
     trades = [ib.placeOrder(contract, o) for o in bracket]
     parent, take, stop = trades
-    wait_until(lambda: all(t.orderStatus.status in ("Submitted", "PreSubmitted") for t in trades), 5,
-               "the bracket's acknowledgement", poll=ib.sleep)
-    assert parent.orderStatus.status == "Submitted"
-    assert take.orderStatus.status == stop.orderStatus.status == "PreSubmitted"  # held until the parent fills
+    wait_until(lambda: parent.orderStatus.status == "Submitted" and take.orderStatus.status ==
+               stop.orderStatus.status == "PreSubmitted", 5, "the bracket transmitted, its children held",
+               poll=ib.sleep)
     assert take.order.parentId == stop.order.parentId == parent.order.orderId  # echoed in openOrder
     assert take.orderStatus.parentId == parent.order.orderId  # and in orderStatus
     assert len(exchange.status()["open_orders"]) == 3
@@ -671,3 +671,187 @@ def test_unimplemented_requests_are_answered_with_ib_errors(broker, request_name
             "reqHistogramData": lambda: ib.reqHistogramData(contract, True, "1 week")}[request_name]
     call()
     wait_until(lambda: code in codes, 5, f"IB error {code} for {request_name}", poll=ib.sleep)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the gateway's life: daily restart, login, data farms, IB's servers
+
+
+def _codes(broker) -> list[int]:
+    codes: list[int] = []
+    broker.ib.errorEvent += lambda req_id, code, *a: codes.append(code)
+    return codes
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def test_restart_drops_refuses_then_recovers_with_everything_kept(broker, admin, exchange, make_broker):
+    broker.wait_for_fill(broker.place_order(OrderRequest("AAPL", "BUY", 5, "rs-1")).order_id, 5)
+    broker.place_order(OrderRequest("AAPL", "BUY", 5, "rs-2", "LMT", limit_price=100.0))
+    before = (broker.positions(), [o.order_ref for o in broker.open_orders()], broker.executions())
+    assert admin.restart(300)["dropped"] >= 1
+    wait_until(lambda: not broker.is_connected(), 5, "the drop", poll=broker.ib.sleep)
+    assert not _port_open(exchange.port)
+    with pytest.raises(BrokerConnectionError, match="restarts daily at 23:45 New York"):
+        broker.positions()
+    assert admin.status()["gateway"]["up"] is False
+    admin.step(300)
+    wait_until(lambda: _port_open(exchange.port), 5, "the port reopened")
+    assert (broker.positions(), [o.order_ref for o in broker.open_orders()], broker.executions()) == before
+    assert broker.place_order(OrderRequest("AAPL", "BUY", 5, "rs-1")).existing  # nothing sent twice
+
+
+def test_daily_restart_at_its_time(make_exchange, make_broker):
+    from datetime import time as dt_time
+
+    ex = make_exchange(state="daily.json", start=datetime(2026, 3, 2, 11, 40, tzinfo=NY),
+                       restart_time=dt_time(11, 45), restart_seconds=240)
+    adm = AdminClient(ex.admin_port)
+    b = make_broker(client_id=71, ex=ex)
+    adm.set_clock(datetime(2026, 3, 2, 11, 46, tzinfo=NY))
+    wait_until(lambda: not b.is_connected(), 5, "the daily restart's drop", poll=b.ib.sleep)
+    assert adm.status()["gateway"]["restarts"] == 1 and not _port_open(ex.port)
+    adm.set_clock(datetime(2026, 3, 2, 11, 49, tzinfo=NY))
+    wait_until(lambda: _port_open(ex.port), 5, "the port after the restart")
+    assert b.account_values().net_liquidation == 1_000_000.0
+
+
+def test_logout_stays_down_until_login(broker, admin, exchange):
+    admin.logout()
+    wait_until(lambda: not broker.is_connected(), 5, "the drop", poll=broker.ib.sleep)
+    admin.step(3600)
+    assert not _port_open(exchange.port)
+    admin.login()
+    wait_until(lambda: _port_open(exchange.port), 5, "the port after the login")
+    assert broker.positions() == []
+
+
+def test_farm_messages_and_a_broken_hmds_farm(broker, admin):
+    codes = _codes(broker)
+    admin.farm("ushmds", False)
+    wait_until(lambda: 2105 in codes, 5, "2105", poll=broker.ib.sleep)
+    with pytest.raises(IBError) as exc:
+        broker.historical_bars("SMH", "1 day", "5 D")
+    assert exc.value.code == 162 and "HMDS data farm connection is broken" in str(exc.value)
+    admin.farm("ushmds", True)
+    admin.farm("usfarm", False)
+    admin.farm("usfarm", True)
+    admin.farm("secdefnj", True)
+    wait_until(lambda: {2106, 2103, 2104, 2158} <= set(codes), 5, "2106, 2103, 2104, 2158", poll=broker.ib.sleep)
+    assert len(broker.historical_bars("SMH", "1 day", "5 D")) == 5
+
+
+def test_lost_connectivity_1100_refuses_orders_until_1102(broker, admin, exchange):
+    codes = _codes(broker)
+    admin.connectivity(False)
+    wait_until(lambda: 1100 in codes, 5, "1100", poll=broker.ib.sleep)
+    with pytest.raises(BrokerConnectionError, match="IB 1100"):
+        broker.place_order(OrderRequest("AAPL", "BUY", 1, "conn-1"))
+    assert exchange.status()["open_orders"] == [] and exchange.status()["executions"] == 0
+    admin.connectivity(True)
+    wait_until(lambda: 1102 in codes, 5, "1102", poll=broker.ib.sleep)
+    assert broker.wait_for_fill(broker.place_order(OrderRequest("AAPL", "BUY", 1, "conn-1")).order_id, 5).filled == 1
+    admin.connectivity(False)
+    admin.connectivity(True, data_lost=True)
+    wait_until(lambda: 1101 in codes, 5, "1101", poll=broker.ib.sleep)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# hardening: message size, connections, handshakes, the admin token
+
+
+def _raw(port: int):
+    import socket
+
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    return s
+
+
+def _closed(sock, timeout: float = 5.0) -> bool:
+    """Whether the server closed `sock` (reads until EOF or a reset within `timeout`)."""
+    sock.settimeout(timeout)
+    try:
+        while True:
+            if not sock.recv(65536):
+                return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def _handshake(sock, client_id: int) -> None:
+    import struct
+
+    from core.paper_exchange import protocol as P
+
+    body = b"v157..176"
+    sock.sendall(b"API\0" + struct.pack(">I", len(body)) + body)
+    sock.sendall(P.frame([71, 2, client_id, ""]))
+
+
+def test_an_oversized_message_closes_only_that_connection(exchange, broker):
+    import struct
+
+    s = _raw(exchange.port)
+    _handshake(s, 81)
+    s.sendall(struct.pack(">I", 1 << 30) + b"x" * 16)
+    assert _closed(s)
+    assert broker.positions() == []  # the others are unaffected
+
+
+def test_connections_beyond_the_cap_are_closed(make_exchange):
+    ex = make_exchange(state="cap.json", max_connections=2)
+    a, b = _raw(ex.port), _raw(ex.port)
+    wait_until(lambda: len(ex.status()["connections"]) == 2, 5, "two connections")
+    c = _raw(ex.port)
+    assert _closed(c)
+    assert not _closed(a, timeout=0.2)
+    a.close(), b.close()
+
+
+def test_a_half_finished_handshake_times_out(make_exchange):
+    ex = make_exchange(state="hs.json", handshake_timeout=0.3)
+    s = _raw(ex.port)
+    s.sendall(b"API\0")  # and nothing more
+    assert _closed(s)
+    wait_until(lambda: ex.status()["connections"] == [], 5, "the connection gone")
+
+
+def test_the_admin_port_requires_its_token(exchange, tmp_path):
+    import stat
+
+    from core.paper_exchange import AdminError
+    from core.paper_exchange.admin import token_file
+
+    with pytest.raises(AdminError, match="admin token required"):
+        AdminClient(exchange.admin_port, token="wrong").status()
+    path = token_file(tmp_path / "state.json")
+    assert path.read_text().strip() == exchange.admin_token
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert AdminClient(exchange.admin_port, token=exchange.admin_token).status()["account"] == exchange.account
+    with pytest.raises(AdminError, match="too long"):
+        AdminClient(exchange.admin_port).call("status", pad="x" * 70_000)
+
+
+def test_another_process_reads_the_token_from_the_state_dir(exchange, tmp_path, monkeypatch):
+    """What `tradeflow paper-clock` does: no exchange of its own, the token from the configured state file."""
+    from core.paper_exchange.admin import register_token, token_for
+
+    register_token(exchange.admin_port, None)  # as if the exchange ran in another process
+    monkeypatch.setenv("TRADEFLOW_PAPER_STATE_FILE", str(tmp_path / "state.json"))
+    get_settings.cache_clear()
+    try:
+        assert token_for(exchange.admin_port) == exchange.admin_token
+        assert AdminClient(exchange.admin_port).status()["account"] == exchange.account
+    finally:
+        register_token(exchange.admin_port, exchange.admin_token)
+        get_settings.cache_clear()

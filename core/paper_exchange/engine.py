@@ -343,8 +343,7 @@ class Engine:
             "GrossPositionValue": req.gross, "EquityWithLoanValue": nlv, "InitMarginReq": req.initial,
             "MaintMarginReq": req.maintenance, "RegTMargin": req.overnight, "SMA": nlv - req.overnight,
             "AvailableFunds": available, "ExcessLiquidity": nlv - req.maintenance,
-            "BuyingPower": M.buying_power(self.config.account_type, available, self.cash,
-                                          self.overnight_in_force(now)),
+            "BuyingPower": M.buying_power(self.config.account_type, available, self.cash),
             "UnrealizedPnL": unrealized, "RealizedPnL": realized, "StockMarketValue": market_value,
         }
 

@@ -86,12 +86,11 @@ def requirement(account_type: str, values: list[float], overnight_now: bool) -> 
     return Requirement(initial=init, maintenance=maint, overnight=overnight, gross=gross)
 
 
-def buying_power(account_type: str, available_funds: float, cash: float, overnight_now: bool) -> float:
-    """IB's BuyingPower (USD): cash accounts their cash (never negative); margin accounts AvailableFunds over the
-    long initial rate in force (Reg T: 4 x intraday, 2 x from the 15:50 check to the open; Portfolio Margin
-    about 6.7 x)."""
+def buying_power(account_type: str, available_funds: float, cash: float) -> float:
+    """IB's BuyingPower (USD): a cash account its cash (never negative); a Reg T margin account 4 x AvailableFunds
+    (IB's formula, also after the 15:50 check: what may be held overnight is what a what-if order tells); Portfolio
+    Margin AvailableFunds over its 15 % rate."""
     r = rates_for(account_type)
     if account_type == "reg_t_cash":
         return max(min(cash, available_funds), 0.0)
-    rate = max(r.initial_long, r.overnight) if overnight_now else r.initial_long
-    return max(available_funds, 0.0) / rate
+    return max(available_funds, 0.0) / r.initial_long

@@ -20,11 +20,13 @@ import re
 import struct
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from datetime import time as dt_time
 from pathlib import Path
 from typing import Any
 
 from . import protocol as P
+from .admin import load_or_create_token
 from .clock import ExchangeClock
 from .engine import Engine, EngineConfig, Execution, Order, OrderError, exec_time_str
 from .market_data import NY, BadRequestError, MarketData
@@ -34,6 +36,55 @@ log = logging.getLogger("tradeflow.paper_exchange")
 KNOWN_CON_IDS = {"AAPL": 265598, "TSLA": 76792991, "SPY": 756733, "SMH": 225130744, "VIX": 13455763}
 INDICES = {"VIX": ("CBOE", "CBOE Volatility Index")}
 PRIMARY = {"SPY": "ARCA", "SMH": "NASDAQ"}
+
+MAX_MESSAGE_BYTES = 1 << 20
+"""A client message announcing more than this (1 MiB; a placeOrder is about 1 KiB) closes its connection."""
+MAX_CONNECTIONS = 32
+"""Client connections at once (TWS and IB Gateway take 32 API clients)."""
+HANDSHAKE_TIMEOUT = 10.0
+"""Real seconds a client has to send the magic, its version range and startApi."""
+
+FARMS = {"usfarm": (2104, 2103), "ushmds": (2106, 2105), "secdefnj": (2158, 2157)}
+"""Data farms: (code when OK, code when broken), as IB Gateway reports them."""
+FARM_TEXT = {
+    2104: "Market data farm connection is OK", 2103: "Market data farm connection is broken",
+    2106: "HMDS data farm connection is OK", 2105: "HMDS data farm connection is broken",
+    2158: "Sec-def data farm connection is OK", 2157: "Sec-def data farm connection is broken",
+    1100: "Connectivity between IB and Trader Workstation has been lost.",
+    1101: "Connectivity between IB and Trader Workstation has been restored - data lost.",
+    1102: "Connectivity between IB and Trader Workstation has been restored - data maintained.",
+}
+
+
+class MessageTooLarge(Exception):
+    """A client announced a message longer than MAX_MESSAGE_BYTES."""
+
+
+@dataclass
+class Gateway:
+    """The life of the IB Gateway the exchange stands in for.
+
+    up: whether the API port is open; down_until: exchange epoch seconds when it opens again (None while down:
+    until an explicit login); reason: why it is down. connected: whether the gateway reaches IB's servers
+    (1100 when lost, 1101/1102 when restored). farms: data farm -> OK. restart_time/restart_seconds: the daily
+    restart (New York wall time) and how long the port stays closed.
+    """
+
+    restart_time: dt_time | None = None
+    restart_seconds: float = 120.0
+    up: bool = True
+    down_until: int | None = None
+    reason: str = ""
+    connected: bool = True
+    farms: dict[str, bool] = field(default_factory=lambda: {f: True for f in FARMS})
+    restarts: int = 0
+
+    def as_dict(self) -> dict:
+        return {"up": self.up, "reason": self.reason, "down_until": self.down_until, "connected": self.connected,
+                "farms": dict(self.farms), "restarts": self.restarts,
+                "restart_time": self.restart_time.strftime("%H:%M") if self.restart_time else None,
+                "restart_seconds": self.restart_seconds}
+
 
 _MARKET_DATA_CACHE: dict[str, MarketData] = {}
 _CACHE_LOCK = threading.Lock()
@@ -125,6 +176,7 @@ def _bar_row(b: tuple, bar_size: str, fmt_date: str) -> tuple:
 NO_REPLY = {11, 13, 14, 23, 51, 53, 56, 57, 70, 75, 89, 90, 98, 101, 103}
 """Cancel requests (and setServerLogLevel) to which IB sends nothing."""
 
+_NOT_FA = "Error validating request.-'vd' : cause - FA data operations ignored for non FA customers."
 UNSUPPORTED: dict[int, tuple[str, int | None, int, str]] = {
     # msgId: (request, index of its reqId field, IB error code, IB's text ('' for the generic 321 text))
     10: ("reqMktDepth", 2, 10089, "Requested market data requires additional subscription for API. Market depth "
@@ -139,10 +191,7 @@ UNSUPPORTED: dict[int, tuple[str, int | None, int, str]] = {
                                      "available from the paper exchange"),
     96: ("reqHistoricalTicks", 1, 162, "Historical Market Data Service error message:historical ticks are not "
                                        "available from the paper exchange"),
-    18: ("requestFA", None, 321, "Error validating request.-'vd' : cause - FA data operations ignored for non FA "
-                                 "customers."),
-    19: ("replaceFA", 4, 321, "Error validating request.-'vd' : cause - FA data operations ignored for non FA "
-                              "customers."),
+    18: ("requestFA", None, 321, _NOT_FA), 19: ("replaceFA", 4, 321, _NOT_FA),
     21: ("exerciseOptions", 2, 321, ""), 22: ("reqScannerSubscription", 1, 321, ""),
     24: ("reqScannerParameters", None, 321, ""), 54: ("calculateImpliedVolatility", 2, 321, ""),
     55: ("calculateOptionPrice", 2, 321, ""), 65: ("verifyRequest", None, 321, ""),
@@ -168,11 +217,19 @@ class PaperExchange:
         config: account parameters (starting cash USD, max leverage, account id, commission schedule).
         realtime: whether live market data is "subscribed"; when false, live requests get IB error 354 and
             clients must ask for delayed data (reqMarketDataType 3).
+        admin_token: the admin port's token (default: the token file beside `state_file`, see admin.py).
+        restart_time / restart_seconds: the gateway's daily restart (New York wall time; None: never) and how
+            long (exchange seconds) the port stays closed then.
+        max_connections: client connections accepted at once (IB: 32); more are closed at once.
+        handshake_timeout: real seconds a client has to complete the handshake and startApi.
     """
 
     def __init__(self, data_dir: Path | str, *, start: datetime, speed: float | None = None, port: int = 0,
                  admin_port: int = 0, server_version: int = 176, state_file: Path | str | None = None,
-                 config: EngineConfig | None = None, realtime: bool = True, resume: bool = False):
+                 config: EngineConfig | None = None, realtime: bool = True, resume: bool = False,
+                 admin_token: str | None = None, restart_time: dt_time | None = None,
+                 restart_seconds: float = 120.0, max_connections: int = MAX_CONNECTIONS,
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT):
         if server_version not in P.SUPPORTED_SERVER_VERSIONS:
             raise ValueError(f"server_version must be one of {P.SUPPORTED_SERVER_VERSIONS}")
         self.market = shared_market_data(data_dir)
@@ -198,6 +255,12 @@ class PaperExchange:
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
         self._last_account_push = 0.0
+        self.admin_token = load_or_create_token(state_file, admin_token)
+        self.max_connections = max_connections
+        self.handshake_timeout = handshake_timeout
+        self.gateway = Gateway(restart_time=restart_time, restart_seconds=restart_seconds)
+        self._tws_server: asyncio.AbstractServer | None = None
+        self._last_clock = self.now()
 
     # --- lifecycle -------------------------------------------------------------------------------------------
 
@@ -208,14 +271,20 @@ class PaperExchange:
     def now(self) -> int:
         return int(self.clock.now())
 
-    async def _start_servers(self) -> None:
-        self._stopping = asyncio.Event()
+    async def _open_tws_port(self) -> None:
         srv = await asyncio.start_server(self._handle_client, self.host, self.port)
         self.port = srv.sockets[0].getsockname()[1]
-        from .admin import handle_admin
-        adm = await asyncio.start_server(lambda r, w: handle_admin(self, r, w), self.host, self.admin_port)
+        self._tws_server = srv
+
+    async def _start_servers(self) -> None:
+        self._stopping = asyncio.Event()
+        await self._open_tws_port()
+        from .admin import MAX_LINE, handle_admin, register_token
+        adm = await asyncio.start_server(lambda r, w: handle_admin(self, r, w), self.host, self.admin_port,
+                                         limit=MAX_LINE)
         self.admin_port = adm.sockets[0].getsockname()[1]
-        self._servers = [srv, adm]
+        register_token(self.admin_port, self.admin_token)
+        self._servers = [adm]
         self._spawn(self._ticker())
         self.engine.clock = self.now()
         log.info("paper exchange on %s:%d (admin %d), server version %d, account %s, clock %s", self.host,
@@ -241,6 +310,10 @@ class PaperExchange:
                 pass
 
     async def _shutdown(self) -> None:
+        from .admin import register_token
+        register_token(self.admin_port, None)
+        if self._tws_server is not None:
+            self._servers.append(self._tws_server)
         for s in self._servers:
             s.close()
         for c in list(self._conns):
@@ -294,10 +367,13 @@ class PaperExchange:
             await asyncio.sleep(0.05)
             if self.clock.speed:
                 self.on_clock_moved()
+            self._gateway_tick()
 
     def on_clock_moved(self) -> None:
         """Match open orders against the new clock and tell clients (called on the loop)."""
         now = self.now()
+        self._gateway_schedule(self._last_clock, now)
+        self._last_clock = now
         fills = self.engine.advance(now)
         self._publish_fills(fills, now)
         self._push_streams(now)
@@ -311,31 +387,55 @@ class PaperExchange:
 
     # --- connections -----------------------------------------------------------------------------------------
 
+    async def _handshake(self, conn: _Conn) -> bool:
+        """The magic, the version range and startApi; False when the client is refused (and to be closed)."""
+        reader, writer = conn.reader, conn.writer
+        magic = await reader.readexactly(4)
+        if magic != b"API\0":
+            log.warning("not a TWS API client (%r); closing", magic)
+            return False
+        body = await self._read_msg(reader)
+        m = re.match(r"v(\d+)(?:\.\.(\d+))?", body.decode(errors="replace"))
+        if not m:
+            log.warning("bad version range %r; closing", body)
+            return False
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        sv = min(hi, self.server_version)
+        if sv < lo or sv < P.MIN_CLIENT_VERSION:
+            log.warning("client versions %d..%d outside what the exchange speaks; closing", lo, hi)
+            return False
+        conn.sv = sv
+        conn.send(P.handshake(sv, self.clock.now_dt().strftime("%Y%m%d %H:%M:%S UTC")))
+        await writer.drain()
+        while conn.client_id is None:  # startApi (anything else first is ignored, as before)
+            fields = P.split_fields(await self._read_msg(reader))
+            if fields and self._dispatch(conn, fields) is False:
+                await writer.drain()  # the refusal (326) reaches the client before the close
+                return False
+            await writer.drain()
+        return True
+
     async def _handle_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = _Conn(reader, writer)
-        self._conns.append(conn)
         task = asyncio.current_task()
         if task:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        if len(self._conns) >= self.max_connections or not self.gateway.up:
+            log.warning("refused a connection: %s", "the gateway is down (%s)" % self.gateway.reason
+                        if not self.gateway.up else f"{self.max_connections} connections already")
+            writer.transport.abort()
+            return
+        self._conns.append(conn)
         try:
-            magic = await reader.readexactly(4)
-            if magic != b"API\0":
-                log.warning("not a TWS API client (%r); closing", magic)
+            try:
+                ok = await asyncio.wait_for(self._handshake(conn), self.handshake_timeout)
+            except asyncio.TimeoutError:
+                log.warning("handshake not completed within %g s; closing", self.handshake_timeout)
                 return
-            body = await self._read_msg(reader)
-            m = re.match(r"v(\d+)(?:\.\.(\d+))?", body.decode(errors="replace"))
-            if not m:
-                log.warning("bad version range %r; closing", body)
+            if not ok:
                 return
-            lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-            sv = min(hi, self.server_version)
-            if sv < lo or sv < P.MIN_CLIENT_VERSION:
-                log.warning("client versions %d..%d outside what the exchange speaks; closing", lo, hi)
-                return
-            conn.sv = sv
-            conn.send(P.handshake(sv, self.clock.now_dt().strftime("%Y%m%d %H:%M:%S UTC")))
-            await writer.drain()
+            self._greet(conn)
             while True:
                 body = await self._read_msg(reader)
                 fields = P.split_fields(body)
@@ -354,6 +454,8 @@ class PaperExchange:
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        except MessageTooLarge as exc:
+            log.warning("%s; closing the connection (client %s)", exc, conn.client_id)
         except asyncio.CancelledError:
             pass
         finally:
@@ -368,6 +470,8 @@ class PaperExchange:
     @staticmethod
     async def _read_msg(reader: asyncio.StreamReader) -> bytes:
         (n,) = struct.unpack(">I", await reader.readexactly(4))
+        if n > MAX_MESSAGE_BYTES:
+            raise MessageTooLarge(f"a message of {n} bytes announced (at most {MAX_MESSAGE_BYTES})")
         return await reader.readexactly(n)
 
     def drop_connections(self, client_id: int | None = None) -> int:
@@ -422,8 +526,15 @@ class PaperExchange:
         conn.client_id = client_id
         conn.send(P.managed_accounts([self.account]))
         conn.send(P.next_valid_id(self.engine.next_order_id))
-        conn.send(P.error(conn.sv, -1, 2104, "Market data farm connection is OK:usfarm"))
         return True
+
+    def _greet(self, conn: _Conn) -> None:
+        """What IB Gateway says after startApi: the state of IB's servers and of each data farm."""
+        if not self.gateway.connected:
+            conn.send(P.error(conn.sv, -1, 1100, FARM_TEXT[1100]))
+        for farm in FARMS:
+            code = FARMS[farm][0 if self.gateway.farms[farm] else 1]
+            conn.send(P.error(conn.sv, -1, code, f"{FARM_TEXT[code]}:{farm}"))
 
     def _req_ids(self, conn: _Conn, f: list[str]) -> None:
         conn.send(P.next_valid_id(self.engine.next_order_id))
@@ -566,6 +677,10 @@ class PaperExchange:
 
     def _req_contract_details(self, conn: _Conn, f: list[str]) -> None:
         req_id = int(f[2])
+        broken = self._farm_error("secdefnj")
+        if broken:
+            conn.send(P.error(conn.sv, req_id, 200, f"No security definition could be looked up: {broken}"))
+            return
         sym = self._symbol_of(P.ContractRef.parse(f, 3))
         if sym is None:
             conn.send(P.error(conn.sv, req_id, 200, "No security definition has been found for the request"))
@@ -582,6 +697,10 @@ class PaperExchange:
         sym = self._symbol_of(c)
         if sym is None:
             conn.send(P.error(conn.sv, req_id, 200, "No security definition has been found for the request"))
+            return
+        broken = self._farm_error("ushmds")
+        if broken:
+            conn.send(P.error(conn.sv, req_id, 162, f"Historical Market Data Service error message:{broken}"))
             return
         if "history" in self.engine.faults.no_data.get(sym, ()):
             conn.send(P.error(conn.sv, req_id, 162, "Historical Market Data Service error message:HMDS query "
@@ -651,6 +770,10 @@ class PaperExchange:
         sym = self._symbol_of(c)
         if sym is None:
             conn.send(P.error(conn.sv, req_id, 200, "No security definition has been found for the request"))
+            return
+        broken = self._farm_error("usfarm")
+        if broken:
+            conn.send(P.error(conn.sv, req_id, 354, f"Requested market data is not available: {broken}"))
             return
         if "quotes" in self.engine.faults.no_data.get(sym, ()):
             conn.send(P.error(conn.sv, req_id, 354, f"Requested market data is not subscribed ({sym}: no_data "
@@ -726,6 +849,9 @@ class PaperExchange:
     def _place_order(self, conn: _Conn, f: list[str]) -> None:
         req = P.parse_place_order(f, conn.sv)
         assert conn.client_id is not None
+        if not self.gateway.connected:  # the order cannot reach IB
+            conn.send(P.error(conn.sv, req.order_id, 201, f"Order rejected - reason:{FARM_TEXT[1100]}"))
+            return
         sym = self._symbol_of(req.contract) or req.contract.symbol.upper()
         now = self.now()
         common = dict(symbol=sym, action=req.action, quantity=req.quantity, order_type=req.order_type,
@@ -962,6 +1088,85 @@ class PaperExchange:
         77: _cancel_account_updates_multi, 99: _req_completed_orders,
     }
 
+    # --- the gateway's life (admin.py and the daily restart) ------------------------------------------------
+
+    def go_down(self, reason: str, seconds: float | None) -> int:
+        """Drop every client connection and close the API port, for `seconds` of exchange time (None: until
+        `login()`). Orders, positions and the day's executions are kept. Returns the connections dropped."""
+        g = self.gateway
+        g.up, g.reason = False, reason
+        g.down_until = None if seconds is None else int(self.now() + seconds)
+        if self._tws_server is not None:
+            self._tws_server.close()
+            self._tws_server = None
+        self.engine.save()
+        n = self.drop_connections()
+        log.warning("gateway down (%s) until %s; %d connection(s) dropped", reason,
+                    "a login" if g.down_until is None else datetime.fromtimestamp(g.down_until, NY).isoformat(), n)
+        return n
+
+    async def come_up(self) -> None:
+        """Open the API port again (after a restart or a login)."""
+        g = self.gateway
+        if g.up:
+            return
+        await self._open_tws_port()
+        g.up, g.reason, g.down_until = True, "", None
+        log.info("gateway up again on %s:%d", self.host, self.port)
+
+    def _gateway_schedule(self, before: int, now: int) -> None:
+        """The daily restart: when the clock passes restart_time (New York) between `before` and `now`."""
+        g = self.gateway
+        if g.restart_time is None or now <= before:
+            return
+        day = datetime.fromtimestamp(before, NY).date()
+        while True:
+            at = int(datetime.combine(day, g.restart_time, NY).timestamp())
+            if at > now:
+                break
+            if at > before:
+                g.restarts += 1
+                self.go_down(f"the daily restart at {g.restart_time.strftime('%H:%M')} New York",
+                             g.restart_seconds - (now - at))
+            day += timedelta(days=1)
+
+    def _gateway_tick(self) -> None:
+        g = self.gateway
+        if not g.up and g.down_until is not None and self.now() >= g.down_until:
+            g.down_until = None  # once
+            self._spawn(self.come_up())
+
+    def broadcast(self, code: int, text: str) -> None:
+        for conn in self._conns:
+            if conn.client_id is not None:
+                conn.send(P.error(conn.sv, -1, code, text))
+
+    def set_farm(self, farm: str, ok: bool) -> None:
+        """Break or restore a data farm (usfarm quotes, ushmds history, secdefnj contracts) and tell clients."""
+        if farm not in FARMS:
+            raise ValueError(f"farm must be one of {', '.join(FARMS)}, not {farm!r}")
+        self.gateway.farms[farm] = ok
+        code = FARMS[farm][0 if ok else 1]
+        self.broadcast(code, f"{FARM_TEXT[code]}:{farm}")
+
+    def set_connectivity(self, ok: bool, data_lost: bool = False) -> None:
+        """IB's servers lost (1100) or restored (1101 data lost / 1102 data maintained)."""
+        self.gateway.connected = ok
+        code = 1100 if not ok else 1101 if data_lost else 1102
+        self.broadcast(code, FARM_TEXT[code])
+        if ok and data_lost:
+            for conn in self._conns:
+                conn.mkt_subs.clear()
+                conn.hist_subs.clear()
+
+    def _farm_error(self, farm: str) -> str | None:
+        g = self.gateway
+        if not g.connected:
+            return FARM_TEXT[1100]
+        if not g.farms[farm]:
+            return f"{FARM_TEXT[FARMS[farm][1]]}:{farm}"
+        return None
+
     # --- admin operations (called on the loop by admin.py) ---------------------------------------------------
 
     def status(self) -> dict:
@@ -977,5 +1182,6 @@ class PaperExchange:
                              "order_type": o.order_type, "order_ref": o.order_ref, "filled": o.filled}
                             for o in self.engine.open_orders()],
             "executions": len(self.engine.executions), "connections": self.connections(),
-            "server_version": self.server_version, "realtime": self.realtime,
+            "server_version": self.server_version, "realtime": self.realtime, "gateway": self.gateway.as_dict(),
+            "account_type": self.engine.config.account_type,
         }
