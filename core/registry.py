@@ -215,7 +215,9 @@ class DeploymentEntry:
 class Strategy:
     """A strategy: its name (the journal's `strategy`), a description, its deployments, and whether it runs
     without being named in TRADEFLOW_STRATEGIES. `rules` names its pure module (no Prefect), `source` where the
-    entry came from ('builtin', the project package, or the entry point)."""
+    entry came from ('builtin', the project package, or the entry point). `paper_services`: (name, python
+    arguments) of processes `tradeflow up` starts beside the paper exchange when the strategy runs (a local data
+    source for demos, e.g. ("signal source", ("-m", "strategies.signals.source")))."""
 
     name: str
     description: str
@@ -223,6 +225,7 @@ class Strategy:
     enabled_by_default: bool = False
     rules: str | None = None
     source: str = "builtin"
+    paper_services: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name) and not re.match(r"^[a-z]$", self.name):

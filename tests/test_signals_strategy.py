@@ -15,7 +15,7 @@ import pytest
 
 from core.calendar import NY, session_on
 from core.settings import PROJECT_ROOT
-from strategies.signals.rules import (Bracket, Limits, RuleFileError, Signal, TickerState, atr, halted_reason,
+from strategies.signals.rules import (Bracket, Limits, RuleFileError, Signal, TickerState, halted_reason,
                                       load_rules, plan_ticker, position_from_fills, session_pnl)
 from strategies.signals.source import LocalSignalSource, SignalSourceError, fetch_signals, momentum_signal
 
@@ -69,7 +69,7 @@ def test_limits_scale_in_and_the_pair_kept_in_step():
         plan_ticker(_state(price=float("nan")), None, RULES, LIMITS, open_positions=0)
 
 
-def test_pnl_positions_atr_and_the_daily_halt():
+def test_pnl_positions_and_the_daily_halt():
     fills = [{"symbol": "AAPL", "shares": 50, "price": 200.0, "commission": 1.0},
              {"symbol": "AAPL", "shares": -50, "price": 190.0, "commission": 1.0},
              {"symbol": "TSLA", "shares": -10, "price": 300.0, "commission": 1.0}]
@@ -80,7 +80,6 @@ def test_pnl_positions_atr_and_the_daily_halt():
     assert position_from_fills(fills[:1] + [{"shares": 25, "price": 206.0}]) == (75, 202.0)
     assert position_from_fills(fills[:2]) == (0, 0.0)
     assert position_from_fills([{"shares": 10, "price": 5.0}, {"shares": -30, "price": 6.0}]) == (-20, 6.0)
-    assert atr([11, 12, 13], [9, 10, 11], [10, 11, 12], n=2) == pytest.approx(2.0)
 
 
 def test_a_malformed_rule_file_is_refused_naming_the_rule():

@@ -150,7 +150,7 @@ def test_the_skeleton_deploys_and_replays(project_copy, exchange, prefect_api, m
     project, env = project_copy
     env = {**env, "PREFECT_API_URL": prefect_api, "TRADEFLOW_STRATEGIES": "ema,mtf,demo",
            "IBKR_HOST": "127.0.0.1", "IBKR_PORT": str(exchange.port),
-           "TRADEFLOW_PAPER_ADMIN_PORT": str(exchange.admin_port)}
+           "TRADEFLOW_PAPER_ADMIN_PORT": str(exchange.admin_port), "TRADEFLOW_PAPER_ADMIN_TOKEN": exchange.admin_token}
     assert _tradeflow(project, "new-strategy", "demo", env=env).returncode == 0
     deployed = _tradeflow(project, "deploy", "--schedules", "off", env=env)
     assert deployed.returncode in (0, 1), deployed.stderr  # 1: a flow file missing would say so

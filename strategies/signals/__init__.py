@@ -28,4 +28,5 @@ STRATEGY = Strategy(
                 "reversals, per-ticker and per-account limits.",
     deployments=(DEPLOYMENT,),
     rules="strategies.signals.rules",
+    paper_services=(("signal source", ("-m", "strategies.signals.source")),),
 )

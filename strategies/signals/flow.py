@@ -25,9 +25,9 @@ from typing import Any
 
 from prefect import flow
 
+from core.features import atr_wilder
 from strategies.signals.rules import (Bracket, Limits, TickerState, halted_reason, load_rules, needs_atr,
                                       plan_ticker, position_from_fills, session_pnl)
-from strategies.signals.rules import atr as atr_of
 from strategies.signals.settings import get_signals_settings
 from strategies.signals.source import fetch_signals
 from strategies.signals.steps import STRATEGY, Refs, bracket_of, execute, linked_orders, mark, sync_orders
@@ -96,7 +96,7 @@ def _ticker(run, broker, gateway, symbol, signal, price, positions, open_orders,
         atr = math.nan
         if needs_atr(signal, rules):  # one historical request, only when a rule places ATR stops (IB pacing)
             bars = completed_bars(broker, symbol, run.as_of, duration="2 D")
-            atr = atr_of(list(bars["high"]), list(bars["low"]), list(bars["close"]), cfg.atr_bars)
+            atr = float(atr_wilder(bars["high"], bars["low"], bars["close"], cfg.atr_bars).iloc[-1])
         state = TickerState(symbol, position, avg_cost, price, atr, bracket_of(symbol, open_orders))
         plan = plan_ticker(state, signal, rules, limits, open_positions=sum(1 for q, _ in positions.values() if q),
                            halted=halted)

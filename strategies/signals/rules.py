@@ -253,24 +253,6 @@ class Plan:
                 "steps": [asdict(s) for s in self.steps]}
 
 
-def atr(high: Sequence[float], low: Sequence[float], close: Sequence[float], n: int = 14) -> float:
-    """The average true range of the last `n` bars (simple mean of the true ranges, USD).
-
-    Raises:
-        ValueError: fewer than n + 1 bars or a non-finite value.
-    """
-    if len(close) < n + 1 or not (len(high) == len(low) == len(close)):
-        raise ValueError(f"ATR({n}) needs {n + 1} bars, got {len(close)}")
-    trs = []
-    for i in range(len(close) - n, len(close)):
-        h, lo, pc = float(high[i]), float(low[i]), float(close[i - 1])
-        tr = max(h - lo, abs(h - pc), abs(lo - pc))
-        if not math.isfinite(tr):
-            raise ValueError(f"ATR: a bar with a non-finite value at position {i}")
-        trs.append(tr)
-    return sum(trs) / n
-
-
 def _tick(price: float) -> float:
     return round(round(price / 0.01) * 0.01, 2)
 

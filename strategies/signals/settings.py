@@ -31,7 +31,7 @@ class SignalsSettings(BaseSettings):
     max_positions: int = Field(10, gt=0, description="Most tickers with a position at once (the account).")
     max_daily_loss_usd: float = Field(1_000.0, gt=0, description="Halt for the day at this session loss, USD.")
     fill_timeout_seconds: float = Field(30.0, gt=0, description="How long a market order's fill is awaited, s.")
-    atr_bars: int = Field(14, gt=1, description="5-minute bars of the ATR.")
+    atr_bars: int = Field(14, gt=1, description="Bars of the ATR (Wilder's, of the 5-minute bars of 2 sessions).")
 
     @field_validator("rules_file")
     @classmethod
