@@ -58,6 +58,9 @@ def test_limits_scale_in_and_the_pair_kept_in_step():
     assert [s.kind for s in halted.steps] == ["close"] and "no new position (daily loss limit)" in halted.reason
     up = plan_ticker(_state(50, 199.0, price=200.0, pair=PAIR), None, RULES, LIMITS, open_positions=1)
     assert [(s.kind, s.quantity, s.stop, s.target) for s in up.steps] == [("scale_in", 25, 196.0, 204.0)]
+    same = plan_ticker(_state(50, 199.0, price=200.0, pair=PAIR), Signal("AAPL", "BUY", 0.9), RULES, LIMITS,
+                       open_positions=1)
+    assert [s.kind for s in same.steps] == ["scale_in"]  # the same-side signal is ignored, the profit rule acts
     capped = plan_ticker(_state(70, 199.0, price=200.0, pair=Bracket(PAIR.stop_ref, PAIR.target_ref, 70, 196.0,
                                                                      204.0)), None, RULES, LIMITS, open_positions=1)
     assert capped.steps[0].quantity == 5  # 15,000 USD at 200: 75 shares at most
@@ -194,6 +197,13 @@ def test_a_replayed_session_on_three_tickers(market, monkeypatch):
                  if [s["kind"] for s in json.loads(i)["plan"]["steps"]] == ["close", "open"]]
     assert reversals, "no reversal"
     assert all({"close", "entry", "stop", "target", "oca_group", "replaces"} <= set(r["orders"]) for r in reversals)
+    scale_ins = [(a, json.loads(i)) for a, i in zip(decisions["as_of"], decisions["inputs"], strict=True)
+                 if [s["kind"] for s in json.loads(i)["plan"]["steps"]] == ["scale_in"]]
+    print("scale-ins:", [(a, i["orders"]) for a, i in scale_ins])
+    for _, i in scale_ins:  # the pair replaced for the whole position, in a new OCA group
+        assert {"scale", "stop", "target", "oca_group", "replaces"} <= set(i["orders"])
+        total = int(abs(i["position"])) + i["plan"]["steps"][0]["quantity"]
+        assert orders.set_index("order_ref").loc[i["orders"]["stop"], "quantity"] == total
     breaks = q("SELECT * FROM position_breaks")
     assert breaks.empty
     # a rerun of the runs that reversed a position (allowed to start late) follows its journaled plan: it sends

@@ -33,7 +33,7 @@ What a signal does to a ticker's position (`plan_ticker`), as the seed's "Positi
   reversal); SELL while long closes it (a `close` rule);
 - flat: a `create_position` rule opens one, if the limits allow.
 The first rule whose condition matches wins; signal rules are looked at before profit rules, and a profit rule
-acts only when no signal rule did.
+acts only when no signal rule did (an ignored same-side signal counts as none).
 
 Linked orders: each position has a stop-loss (STP) and a take-profit (LMT), GTC, in one OCA group (type 2: a fill
 of one reduces the other by the shares filled, so a partial fill keeps them in step; at 0 it is cancelled). When the
@@ -331,6 +331,7 @@ def plan_ticker(state: TickerState, signal: Signal | None, rules: Sequence[Rule]
         reason = f"{state.symbol}: a position of {state.position} shares without its stop-loss/take-profit"
         return plan("NO_TRADE", reason + ": the pair's prices are unknown; close or protect it by hand")
 
+    ignored = ""
     rule = signal_rule(signal, rules)
     if rule is not None:
         a = rule.action
@@ -346,9 +347,10 @@ def plan_ticker(state: TickerState, signal: Signal | None, rules: Sequence[Rule]
         target_dir = 1 if (a.side or ("BUY" if want > 0 else "SHORT")) == "BUY" else -1
         if a.type == "reverse" and not state.direction:
             return plan("HOLD", f"{signal.side}: flat, nothing to reverse", keep, rule.name)
-        if state.direction == target_dir:
-            return plan("HOLD", f"{signal.side} {signal.confidence:.2f}: same side as the position of "
-                                f"{state.position}: ignored", keep, rule.name)
+        if state.direction == target_dir:  # ignored: as if there were no signal (a profit rule may still act)
+            ignored = f"{signal.side} {signal.confidence:.2f}: same side as the position of {state.position}: ignored"
+            rule = None
+    if rule is not None:  # a position to open (flat) or to reverse to (the other side)
         steps: list[Step] = []
         if state.direction:
             steps.append(Step("close", "SELL" if state.direction > 0 else "BUY", abs(state.position)))
@@ -391,8 +393,9 @@ def plan_ticker(state: TickerState, signal: Signal | None, rules: Sequence[Rule]
         return plan(action, f"profit {state.profit_pct:.2%}: scale in {add} shares", [Step(
             "scale_in", action, add, b.stop_price, b.target_price)], rule.name)
     if keep:
-        return plan("HOLD", f"position {state.position}, its stop-loss covers {b.quantity:g}: resize the pair", keep)
-    return plan("HOLD", "no rule matched", keep)
+        return plan("HOLD", f"{ignored + '; ' if ignored else ''}position {state.position}, its stop-loss covers "
+                            f"{b.quantity:g}: resize the pair", keep)
+    return plan("HOLD", ignored or "no rule matched", keep)
 
 
 def position_from_fills(fills: Sequence[Mapping[str, Any]]) -> tuple[int, float]:
