@@ -38,14 +38,15 @@ def register_new_strategy(sub: argparse._SubParsersAction) -> None:
 
 
 def _new_strategy(args: argparse.Namespace) -> int:
-    from core.registry import RegistryError, default_registry
+    from core.registry import RESERVED_CLIENT_ID_OFFSETS, RegistryError, default_registry
     from core.settings import PROJECT_ROOT
 
     try:
         registry = default_registry()
         written = write_skeleton(args.name, args.project_dir or PROJECT_ROOT, registry.next_client_id_offset(),
                                  symbol=args.symbol.upper(), force=args.force,
-                                 taken=[*registry.names(), *(s.name for s in registry.strategies)])
+                                 taken=[*registry.names(), *(s.name for s in registry.strategies),
+                                        *RESERVED_CLIENT_ID_OFFSETS])
     except (ValueError, RegistryError, FileExistsError) as exc:
         print(f"tradeflow new-strategy: {exc}", file=sys.stderr)
         return 2
