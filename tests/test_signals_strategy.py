@@ -174,10 +174,8 @@ def test_a_replayed_session_on_three_tickers(market, monkeypatch):
     q = journal.query
     orders = q("SELECT order_ref, symbol, intent, order_type, status, quantity FROM orders WHERE strategy = 'signals' "
                "ORDER BY order_ref")
-    print(orders.to_string())
     decisions = q("SELECT as_of, symbol, decision, signal, probability, reason, inputs FROM signals "
                   "WHERE strategy = 'signals' ORDER BY as_of, symbol")
-    print(decisions[["as_of", "symbol", "decision", "signal", "reason"]].to_string())
     assert set(orders["symbol"]) == set(SYMBOLS)
     stops = orders[orders.intent == "stop"]
     targets = orders[orders.intent == "target"]
@@ -199,7 +197,7 @@ def test_a_replayed_session_on_three_tickers(market, monkeypatch):
     assert all({"close", "entry", "stop", "target", "oca_group", "replaces"} <= set(r["orders"]) for r in reversals)
     scale_ins = [(a, json.loads(i)) for a, i in zip(decisions["as_of"], decisions["inputs"], strict=True)
                  if [s["kind"] for s in json.loads(i)["plan"]["steps"]] == ["scale_in"]]
-    print("scale-ins:", [(a, i["orders"]) for a, i in scale_ins])
+    assert scale_ins, "no scale-in"
     for _, i in scale_ins:  # the pair replaced for the whole position, in a new OCA group
         assert {"scale", "stop", "target", "oca_group", "replaces"} <= set(i["orders"])
         total = int(abs(i["position"])) + i["plan"]["steps"][0]["quantity"]
