@@ -336,10 +336,24 @@ FROM executed e FULL OUTER JOIN adjusted a ON e.symbol = a.symbol
 ORDER BY symbol;
 """
 
+_SCHEMA_V4 = """
+CREATE TABLE model_allowances (
+    symbol       VARCHAR     NOT NULL,
+    decided_at   TIMESTAMPTZ NOT NULL,
+    allowed      BOOLEAN     NOT NULL,   -- TRUE: the symbol's champion may trade without walk-forward evidence
+    who          VARCHAR     NOT NULL,   -- the operator
+    reason       VARCHAR     NOT NULL,
+    version      VARCHAR,                -- the champion when it was decided (information; the symbol is allowed)
+    recorded_at  TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (symbol, decided_at)
+);
+"""
+
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (1, "tables and views of the first journal", _SCHEMA_V1),
     (2, "operator controls (halt, resume, flatten, resolve), position breaks, daily P&L", _SCHEMA_V2),
     (3, "position adjustments recorded when a break is resolved; the journal's position per symbol", _SCHEMA_V3),
+    (4, "operator allowances of MTF symbols past the edge gate", _SCHEMA_V4),
 )
 """(version, description, SQL) in order; a new schema change appends one entry and never edits old ones."""
 
@@ -820,6 +834,48 @@ class JournalTx:
             [symbol, session, _finite(broker_quantity, "broker_quantity"),
              _finite(journal_quantity, "journal_quantity"), _aware(detected_at, "detected_at"), run_id],
         )
+
+    def model_metrics_of(self, version: str, eval_window: str) -> dict[str, tuple[float | None, float | None]]:
+        """The metrics of `version` on `eval_window`: metric name -> (value, baseline); empty when none."""
+        rows = self.con.execute(
+            "SELECT metric, value, baseline FROM model_metrics WHERE version = ? AND eval_window = ?",
+            [version, eval_window],
+        ).fetchall()
+        return {m: (v, b) for m, v, b in rows}
+
+    def clear_model_metrics(self, version: str, eval_window: str) -> int:
+        """Delete the metrics of `version` on `eval_window` before a new evaluation of the same window replaces
+        them (a walk-forward run again); returns the rows deleted."""
+        n = self.con.execute(
+            "SELECT count(*) FROM model_metrics WHERE version = ? AND eval_window = ?", [version, eval_window]
+        ).fetchone()[0]
+        self.con.execute("DELETE FROM model_metrics WHERE version = ? AND eval_window = ?", [version, eval_window])
+        return int(n)
+
+    def record_model_allowance(
+        self, symbol: str, allowed: bool, who: str, reason: str, at: dt.datetime, *, version: str | None = None
+    ) -> bool:
+        """Record an operator's decision to let `symbol`'s MTF champion trade past the edge gate (`allowed`
+        True) or to withdraw that (False); the latest decision counts (:meth:`model_allowance`).
+
+        Raises:
+            ValueError: an empty `symbol`, `who` or `reason`, or a naive `at`.
+        """
+        if not symbol or not who or not reason:
+            raise ValueError("an allowance needs the symbol, who decided and why (non-empty)")
+        return self._insert(
+            "INSERT INTO model_allowances (symbol, decided_at, allowed, who, reason, version)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING 1",
+            [symbol.upper(), _aware(at, "at"), bool(allowed), who, reason, version],
+        )
+
+    def model_allowance(self, symbol: str) -> dict[str, Any] | None:
+        """The latest allowance decision for `symbol` (dict of the table's columns), or None when none."""
+        cur = self.con.execute(
+            "SELECT * FROM model_allowances WHERE symbol = ? ORDER BY decided_at DESC LIMIT 1", [symbol.upper()]
+        )
+        row = cur.fetchone()
+        return None if row is None else dict(zip([d[0] for d in cur.description], row, strict=True))
 
     def open_breaks(self, symbol: str | None = None) -> list[dict[str, Any]]:
         """Unresolved position breaks (all, or of `symbol`), oldest first, as dicts of the table's columns."""

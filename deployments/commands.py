@@ -131,6 +131,7 @@ from deployments.cmd_deploy import register_deploy  # noqa: E402
 from deployments.cmd_paper_clock import register_paper_clock  # noqa: E402
 from deployments.cmd_up import register_up  # noqa: E402
 from deployments.cmd_replay import register_replay  # noqa: E402
+from deployments.cmd_evaluate import register_evaluate  # noqa: E402
 
 from deployments.cmd_new_strategy import register_new_strategy  # noqa: E402
 
@@ -141,6 +142,7 @@ REGISTRY += [
     register_sql,
     register_backtest,
     register_train,
+    register_evaluate,
     register_paper_exchange,
     register_validate_connection,
     register_reconcile,
