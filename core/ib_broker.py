@@ -548,6 +548,8 @@ class IBBroker(Broker):
             order.lmtPrice = float(request.limit_price)  # type: ignore[arg-type]
         if request.order_type == "STP":
             order.auxPrice = float(request.stop_price)  # type: ignore[arg-type]
+        if request.oca_group:
+            order.ocaGroup, order.ocaType = request.oca_group, request.oca_type or 1
         return order
 
     def what_if(self, request: OrderRequest) -> MarginImpact:

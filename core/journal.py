@@ -768,6 +768,40 @@ class JournalTx:
         """Read inside this transaction (it sees the live file, including this transaction's own writes)."""
         return self.con.execute(sql, list(params or [])).fetchall()
 
+    def decision(self, strategy: str, symbol: str, as_of: dt.datetime) -> dict[str, Any] | None:
+        """The decision journaled for (strategy, symbol, as_of), as a dict of the `signals` row with `inputs`
+        parsed, or None: what a rerun follows instead of deciding again."""
+        rows = self.con.execute(
+            "SELECT decision, signal, probability, price, quantity, order_ref, reason, inputs FROM signals"
+            " WHERE strategy = ? AND symbol = ? AND as_of = ?", [strategy, symbol, _aware(as_of, "as_of")]).fetchall()
+        if not rows:
+            return None
+        keys = ("decision", "signal", "probability", "price", "quantity", "order_ref", "reason", "inputs")
+        row = dict(zip(keys, rows[0], strict=True))
+        row["inputs"] = json.loads(row["inputs"]) if isinstance(row["inputs"], str) else row["inputs"]
+        return row
+
+    def strategy_fills(self, strategy: str, symbol: str | None = None,
+                       session: dt.date | None = None) -> list[dict[str, Any]]:
+        """The executions of `strategy` (only `symbol`'s, only `session`'s (New York date) when given), in time
+        order: symbol, signed shares (+ bought, - sold), price (USD a share), commission (USD, None until
+        reported), session."""
+        rows = self.con.execute(
+            "SELECT symbol, signed_shares, price, commission, session FROM v_fills WHERE strategy_name = ?"
+            " AND (CAST(? AS VARCHAR) IS NULL OR symbol = ?) AND (CAST(? AS DATE) IS NULL OR session = ?)"
+            " ORDER BY exec_time, exec_id", [strategy, symbol, symbol, session, session]).fetchall()
+        return [{"symbol": r[0], "shares": float(r[1]), "price": float(r[2]), "commission": r[3], "session": r[4]}
+                for r in rows]
+
+    def session_decisions(self, strategy: str, session: dt.date) -> list[dict[str, Any]]:
+        """The decisions of `strategy` on `session`, in time order: symbol, as_of, decision, reason, inputs
+        (parsed)."""
+        rows = self.con.execute(
+            "SELECT symbol, as_of, decision, reason, inputs FROM signals WHERE strategy = ? AND session = ?"
+            " ORDER BY as_of, symbol", [strategy, session]).fetchall()
+        return [{"symbol": r[0], "as_of": r[1], "decision": r[2], "reason": r[3],
+                 "inputs": json.loads(r[4]) if isinstance(r[4], str) else r[4]} for r in rows]
+
     def record_control(
         self,
         action: str,

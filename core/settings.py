@@ -20,10 +20,10 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -124,6 +124,12 @@ class Settings(BaseSettings):
     no_worker_alert_seconds: float = Field(
         3600.0, ge=10, description="The tradeflow work pool without a ready worker notifies at most once in this "
                                    "many seconds (the server sees a worker gone after 3 missed heartbeats).")
+
+    strategies: Annotated[list[str] | None, NoDecode] = Field(
+        None,
+        description="The strategies that run (comma-separated or a JSON list of names, `tradeflow strategies` lists "
+        "them); unset: every strategy enabled by default (account, ema, mtf). The account strategy always runs.",
+    )
 
     # --- where things live ----------------------------------------------------------------------------------
     state_dir: Path = Field(
@@ -246,6 +252,21 @@ class Settings(BaseSettings):
         description="IBKR Pro USD margin tiers: (upper bound USD borrowed, spread over the benchmark), ascending; "
         "above the last bound its spread applies.",
     )
+
+    @field_validator("strategies", mode="before")
+    @classmethod
+    def _names(cls, value: object) -> object:
+        """TRADEFLOW_STRATEGIES as 'ema,mtf,signals' or '["ema", "mtf"]'; empty means unset."""
+        if isinstance(value, str):
+            text = value.strip()
+            if not text:
+                return None
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
 
     @field_validator("state_dir", "data_dir", "paper_state_file")
     @classmethod

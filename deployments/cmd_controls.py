@@ -191,7 +191,7 @@ def flatten_account(broker: Any, journal: Any, switch: Any, *, who: str, reason:
 def _flatten(args: argparse.Namespace) -> int:
     from core.broker import BrokerError
     from core.ib_broker import IBBroker
-    from tasks.runtime import CLIENT_ID_OFFSETS
+    from tasks.runtime import client_id_offset
 
     settings, journal, switch = _parts()
     if switch.current() is None:
@@ -207,7 +207,7 @@ def _flatten(args: argparse.Namespace) -> int:
             print("not flattened: nothing was sent")
             return 1
     try:
-        with IBBroker(client_id=settings.ibkr_client_id + CLIENT_ID_OFFSETS["operator"], settings=settings) as b:
+        with IBBroker(client_id=settings.ibkr_client_id + client_id_offset("operator"), settings=settings) as b:
             report = flatten_account(b, journal, switch, who=_who(args), reason=args.reason, at=_now(),
                                      fill_timeout=args.timeout)
     except BrokerError as exc:

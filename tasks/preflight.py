@@ -13,7 +13,7 @@ from core.broker import BrokerError
 from core.preflight import PreflightFacts, QuoteFact
 from core.strategies.ema import VixInfo, choose_leverage
 from models.registry import ModelRegistry
-from tasks.runtime import CLIENT_ID_OFFSETS, FlowRun
+from tasks.runtime import FlowRun, client_id_offset
 
 
 @task(name="broker-facts", cache_policy=NONE)
@@ -81,5 +81,5 @@ def schedule_window() -> dt.date | None:
 def new_facts(run: FlowRun) -> PreflightFacts:
     s = run.settings
     return PreflightFacts(host=s.ibkr_host, port=s.ibkr_port,
-                          client_id=s.ibkr_client_id + CLIENT_ID_OFFSETS.get(run.deployment, 90),
+                          client_id=s.ibkr_client_id + client_id_offset(run.deployment),
                           trading_mode=s.trading_mode, live_account=s.live_account)

@@ -45,19 +45,15 @@ from tasks.ui import send_project_logs_to_prefect, sync_kill_switch
 
 log = logging.getLogger(__name__)
 
-CLIENT_ID_OFFSETS = {
-    "preflight": 5,
-    "equity-snapshot": 10,
-    "mtf-signal": 20,
-    "ema-entry": 30,
-    "ema-update": 40,
-    "reconciliation": 50,
-    "retrain": 60,
-    "replay": 70,
-    "operator": 80,
-}
-"""Client id of each deployment's connection = IBKR_CLIENT_ID + offset, so that flows overlapping at 15:55-16:00
-never share an id (IB error 326); IBBroker still moves to the next id when one is taken."""
+
+
+def client_id_offset(connection: str) -> int:
+    """The client-id offset of a deployment (its registry entry, `core.registry`) or of the `replay` and
+    `operator` connections: client id = IBKR_CLIENT_ID + offset, so that flows overlapping at 15:55-16:00 never
+    share an id (IB error 326); IBBroker still moves to the next id when one is taken."""
+    from core.registry import default_registry
+
+    return default_registry().client_id_offset(connection)
 
 LATE_STATE_NAME = "SkippedLate"
 """Name of the Completed state a flow ends in when it started too late to act (`FlowRun.skip`; the skipped-late
@@ -126,10 +122,10 @@ class FlowRun:
 
     @contextmanager
     def broker(self) -> Iterator[IBBroker]:
-        """A connected IBBroker with this deployment's client id (IBKR_CLIENT_ID + CLIENT_ID_OFFSETS);
+        """A connected IBBroker with this deployment's client id (IBKR_CLIENT_ID + `client_id_offset`);
         disconnected on exit. Raises BrokerConnectionError naming host and port."""
-        offset = CLIENT_ID_OFFSETS.get(self.deployment, 90)
-        broker = IBBroker(client_id=self.settings.ibkr_client_id + offset, settings=self.settings)
+        broker = IBBroker(client_id=self.settings.ibkr_client_id + client_id_offset(self.deployment),
+                          settings=self.settings)
         with broker:
             yield broker
 
