@@ -27,7 +27,8 @@ def test_the_builtin_entries_are_the_seven_deployments_with_their_client_ids():
     assert tuple(d.name for d in BUILTIN_DEPLOYMENTS) == BUILTIN
     registry = default_registry()
     assert {n: registry.client_id_offset(n) for n in (*BUILTIN, "replay", "operator", "a-probe")} == {
-        "preflight": 5, "equity-snapshot": 10, "mtf-signal": 20, "ema-entry": 30, "ema-update": 40, "reconciliation": 50,
+        "preflight": 5, "equity-snapshot": 10, "mtf-signal": 20, "ema-entry": 30, "ema-update": 40,
+        "reconciliation": 50,
         "retrain": 60, "replay": 70, "operator": 80, "a-probe": 90}
     assert {d.name for d in BUILTIN_DEPLOYMENTS if d.sends_orders} == {"mtf-signal", "ema-entry"}
     assert enabled_names(load_settings()) == BUILTIN  # nothing else runs unless named
@@ -48,7 +49,7 @@ def test_conflicting_entries_are_refused_naming_both():
 
 def test_strategies_setting_picks_what_runs_and_names_an_unknown_one(monkeypatch):
     monkeypatch.setenv("TRADEFLOW_STRATEGIES", "ema")
-    assert enabled_names(load_settings()) == ("equity-snapshot", "ema-entry", "ema-update", "reconciliation")
+    assert enabled_names(load_settings()) == ("preflight", "equity-snapshot", "ema-entry", "ema-update", "reconciliation")
     monkeypatch.setenv("TRADEFLOW_STRATEGIES", '["mtf", "ema"]')
     assert enabled_names(load_settings()) == BUILTIN
     monkeypatch.setenv("TRADEFLOW_STRATEGIES", "ema,nope")
