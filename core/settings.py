@@ -43,7 +43,7 @@ much more for a sector ETF held overnight): 30 or 50 is a typo, not a choice."""
 MAX_MTF_POSITION_USD = 5_000_000.0
 """The largest MTF position (and daily loss limit) a setting may ask for, USD; the flow checks the size against
 the account's funds too."""
-OTHER_NAMES = frozenset({"TRADEFLOW_IB_LIBRARY", "TRADEFLOW_SKIP_IB_ASYNC", "TRADEFLOW_IB_ASYNC_VENV",
+OTHER_NAMES = frozenset({"TRADEFLOW_ENV_FILE", "TRADEFLOW_IB_LIBRARY", "TRADEFLOW_SKIP_IB_ASYNC", "TRADEFLOW_IB_ASYNC_VENV",
                          "TRADEFLOW_BENCH_TIMINGS"})
 """`TRADEFLOW_*` environment names read outside this class (the IB client library switch, test and benchmark
 switches): not refused as unknown. A new one read elsewhere must be added here."""
@@ -339,13 +339,13 @@ def known_names() -> set[str]:
 def _given_names() -> dict[str, str]:
     """TRADEFLOW_* names set in the environment or in `.env` (as the settings read it), with where."""
     given = {k.upper(): "the environment" for k in os.environ if k.upper().startswith("TRADEFLOW_")}
-    env_file = Path(str(Settings.model_config.get("env_file") or ".env"))
-    if env_file.is_file():
+    dotenv = env_file()
+    if dotenv.is_file():
         from dotenv import dotenv_values
 
-        for k in dotenv_values(env_file):
+        for k in dotenv_values(dotenv):
             if k.upper().startswith("TRADEFLOW_"):
-                given.setdefault(k.upper(), str(env_file.resolve()))
+                given.setdefault(k.upper(), str(dotenv.resolve()))
     return given
 
 

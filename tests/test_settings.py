@@ -138,7 +138,8 @@ def test_a_misspelled_setting_is_refused_with_the_name_meant(monkeypatch, tmp_pa
     with pytest.raises(SettingsError, match=f"{name} \\(in the environment\\) is not a setting: did you mean {meant}"):
         load_settings()
     monkeypatch.delenv(name)
-    (tmp_path / ".env").write_text(f"{name}=10\n")  # the same in .env
+    (tmp_path / ".env").write_text(f"{name}=10\n")  # the same in the .env file the settings read
+    monkeypatch.setenv("TRADEFLOW_ENV_FILE", str(tmp_path / ".env"))
     with pytest.raises(SettingsError, match=f"{name} \\(in .*\\.env\\) is not a setting: did you mean {meant}"):
         load_settings()
 
