@@ -43,7 +43,11 @@ much more for a sector ETF held overnight): 30 or 50 is a typo, not a choice."""
 MAX_MTF_POSITION_USD = 5_000_000.0
 """The largest MTF position (and daily loss limit) a setting may ask for, USD; the flow checks the size against
 the account's funds too."""
-OTHER_NAMES = frozenset({"TRADEFLOW_ENV_FILE", "TRADEFLOW_IB_LIBRARY", "TRADEFLOW_SKIP_IB_ASYNC", "TRADEFLOW_IB_ASYNC_VENV",
+STRATEGY_SETTING_PREFIXES = ("TRADEFLOW_SIGNALS_",)
+"""Prefixes of settings that a strategy unit reads with its own settings class (strategies/signals/settings.py)."""
+
+OTHER_NAMES = frozenset({"TRADEFLOW_ENV_FILE", "TRADEFLOW_CONFORMANCE_CLIENT", "TRADEFLOW_IBAPI_VENV",
+                         "TRADEFLOW_SCREENSHOTS_DIR", "TRADEFLOW_IB_LIBRARY", "TRADEFLOW_SKIP_IB_ASYNC", "TRADEFLOW_IB_ASYNC_VENV",
                          "TRADEFLOW_BENCH_TIMINGS"})
 """`TRADEFLOW_*` environment names read outside this class (the IB client library switch, test and benchmark
 switches): not refused as unknown. A new one read elsewhere must be added here."""
@@ -353,7 +357,7 @@ def _unknown_names() -> list[str]:
     known = known_names()
     lines = []
     for name, where in sorted(_given_names().items()):
-        if name in known:
+        if name in known or name.startswith(STRATEGY_SETTING_PREFIXES):
             continue
         close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
         hint = f": did you mean {close[0]}?" if close else " (see .env.example for every setting)"
