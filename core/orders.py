@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from core.broker import Broker, Execution, OrderInfo, OrderRejectedError, OrderRequest, UnknownContractError
 from core.controls import KillSwitch
 from core.journal import Journal
+from core.order_status import OrderStatus
 
-NOT_SENT = "Created"
+NOT_SENT = OrderStatus.CREATED
 """The journal status of an order recorded but not (yet known to be) acknowledged by the broker."""
 
 
@@ -102,14 +103,13 @@ class OrderGateway:
         with self.journal.transaction() as tx:
             if not operator:
                 _check_breaks(tx, request.symbol, what)
-            prior = tx.fetch("SELECT status, order_id, perm_id FROM orders WHERE order_ref = ?", [request.order_ref])
+            prior = tx.order(request.order_ref)
             tx.record_order(request.order_ref, strategy=strategy, symbol=request.symbol, intent=intent,
                             action=request.action, quantity=request.quantity, order_type=request.order_type,
                             session=session, as_of=as_of, limit_price=request.limit_price,
                             stop_price=request.stop_price, run_id=self.run_id)
-        if prior and prior[0][0] != NOT_SENT:
-            status, order_id, perm_id = prior[0]
-            return self._journaled(request, status, order_id, perm_id)
+        if prior is not None and prior["status"] != NOT_SENT:
+            return self._journaled(request, prior["status"], prior["order_id"], prior["perm_id"])
         if not operator:
             self.check_halt(what)
         try:
@@ -145,9 +145,7 @@ class OrderGateway:
     def journal_fills(self, order_ref: str) -> list[tuple[float, float, float | None]]:
         """(shares, price, commission) of the fills the journal holds for `order_ref`."""
         with self.journal.transaction() as tx:
-            return [tuple(r) for r in tx.fetch(
-                "SELECT shares, price, commission FROM executions WHERE order_ref = ? ORDER BY exec_time",
-                [order_ref])]
+            return tx.fills_of(order_ref)
 
     def record_status(self, info: OrderInfo, message: str | None = None) -> None:
         """Journal the broker's view of an order: its ids and its current status."""

@@ -22,7 +22,7 @@ from prefect.cache_policies import NONE
 
 from core.reconcile import PositionBreaksFound
 from core.reconcile_report import equity_chart_png, format_markdown, png_markdown
-from tasks.reconcile import reconcile_account
+from tasks.reconcile import equity_curve, reconcile_account
 from tasks.runtime import flow_run
 
 DEPLOYMENT = "reconciliation"
@@ -60,7 +60,7 @@ def reconciliation(as_of: datetime | None = None) -> dict[str, Any]:
 
 
 def _publish_equity_curve(run, day) -> None:
-    curve = run.journal.query("SELECT session, equity, drawdown FROM v_equity_curve WHERE session <= ?", [day])
+    curve = equity_curve(run.journal, day)
     if curve.empty:
         return
     png = equity_chart_png(curve)

@@ -102,3 +102,25 @@ class AccountTx(TxBase):
         )
 
 
+
+    # ---- named reads ------------------------------------------------------------------------------------------
+
+    def day_start_equity(self, session: dt.date) -> float | None:
+        """E0: the day-start NetLiquidation (USD) recorded for `session`, or None when none is."""
+        row = self._one("SELECT net_liquidation FROM equity_snapshots WHERE session = ? AND kind = 'day_start'",
+                        [session])
+        return float(row[0]) if row else None
+
+    def previous_equity(self, session: dt.date) -> float | None:
+        """NetLiquidation (USD) at the end of the last session before `session` that has one, else `session`'s
+        day-start, else None."""
+        row = self._one("SELECT net_liquidation FROM equity_snapshots WHERE (session < ? AND kind = 'end_of_day')"
+                        " OR (session = ? AND kind = 'day_start')"
+                        " ORDER BY kind = 'end_of_day' DESC, session DESC LIMIT 1", [session, session])
+        return float(row[0]) if row else None
+
+    def equity_curve(self, until: dt.date) -> list[dict[str, Any]]:
+        """`v_equity_curve` up to session `until`: dicts of session, equity (USD) and drawdown (a fraction <= 0),
+        oldest first."""
+        return self._rows("SELECT session, equity, drawdown FROM v_equity_curve WHERE session <= ? ORDER BY session",
+                          [until])

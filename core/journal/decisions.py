@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -84,3 +85,46 @@ class DecisionsTx(TxBase):
             " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING 1",
             [run_id, event, deployment, _aware(as_of, "as_of"), outcome, _json(details)],
         )
+
+    # ---- named reads ------------------------------------------------------------------------------------------
+
+    def signal(self, strategy: str, symbol: str, as_of: dt.datetime) -> dict[str, Any] | None:
+        """The decision of `strategy` on `symbol` at `as_of` as a dict of the `signals` columns (``inputs``
+        parsed from JSON into a dict, {} when none), or None when none is recorded."""
+        rows = self.signals_at(strategy, as_of, symbol=symbol)
+        return rows[0] if rows else None
+
+    def signals_at(self, strategy: str, as_of: dt.datetime, *, symbol: str | None = None) -> list[dict[str, Any]]:
+        """Every decision of `strategy` (of `symbol`, when given) at `as_of`, by symbol, as in `signal`."""
+        sql, params = "SELECT * FROM signals WHERE strategy = ? AND as_of = ?", [strategy, _aware(as_of, "as_of")]
+        if symbol is not None:
+            sql, params = sql + " AND symbol = ?", [*params, symbol]
+        rows = self._rows(sql + " ORDER BY symbol", params)
+        for r in rows:
+            r["inputs"] = json.loads(r["inputs"]) if isinstance(r["inputs"], str) else (r["inputs"] or {})
+        return rows
+
+    def loss_limit_reached_before(self, strategy: str, session: dt.date, before: dt.datetime) -> bool:
+        """Whether a decision of `strategy` in `session` before `before` recorded that the session's loss limit
+        was reached (``inputs.loss_limit_reached``)."""
+        row = self._one("SELECT count(*) FROM signals WHERE strategy = ? AND session = ? AND as_of < ?"
+                        " AND json_extract(inputs, '$.loss_limit_reached')::BOOLEAN",
+                        [strategy, session, _aware(before, "before")])
+        return bool(row and row[0])
+
+    def ema_state(self, symbol: str, *, on: dt.date | None = None, before: dt.date | None = None
+                  ) -> dict[str, Any] | None:
+        """The EMA state of `symbol` recorded for session `on`, or else the latest one before session `before`
+        (exactly one of them), as a dict of the `ema_state` columns, or None when there is none."""
+        if (on is None) == (before is None):
+            raise ValueError("ema_state needs exactly one of on= and before=")
+        where, day = ("session = ?", on) if on is not None else ("session < ?", before)
+        rows = self._rows(f"SELECT * FROM ema_state WHERE symbol = ? AND {where} ORDER BY session DESC LIMIT 1",
+                          [symbol, day])
+        return rows[0] if rows else None
+
+    def flow_event_details(self, deployment: str) -> list[dict[str, Any]]:
+        """The ``details`` (parsed JSON) of every event of `deployment` that has any, in the order recorded."""
+        return [json.loads(r[0]) if isinstance(r[0], str) else r[0] for r in self.con.execute(
+            "SELECT details FROM flow_events WHERE deployment = ? AND details IS NOT NULL ORDER BY recorded_at",
+            [deployment]).fetchall()]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
 from typing import Any
 
 from core.journal.base import JournalError, TxBase, _aware, _finite, _json  # noqa: F401
@@ -180,3 +179,57 @@ class OrdersTx(TxBase):
             "   OR (realized_pnl IS NULL AND ? IS NOT NULL)) RETURNING 1",
             [params[9], params[10], exec_id, params[9], params[10]],
         )
+
+    # ---- named reads ------------------------------------------------------------------------------------------
+
+    def order(self, order_ref: str) -> dict[str, Any] | None:
+        """The recorded order `order_ref` as a dict of the `orders` columns (status, quantity in shares, order_id,
+        perm_id, strategy, symbol, intent, session, ...), or None when the journal has no such order."""
+        rows = self._rows("SELECT * FROM orders WHERE order_ref = ?", [order_ref])
+        return rows[0] if rows else None
+
+    def order_of(self, *, strategy: str, intent: str, symbol: str, session: dt.date) -> tuple[str, float] | None:
+        """(order_ref, quantity in shares) of the order of `strategy` with `intent` for `symbol` in `session` that
+        did not end unfilled (`OrderStatus.ENDED_UNFILLED`: it is working, filled or not yet known), or None."""
+        row = self._one(
+            "SELECT order_ref, quantity FROM orders WHERE strategy = ? AND intent = ? AND symbol = ? AND session = ?"
+            f" AND status NOT IN ({', '.join('?' for _ in OrderStatus.ENDED_UNFILLED)}) ORDER BY as_of DESC",
+            [strategy, intent, symbol, session, *OrderStatus.ENDED_UNFILLED])
+        return (row[0], float(row[1])) if row else None
+
+    def unfinished_orders(self, strategy: str) -> list[tuple[str, float]]:
+        """(order_ref, quantity in shares) of every order of `strategy` whose status is not final
+        (`OrderStatus.DONE`), oldest first."""
+        return [(r[0], float(r[1])) for r in self.con.execute(
+            f"SELECT order_ref, quantity FROM orders WHERE strategy = ? AND status NOT IN "
+            f"({', '.join('?' for _ in OrderStatus.DONE)}) ORDER BY as_of, order_ref",
+            [strategy, *OrderStatus.DONE]).fetchall()]
+
+    def fills_of(self, order_ref: str) -> list[tuple[float, float, float | None]]:
+        """(shares, price USD a share, commission USD or None) of every execution of `order_ref`, oldest first."""
+        return [(float(r[0]), float(r[1]), r[2]) for r in self.con.execute(
+            "SELECT shares, price, commission FROM executions WHERE order_ref = ? ORDER BY exec_time, exec_id",
+            [order_ref]).fetchall()]
+
+    def known_exec_ids(self, exec_ids: list[str]) -> set[str]:
+        """Those of `exec_ids` (IB execIds) the journal already holds."""
+        if not exec_ids:
+            return set()
+        return {r[0] for r in self.con.execute(
+            "SELECT exec_id FROM executions WHERE exec_id IN (SELECT unnest(?::VARCHAR[]))", [list(exec_ids)]
+        ).fetchall()}
+
+    def strategy_fills(self, strategy: str) -> list[tuple[str, float, float, float, dt.datetime]]:
+        """(symbol, signed shares (+ bought, - sold), price USD, commission USD (0 when unknown), exec_time) of
+        every execution of `strategy` (its own, or through its order), oldest first."""
+        return [(r[0], float(r[1]), float(r[2]), float(r[3]), r[4]) for r in self.con.execute(
+            "SELECT symbol, signed_shares, price, coalesce(commission, 0), exec_time FROM v_fills"
+            " WHERE strategy_name = ? ORDER BY exec_time, exec_id", [strategy]).fetchall()]
+
+    def fills_before(self, end: dt.datetime) -> list[dict[str, Any]]:
+        """Every execution before `end` (aware), oldest first, as dicts: strategy (the strategy's name, from the
+        execution or its order), symbol, signed_shares, price (USD), commission (USD or None), exec_time,
+        exec_id."""
+        return self._rows(
+            "SELECT strategy_name AS strategy, symbol, signed_shares, price, commission, exec_time, exec_id"
+            " FROM v_fills WHERE exec_time < ? ORDER BY exec_time, exec_id", [_aware(end, "end")])

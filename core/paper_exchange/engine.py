@@ -39,9 +39,11 @@ from pathlib import Path
 
 import numpy as np
 
+from core.order_status import OrderStatus
+
 from .market_data import NY, MarketData, UnknownSymbolError, ny_date_of
 
-TERMINAL = ("Filled", "Cancelled", "ApiCancelled", "Inactive")
+TERMINAL = OrderStatus.DONE
 
 
 def commission_for(shares: float, price: float, per_share: float = 0.005, minimum: float = 1.0,
