@@ -83,8 +83,8 @@ def _sql(args: argparse.Namespace) -> int:
         print(f"tradeflow sql: {exc}", file=sys.stderr)
         return 1
     except duckdb.Error as exc:
-        refused = isinstance(exc, duckdb.PermissionException) or "read-only" in str(exc) or "lock_configuration" \
-            in str(exc) or "disabled by configuration" in str(exc)
+        refused = isinstance(exc, duckdb.PermissionException) or any(
+            s in str(exc) for s in ("read-only", "configuration has been locked", "disabled by configuration"))
         why = "refused: the journal is read-only here, and nothing outside it can be read or changed; " \
             if refused else ""
         print(f"tradeflow sql: {why}{exc}", file=sys.stderr)

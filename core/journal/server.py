@@ -38,10 +38,10 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import socketserver
+import subprocess
 import sys
 import threading
 import time
@@ -117,7 +117,8 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def copy_snapshot(files: JournalFiles, stamp: dict[str, int], seq: int) -> None:
-    """Copy the live file to the snapshot: to a temporary file, checked by opening it read-only, then atomically
+    """Copy the live file to the snapshot (with ``cp``, in a child process): to a temporary file, checked by
+    opening it read-only, then atomically
     replacing the snapshot, then recording `stamp` and `seq` in ``journal.read.json``.
 
     Raises:
@@ -126,7 +127,11 @@ def copy_snapshot(files: JournalFiles, stamp: dict[str, int], seq: int) -> None:
     """
     tmp = files.snapshot.with_name(files.snapshot.name + f".{os.getpid()}.tmp")
     try:
-        shutil.copyfile(files.path, tmp)
+        # in a child process: closing any descriptor of the live file in this process would drop the POSIX lock
+        # DuckDB holds on it (fcntl locks belong to the process), letting another process open it meanwhile
+        done = subprocess.run(["cp", "-T", "--reflink=auto", str(files.path), str(tmp)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise OSError(f"copying {files.path} to {tmp}: {done.stderr.strip()}")
         check = duckdb.connect(str(tmp), read_only=True)
         try:
             check.execute("SELECT max(version) FROM schema_version").fetchone()
@@ -134,7 +139,8 @@ def copy_snapshot(files: JournalFiles, stamp: dict[str, int], seq: int) -> None:
             check.close()
         os.replace(tmp, files.snapshot)
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp.is_file():
+            tmp.unlink()
     _write_json(files.snapshot_meta, {**stamp, "seq": seq, "refreshed_at": time.time()})
 
 
@@ -152,6 +158,7 @@ class Writer:
         self.commit_seq = 0  # transactions committed with changes
         self.snapshot_seq = -1  # commit_seq the snapshot holds
         self.snapshot_error: str | None = None
+        self.attempts = 0  # refreshes tried, failed or not
         self.clients = 0
         self.last_activity = time.monotonic()
         self.stopping = threading.Event()
@@ -164,6 +171,8 @@ class Writer:
         with self.tx_lock:
             with self.state:
                 seq = self.commit_seq
+                if seq == self.snapshot_seq and self.snapshot_error is None:
+                    return  # nothing committed since the last refresh
             self.con.execute("CHECKPOINT")
             stamp = self.files.live_stamp()
         try:
@@ -172,10 +181,12 @@ class Writer:
             log.error("read snapshot not refreshed: %s", exc)
             with self.state:
                 self.snapshot_error = f"the read snapshot could not be refreshed: {exc}"
+                self.attempts += 1
                 self.state.notify_all()
             return
         with self.state:
             self.snapshot_seq, self.snapshot_error = seq, None
+            self.attempts += 1
             self.state.notify_all()
 
     def snapshot_loop(self) -> None:
@@ -190,24 +201,27 @@ class Writer:
                 log.exception("read snapshot refresh failed")
                 with self.state:
                     self.snapshot_error = f"the read snapshot could not be refreshed: {exc}"
+                    self.attempts += 1
                     self.state.notify_all()
                 time.sleep(0.5)
-                self.refresh_wanted.set()
 
     def sync(self, timeout: float) -> None:
         """Wait until the snapshot holds every commit made so far. Raises JournalError on a refresh failure or
         after `timeout` seconds."""
         deadline = time.monotonic() + timeout
         with self.state:
-            target = self.commit_seq
-            self.snapshot_error = None if self.snapshot_seq >= target else self.snapshot_error
+            target, attempts = self.commit_seq, self.attempts
+            if self.snapshot_seq < target:
+                self.refresh_wanted.set()
             while self.snapshot_seq < target:
-                if self.snapshot_error:
+                if self.snapshot_error and self.attempts > attempts:  # a refresh tried after this request failed
                     raise JournalError(self.snapshot_error)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise JournalError(f"the read snapshot was not refreshed within {timeout:g} s")
-                self.refresh_wanted.set()
+                if self.attempts > attempts:  # that refresh began before this request's commits: one more
+                    attempts = self.attempts
+                    self.refresh_wanted.set()
                 self.state.wait(min(left, 0.5))
 
     def committed(self, changed: bool) -> None:
@@ -329,6 +343,8 @@ def serve(path: Path, idle: float) -> int:
         return 0  # another writer runs: the clients find it
     try:
         files.server_error.unlink(missing_ok=True)
+        for stale in files.path.parent.glob(files.snapshot.name + ".*.tmp"):  # a killed writer's half copy
+            stale.unlink(missing_ok=True)
         try:
             writer = Writer(files, idle)
         except (duckdb.Error, JournalError) as exc:
