@@ -6,6 +6,7 @@ import datetime as dt
 from typing import Any
 
 from core.journal.base import JournalError, TxBase, _aware, _finite, _json  # noqa: F401
+from core.journal.derived import refresh_symbol
 from core.order_status import OrderStatus
 
 
@@ -41,7 +42,7 @@ class OrdersTx(TxBase):
             raise ValueError("order_ref must be a non-empty string")
         if action not in ("BUY", "SELL"):
             raise ValueError(f"action must be 'BUY' or 'SELL', got {action!r}")
-        return self._insert(
+        new = self._insert(
             "INSERT INTO orders (order_ref, perm_id, order_id, strategy, symbol, intent, action, quantity,"
             " order_type, limit_price, stop_price, session, as_of, run_id, external)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -63,7 +64,10 @@ class OrdersTx(TxBase):
                 run_id,
                 external,
             ],
-        ) or self.record_order_ids(order_ref, perm_id=perm_id, order_id=order_id)
+        )
+        if new and self._one("SELECT 1 FROM executions WHERE order_ref = ? LIMIT 1", [order_ref]):
+            refresh_symbol(self.con, symbol)  # fills recorded before their order now have its strategy
+        return new or self.record_order_ids(order_ref, perm_id=perm_id, order_id=order_id)
 
     def record_order_ids(self, order_ref: str, *, perm_id: int | None, order_id: int | None) -> bool:
         """Fill in the broker's ids of a recorded order where they are still unknown; True when any was."""
@@ -166,19 +170,20 @@ class OrdersTx(TxBase):
             account,
             external,
         ]
-        if self._insert(
+        changed = self._insert(
             "INSERT INTO executions (exec_id, order_ref, perm_id, order_id, strategy, symbol, side, shares,"
             " price, commission, realized_pnl, exec_time, account, external)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING 1",
             params,
-        ):
-            return True
-        return self._insert(
+        ) or self._insert(
             "UPDATE executions SET commission = coalesce(commission, ?), realized_pnl = coalesce(realized_pnl, ?)"
             " WHERE exec_id = ? AND ((commission IS NULL AND ? IS NOT NULL)"
             "   OR (realized_pnl IS NULL AND ? IS NOT NULL)) RETURNING 1",
             [params[9], params[10], exec_id, params[9], params[10]],
         )
+        if changed:
+            refresh_symbol(self.con, symbol)
+        return changed
 
     # ---- named reads ------------------------------------------------------------------------------------------
 

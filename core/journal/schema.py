@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.journal.base import JournalError
+from core.journal.derived import schema_v5
 from core.order_status import OrderStatus
 
 _SCHEMA_V1 = """
@@ -326,6 +327,7 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (2, "operator controls (halt, resume, flatten, resolve), position breaks, daily P&L", _SCHEMA_V2),
     (3, "position adjustments recorded when a break is resolved; the journal's position per symbol", _SCHEMA_V3),
     (4, "the order-status vocabulary (order_statuses)", _schema_v4()),
+    (5, "round trips and P&L a symbol and session kept in tables by the writes (fast views)", schema_v5(_SCHEMA_V1)),
 )
 """(version, description, SQL) in order; a new schema change appends one entry and never edits old ones."""
 

@@ -316,11 +316,14 @@ class Journal:
     @contextmanager
     def bulk(self) -> Iterator[JournalTx]:
         """One transaction on the file itself, for bulk loads (``tx.con`` is a DuckDB connection: ``register``
-        a DataFrame, ``INSERT ... SELECT``). No writer may run meanwhile; the snapshot is refreshed after.
+        a DataFrame, ``INSERT ... SELECT``), skipping the checks of the ``record_*`` methods (the rows must meet
+        them: aware times, finite prices, natural keys). The tables the writes keep (`core.journal.derived`) are
+        rebuilt before the commit. No writer may run meanwhile; the snapshot is refreshed after.
 
         Raises:
             JournalError: a writer is running (stop it, or wait for it to go idle), or the file is held.
         """
+        from core.journal.derived import rebuild_all
         from core.journal.server import copy_snapshot
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -337,6 +340,7 @@ class Journal:
                 con.execute("BEGIN TRANSACTION")
                 try:
                     yield JournalTx(con)
+                    rebuild_all(con)
                 except BaseException:
                     con.execute("ROLLBACK")
                     raise
