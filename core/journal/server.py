@@ -18,7 +18,8 @@ SIGKILL of any process), whatever the journal's size.
   begin (the same serial order as the file lock before): a client that disconnects inside one (killed, or its
   connection lost) has it rolled back. This wire is the seam for a server backend ("Beyond one box"): a client
   on another host speaks the same messages to a writer whose storage is PostgreSQL.
-* **The read snapshot** (``journal.read.duckdb``) is refreshed in a thread after commits, coalescing bursts:
+* **The read snapshot** (``journal.read.duckdb``) is refreshed in a thread after commits: once writes pause
+  for `SNAPSHOT_QUIET_S`, at most `SNAPSHOT_MAX_LAG_S` after a commit, or at once for a reader's ``sync``:
   CHECKPOINT (between transactions), then copy the file while later transactions go on appending to the
   write-ahead log (no checkpoint runs during the copy, and DuckDB writes the file itself only at a checkpoint
   and into free blocks, which the copy's header does not reference), then open the copy read-only to check it,
@@ -57,8 +58,12 @@ from core.journal.schema import _STORAGE, migrate
 
 log = logging.getLogger("tradeflow.journal.server")
 
-SNAPSHOT_COALESCE_S = 0.05
-"""Seconds the snapshot thread waits after a commit before refreshing, so that a burst costs one refresh."""
+SNAPSHOT_QUIET_S = 0.5
+"""The snapshot is refreshed once no transaction has committed for this many seconds (a burst of writes, as at
+15:55, costs one copy, after it, instead of slowing it down), ..."""
+SNAPSHOT_MAX_LAG_S = 5.0
+"""... or once the oldest commit it lacks is this many seconds old (writes that never pause), or at once when a
+reader asks (`sync`)."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +168,8 @@ class Writer:
         self.last_activity = time.monotonic()
         self.stopping = threading.Event()
         self.refresh_wanted = threading.Event()
+        self.urgent = threading.Event()  # a reader waits (sync): refresh now
+        self.last_commit = self.first_unrefreshed = 0.0  # time.monotonic() of those commits
         self.refresh_wanted.set()  # the first refresh makes the snapshot match the file as opened
 
     # ---- the snapshot -----------------------------------------------------------------------------------------
@@ -193,7 +200,12 @@ class Writer:
         while not self.stopping.is_set():
             if not self.refresh_wanted.wait(0.5):
                 continue
-            time.sleep(SNAPSHOT_COALESCE_S)
+            while not self.urgent.is_set() and not self.stopping.is_set():
+                now = time.monotonic()
+                if now - self.last_commit >= SNAPSHOT_QUIET_S or now - self.first_unrefreshed >= SNAPSHOT_MAX_LAG_S:
+                    break
+                self.urgent.wait(0.05)
+            self.urgent.clear()
             self.refresh_wanted.clear()
             try:
                 self._refresh_once()
@@ -213,6 +225,7 @@ class Writer:
             target, attempts = self.commit_seq, self.attempts
             if self.snapshot_seq < target:
                 self.refresh_wanted.set()
+                self.urgent.set()
             while self.snapshot_seq < target:
                 if self.snapshot_error and self.attempts > attempts:  # a refresh tried after this request failed
                     raise JournalError(self.snapshot_error)
@@ -222,12 +235,17 @@ class Writer:
                 if self.attempts > attempts:  # that refresh began before this request's commits: one more
                     attempts = self.attempts
                     self.refresh_wanted.set()
+                    self.urgent.set()
                 self.state.wait(min(left, 0.5))
 
     def committed(self, changed: bool) -> None:
         if changed:
+            now = time.monotonic()
             with self.state:
+                if self.commit_seq == self.snapshot_seq:
+                    self.first_unrefreshed = now
                 self.commit_seq += 1
+                self.last_commit = now
             self.refresh_wanted.set()
 
     # ---- lifetime ---------------------------------------------------------------------------------------------

@@ -177,7 +177,7 @@ class Journal:
                 try:
                     proc = subprocess.Popen(
                         [sys.executable, "-c", "import sys; from core.journal.server import main; sys.exit(main())",
-                         str(self.path)],
+                         str(self.path.resolve())],
                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                         cwd=str(Path(__file__).resolve().parents[2]))
                 finally:
