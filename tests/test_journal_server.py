@@ -161,3 +161,43 @@ def test_sql_is_read_only_in_fact(state_dir, capsys, sql):
     assert "tradeflow sql:" in err and ("refused" in err or "Catalog" in err or "read-only" in err), err
     assert sorted(p.name for p in state_dir.iterdir()) == before
     assert journal.query("SELECT count(*) AS n FROM signals")["n"][0] == 1
+
+
+def test_the_tables_the_writes_keep_agree_with_the_fills(tmp_path):
+    """round_trips and pnl_by_symbol_day after fills in and out of order, a late commission, and fills recorded
+    before their order: what the walk over every fill gives (v_round_trips_computed), at every step."""
+    journal = Journal(tmp_path / "journal.duckdb")
+
+    def fill(exec_id, symbol, side, shares, price, minutes, **kw):
+        with journal.transaction() as tx:
+            tx.record_execution(exec_id, symbol=symbol, side=side, shares=shares, price=price,
+                                exec_time=T0 + dt.timedelta(minutes=minutes), **kw)
+
+    def agree():
+        drift = journal.query("(SELECT * FROM round_trips EXCEPT SELECT * FROM v_round_trips_computed) UNION ALL"
+                              " (SELECT * FROM v_round_trips_computed EXCEPT SELECT * FROM round_trips)")
+        assert drift.empty, drift
+        costs = journal.query(
+            "SELECT strategy_name AS strategy, session, sum(coalesce(commission, 0)) AS c, count(*) AS n"
+            " FROM v_fills GROUP BY ALL EXCEPT SELECT strategy, session, commissions, fills FROM v_daily_pnl")
+        assert costs.empty, costs
+
+    fill("a1", "AAPL", "BOT", 10, 100.0, 0, strategy="mtf", commission=1.0)
+    fill("a2", "AAPL", "SLD", 10, 101.0, 30, strategy="mtf")  # its commission comes later
+    agree()
+    fill("a2", "AAPL", "SLD", 10, 101.0, 30, strategy="mtf", commission=1.5)
+    fill("t1", "TSLA", "SLD", 5, 200.0, 10, order_ref="mtf-TSLA-short")  # a short; its order comes later
+    agree()
+    with journal.transaction() as tx:
+        tx.record_order("mtf-TSLA-short", strategy="mtf", symbol="TSLA", intent="entry", action="SELL", quantity=5,
+                        order_type="MKT", session=DAY, as_of=T0)
+    fill("t2", "TSLA", "BOT", 5, 190.0, 20, strategy="mtf")
+    fill("a0", "AAPL", "BOT", 4, 99.0, -5, strategy="mtf")  # a late fill before the others: trips renumber
+    agree()
+    trips = journal.query("SELECT symbol, direction, closed, coalesce(gross_pnl, 0) AS gross_pnl FROM v_round_trips"
+                          " ORDER BY entry_time")
+    assert trips.to_dict("records") == [  # AAPL: 4 + 10 bought, 10 sold: one trip, still open
+        {"symbol": "AAPL", "direction": "long", "closed": False, "gross_pnl": 0.0},
+        {"symbol": "TSLA", "direction": "short", "closed": True, "gross_pnl": 50.0}]
+    opened = journal.query("SELECT symbol, quantity FROM v_open_positions")
+    assert opened.to_dict("records") == [{"symbol": "AAPL", "quantity": 4.0}]
