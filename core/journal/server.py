@@ -108,6 +108,17 @@ class JournalFiles:
     def spawn_lock(self) -> Path:
         return self._beside(".spawn.lock")
 
+    def snapshot_is_current(self) -> bool:
+        """Whether ``journal.read.json`` says the snapshot was copied from the live file as it is now (checkpointed:
+        no write-ahead log left)."""
+        try:
+            meta = json.loads(self.snapshot_meta.read_text())
+            stamp = self.live_stamp()
+        except (OSError, ValueError):
+            return False
+        return (self.snapshot.exists() and stamp["wal"] == 0
+                and all(meta.get(k) == stamp[k] for k in ("size", "mtime_ns")))
+
     def live_stamp(self) -> dict[str, int]:
         """The live file's size and mtime (ns), and its write-ahead log's size: what a snapshot was taken of."""
         st = self.path.stat()
@@ -170,7 +181,10 @@ class Writer:
         self.refresh_wanted = threading.Event()
         self.urgent = threading.Event()  # a reader waits (sync): refresh now
         self.last_commit = self.first_unrefreshed = 0.0  # time.monotonic() of those commits
-        self.refresh_wanted.set()  # the first refresh makes the snapshot match the file as opened
+        if self.files.snapshot_is_current():
+            self.snapshot_seq = 0  # the last writer left it current: no copy at start
+        else:
+            self.refresh_wanted.set()  # the first refresh makes the snapshot match the file as opened
 
     # ---- the snapshot -----------------------------------------------------------------------------------------
 

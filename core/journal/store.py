@@ -298,20 +298,10 @@ class Journal:
         reply = self._call("sync", start=False, timeout=timeout)
         if reply is not None:
             return
-        if self._snapshot_current():
+        if self.files.snapshot_is_current():
             return
         # no writer runs and the snapshot is behind the file (a writer was killed): a writer brings it forward
         self._call("sync", timeout=timeout)
-
-    def _snapshot_current(self) -> bool:
-        """Whether the snapshot was taken of the live file as it is now (no writer running)."""
-        try:
-            meta = json.loads(self.files.snapshot_meta.read_text())
-            stamp = self.files.live_stamp()
-        except (OSError, ValueError):
-            return False
-        return (self.files.snapshot.exists() and stamp["wal"] == 0
-                and (meta.get("size"), meta.get("mtime_ns")) == (stamp["size"], stamp["mtime_ns"]))
 
     @contextmanager
     def bulk(self) -> Iterator[JournalTx]:
