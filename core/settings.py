@@ -139,13 +139,34 @@ class Settings(BaseSettings):
     )
     mtf_lookback: int = Field(24, gt=0, description="L: feature rows the LSTM reads.")
     mtf_horizon: int = Field(4, gt=0, description="H: base bars ahead that the label looks.")
+    mtf_gate_min_auc_low: float = Field(
+        0.5, ge=0, le=1, description="Edge gate: the walk-forward ROC AUC 95 % interval's lower bound must exceed this."
+    )
+    mtf_gate_min_return: float = Field(
+        0.0, description="Edge gate: the rules' pooled walk-forward return after costs must exceed this (fraction)."
+    )
+    mtf_gate_baselines: list[str] = Field(
+        default=["majority", "buy_hold"],
+        description="Edge gate: that return must also beat these baselines (majority, buy_hold, logistic).",
+    )
+    mtf_gate_min_trades: int = Field(10, ge=0, description="Edge gate: at least this many walk-forward round trips.")
 
     # --- costs and backtests ----------------------------------------------------------------------------------
     commission_per_share: float = Field(0.005, ge=0, description="IB fixed pricing, USD a share.")
     commission_min: float = Field(1.00, ge=0, description="IB fixed pricing minimum, USD an order.")
     commission_max_fraction: float = Field(0.01, ge=0, description="IB fixed pricing cap, fraction of value.")
     backtest_initial_capital: float = Field(1_000_000.0, gt=0, description="USD.")
-    backtest_slippage_fraction: float = Field(0.0, ge=0, description="Adverse slippage per fill, fraction.")
+    backtest_slippage_fraction: float = Field(
+        0.0005, ge=0, lt=1, description="Adverse slippage per simulated fill, fraction (0.0005 = 5 bp; core.costs)."
+    )
+    margin_benchmark_rate: float = Field(
+        0.0458, ge=-1, le=1, description="IB's USD reference benchmark rate, annual fraction (core.costs)."
+    )
+    margin_spread_tiers: list[tuple[float, float]] = Field(
+        default=[(100_000.0, 0.015), (1_000_000.0, 0.01), (50_000_000.0, 0.0075), (200_000_000.0, 0.005)],
+        description="IBKR Pro USD margin tiers: (upper bound USD borrowed, spread over the benchmark), ascending; "
+        "above the last bound its spread applies.",
+    )
 
     @field_validator("state_dir", "data_dir", "paper_state_file")
     @classmethod

@@ -1,9 +1,10 @@
 """`tradeflow backtest ema`: the EMA 25/125 SMH backtest on the daily bars of the data directory.
 
 Reads `<data_dir>/daily/SMH.csv` and `<data_dir>/daily/VIX.csv` (setting TRADEFLOW_DATA_DIR, or `--data-dir`),
-runs `core.backtest.ema.run_ema_backtest` with the settings' strategy, commission, capital and slippage, prints
-the figures beside the source system's, and writes trades.csv, equity.csv, equity_drawdown.png and metrics.json
-to `--out` (default `<state_dir>/backtests/ema_<from>_<to>`).
+runs `core.backtest.ema.run_ema_backtest` with the settings' strategy, commission, capital, slippage and margin
+interest, prints the figures after costs beside the source system's, the tearsheet figures and monthly returns,
+and the slippage sensitivity table (0, 2, 5, 10 bp), and writes trades.csv, equity.csv, equity_drawdown.png,
+metrics.json, monthly_returns.csv and sensitivity.csv to `--out` (default `<state_dir>/backtests/ema_<from>_<to>`).
 
 Exit codes: 0 done; 2 bad arguments, settings or data (the message names the file or argument).
 """
@@ -40,8 +41,8 @@ def register_backtest(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from core.bars import BarsError, load_daily_bars
-    from core.backtest.ema import EmaBacktestConfig, default_window, run_ema_backtest
-    from core.backtest.report import format_metrics, write_backtest_files
+    from core.backtest.ema import EmaBacktestConfig, default_window, run_ema_backtest, slippage_sensitivity
+    from core.backtest.report import format_metrics, format_sensitivity, write_backtest_files
     from core.settings import load_settings
 
     settings = load_settings()
@@ -58,13 +59,10 @@ def _run(args: argparse.Namespace) -> int:
     try:
         if args.start is None or args.end is None:
             first, last = default_window(smh, config.params.min_history)
-        result = run_ema_backtest(
-            smh,
-            vix,
-            args.start if args.start is not None else first,
-            args.end if args.end is not None else last,
-            config,
-        )
+        start = args.start if args.start is not None else first
+        end = args.end if args.end is not None else last
+        result = run_ema_backtest(smh, vix, start, end, config)
+        sensitivity = slippage_sensitivity(smh, vix, start, end, config)
     except ValueError as exc:
         print(f"tradeflow backtest: {exc}", file=sys.stderr)
         return 2
@@ -72,8 +70,10 @@ def _run(args: argparse.Namespace) -> int:
     first_day = result.equity.index[0].date()
     last_day = result.equity.index[-1].date()
     out = args.out or settings.state_dir / "backtests" / f"ema_{first_day}_{last_day}"
-    paths = write_backtest_files(result, out)
+    paths = write_backtest_files(result, out, sensitivity)
     print(format_metrics(result, title=f"EMA {config.params.fast}/{config.params.slow} {symbol} backtest"))
+    print()
+    print(format_sensitivity(sensitivity))
     print(f"simulation: {elapsed:.3f} s")
     print("wrote:")
     for path in paths.values():

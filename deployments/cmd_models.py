@@ -1,9 +1,15 @@
-"""`tradeflow models list | promote SYMBOL VERSION | rollback SYMBOL`: the MTF model registry by hand.
+"""`tradeflow models list | promote SYMBOL VERSION | rollback SYMBOL | allow SYMBOL --reason ...`: the MTF model
+registry by hand.
 
 Versions are numbered per symbol (AAPL v0001 and TSLA v0001 are different models), so `promote` takes the symbol
 and the version. Every change is recorded in the journal's `models` table (the new champion 'champion', the one
 it replaced 'retired'), as the monthly retrain records its own. The signal flow picks the new champion up at its
 next run (it loads the champion at the start of each run).
+
+`list` shows each champion's edge gate (`models.gate`): open or closed, and why. `allow SYMBOL --reason ...` lets
+the symbol's champion send entries although its walk-forward evidence does not clear the bar (an operator's
+explicit decision, journaled in `model_allowances` with who and why); `allow SYMBOL --revoke --reason ...`
+withdraws it. Either takes effect at the next `mtf-signal` run.
 """
 
 from __future__ import annotations
@@ -24,6 +30,11 @@ def register_models(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("version", help="e.g. v0003 (see `tradeflow models list`)")
     rb = cmds.add_parser("rollback", help="make the previous champion of SYMBOL the champion again")
     rb.add_argument("symbol")
+    al = cmds.add_parser("allow", help="let SYMBOL's champion trade past the edge gate (journaled, with a reason)")
+    al.add_argument("symbol")
+    al.add_argument("--reason", required=True, help="why (journaled)")
+    al.add_argument("--revoke", action="store_true", help="withdraw the allowance: the evidence decides again")
+    al.add_argument("--who", default=None, help="the operator (default: the login name)")
     p.set_defaults(handler=_handle)
 
 
@@ -31,7 +42,39 @@ def _num(x, fmt: str = "{:.3f}") -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
 
 
-def _list(registry, symbols: list[str]) -> int:
+def _gate_lines(journal_path, registry, symbols: list[str]) -> dict[str, str]:
+    from core.journal import Journal
+    from core.settings import get_settings
+    from models.gate import GateRule, champion_gates
+
+    gates = champion_gates(Journal(journal_path), registry, symbols, GateRule.from_settings(get_settings()))
+    return {sym: f"  edge gate: {'OPEN' if st.open else 'CLOSED'} ({st.source}): {st.reason}"
+            for sym, st in gates.items()}
+
+
+def _allow(args: argparse.Namespace, journal_path, registry) -> int:
+    import datetime as dt
+
+    from core.controls import operator
+    from core.journal import Journal
+
+    sym = args.symbol.upper()
+    reason = args.reason.strip()
+    if not reason:
+        print("tradeflow models allow: --reason must say why", file=sys.stderr)
+        return 2
+    champ = registry.champion(sym)
+    who = args.who or operator()
+    with Journal(journal_path).transaction() as tx:
+        tx.record_model_allowance(sym, not args.revoke, who, reason, dt.datetime.now(dt.timezone.utc),
+                                  version=f"{sym}/{champ.version}" if champ else None)
+    what = "withdrawn: the walk-forward evidence decides again" if args.revoke else (
+        "allowed: its champion sends entries whatever the walk-forward evidence says")
+    print(f"{sym}: {what} (by {who}: {reason}); recorded in the journal")
+    return 0
+
+
+def _list(registry, symbols: list[str], gates: dict[str, str] | None = None) -> int:
     if not symbols:
         print(f"no models in {registry.root} (train some: `tradeflow train --symbols AAPL TSLA`)")
         return 0
@@ -40,6 +83,8 @@ def _list(registry, symbols: list[str]) -> int:
         history = registry.champion_history(sym)
         print(f"{sym}: champion {champ.version if champ else 'none'}"
               + (f"; rollback to {history[-1]}" if history else ""))
+        if gates and sym in gates:
+            print(gates[sym])
         print(f"  {'':2}{'version':<8}{'created':<18}{'bars':<24}{'test AUC':>9}{'base AUC':>9}"
               f"{'log loss':>9}{'base LL':>8}  retrain window")
         for v in registry.list_versions(sym):
@@ -67,7 +112,10 @@ def _handle(args: argparse.Namespace) -> int:
     registry = ModelRegistry(s.models_dir)
     if args.models_command == "list":
         found = sorted(p.name for p in registry.root.iterdir() if p.is_dir()) if registry.root.is_dir() else []
-        return _list(registry, [x.upper() for x in (args.symbols or found)])
+        syms = [x.upper() for x in (args.symbols or found)]
+        return _list(registry, syms, _gate_lines(s.journal_path, registry, syms) if syms else None)
+    if args.models_command == "allow":
+        return _allow(args, s.journal_path, registry)
     sym = args.symbol.upper()
     try:
         before = registry.champion(sym)

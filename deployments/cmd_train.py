@@ -73,8 +73,8 @@ def format_report(symbol: str, metrics: dict, meta: dict) -> str:
     lines.append(f"  {'Sharpe':<16}{_num(r['sharpe'], '{:.2f}'):>10}{_num(b['sharpe'], '{:.2f}'):>10}"
                  f"{_num(s.get('sharpe'), '{:.2f}'):>10}")
     lines.append(f"  {'exposure':<16}{_pct(r['exposure']):>10}{_pct(1.0):>10}")
-    lines.append(f"  (return = P&L / 10,000 USD after IB commissions; {r['sessions']} sessions; the source's test "
-                 "window and rules are unknown)")
+    lines.append(f"  (return = P&L / 10,000 USD after IB commissions and slippage; {r['sessions']} sessions; the "
+                 "source's test window and rules are unknown)")
     return "\n".join(lines)
 
 
@@ -139,5 +139,7 @@ def _handle(args: argparse.Namespace) -> int:
         print(f"  registered {sym} {out.version.version} at {out.version.path}"
               f"{' -> champion (none before)' if out.became_champion else ''}; "
               f"champion: {champ.version if champ else 'none'}; {time.perf_counter() - ts:.1f} s")
-    print(f"\ntotal wall time {time.perf_counter() - t0:.1f} s")
+    print("\nedge gate: a new champion sends no MTF entry until its walk-forward evidence clears the bar "
+          "(`tradeflow evaluate mtf`) or an operator allows the symbol (`tradeflow models allow SYMBOL --reason ...`)")
+    print(f"total wall time {time.perf_counter() - t0:.1f} s")
     return 1 if failed else 0

@@ -131,12 +131,14 @@ from deployments.cmd_deploy import register_deploy  # noqa: E402
 from deployments.cmd_paper_clock import register_paper_clock  # noqa: E402
 from deployments.cmd_up import register_up  # noqa: E402
 from deployments.cmd_replay import register_replay  # noqa: E402
+from deployments.cmd_evaluate import register_evaluate  # noqa: E402
 
 REGISTRY += [
     register_schedule,
     register_sql,
     register_backtest,
     register_train,
+    register_evaluate,
     register_paper_exchange,
     register_validate_connection,
     register_reconcile,

@@ -22,7 +22,10 @@ One run, for `as_of` (default: its scheduled start):
 7. Per symbol: the decision (`core.strategies.mtf.decide`, the same function the backtest uses), journaled in
    `signals` with all its inputs (also NO_TRADE / HOLD with P(up) and the reason), then its order through the
    gateway with orderRef `mtf-<SYMBOL>-<YYYYMMDDTHHMM>-entry|exit` (unique to symbol and run), a wait of up to
-   `fill_timeout_seconds` for the fill, and the fill journaled.
+   `fill_timeout_seconds` for the fill, and the fill journaled. The edge gate (`models.gate`): when the
+   champion's walk-forward evidence does not clear the bar and no operator allowed the symbol, an entry the rules
+   would make is journaled as NO_TRADE (code `edge_gate`, saying what the rules would buy) and nothing is sent;
+   exits of a position still go out.
 8. Publishes an artifact: a table of symbol, P(up), decision, reason and order.
 
 Reruns: a symbol whose decision is already journaled for this `as_of` is not decided again; its journaled
@@ -44,9 +47,10 @@ from prefect import flow
 
 from core.orders import OrderBlockedError
 from core.strategies.mtf import MtfRules, day_pnl, decide, loss_limit_reached, runs_held
+from models.gate import GateStatus
 from tasks.ema_stop import ema_stop_second_line
-from tasks.mtf_signal import (BookState, Champion, SymbolView, journal_decision, load_champions, mtf_order_ref,
-                              observe_symbol, read_book, runs_sessions, send_order, view_inputs)
+from tasks.mtf_signal import (BookState, Champion, SymbolView, edge_gates, journal_decision, load_champions,
+                              mtf_order_ref, observe_symbol, read_book, runs_sessions, send_order, view_inputs)
 from tasks.runtime import FlowRun, flow_run
 
 DEPLOYMENT = "mtf-signal"
@@ -77,6 +81,7 @@ def mtf_signal(as_of: datetime | None = None, symbols: list[str] | None = None,
         if session is None or not session.open < run.as_of <= session.close:
             return run.skip(f"{run.as_of.isoformat()} is not inside an NYSE session's (open, close]: no signal")
         champions = load_champions(run, syms)
+        gates = edge_gates(run, champions)
         rules = MtfRules.from_settings(s)
         failures: list[str] = []
         with run.broker() as broker:
@@ -101,7 +106,7 @@ def mtf_signal(as_of: datetime | None = None, symbols: list[str] | None = None,
                         rows.append(_replay(run, broker, gateway, sym, book.earlier[sym], fill_timeout_seconds))
                     else:
                         rows.append(_decide(run, broker, gateway, rules, champions[sym], views[sym], book, context,
-                                            fill_timeout_seconds))
+                                            fill_timeout_seconds, gates[sym]))
                 except Exception as exc:  # noqa: BLE001 - journal, decide the others, then fail the run
                     failures.append(f"{sym}: {type(exc).__name__}: {exc}")
                     rows.append({"symbol": sym, "p_up": None, "decision": "ERROR", "reason": str(exc),
@@ -111,7 +116,9 @@ def mtf_signal(as_of: datetime | None = None, symbols: list[str] | None = None,
                    "ema_stop": stop}
         run.outcome = "; ".join(f"{r['symbol']} {r['decision']}" for r in rows)
         run.details = summary
-        run.publish(_markdown(run, rows, context, stop, failures), [_table_row(r) for r in rows])
+        summary["edge_gate"] = {sym: {"open": g.open, "source": g.source, "reason": g.reason}
+                                for sym, g in gates.items()}
+        run.publish(_markdown(run, rows, context, stop, failures, gates), [_table_row(r) for r in rows])
         if failures:
             raise RuntimeError(f"mtf-signal {run.as_of.isoformat()}: " + "; ".join(failures))
         return summary
@@ -137,7 +144,7 @@ def _session_pnl(run: FlowRun, book: BookState, views: dict[str, SymbolView]) ->
 
 
 def _decide(run: FlowRun, broker, gateway, rules: MtfRules, champion: Champion, view: SymbolView,
-            book: BookState, context: dict[str, Any], fill_timeout: float) -> dict[str, Any]:
+            book: BookState, context: dict[str, Any], fill_timeout: float, gate: GateStatus) -> dict[str, Any]:
     sym = view.symbol
     qty, entry = book.position(sym)
     at_broker = book.broker_positions.get(sym, 0.0)
@@ -153,7 +160,8 @@ def _decide(run: FlowRun, broker, gateway, rules: MtfRules, champion: Champion, 
     decision = decide(qty, runs, view.p_up, view.price, context["entries_barred"], rules,
                       market_open=run.as_of < run.session.close, blocked=blocked,
                       no_probability=view.problem or "no P(up)", no_price=view.price_problem or "no usable price",
-                      loss_limit_reason=None if context["loss_limit_reached"] else context["day_pnl_problem"])
+                      loss_limit_reason=None if context["loss_limit_reached"] else context["day_pnl_problem"],
+                      entry_barred=None if gate.open else gate.reason)
     ref = mtf_order_ref(sym, run.as_of, decision)
     halted = run.kill_switch.current() if ref else None
     if halted is not None:
@@ -161,6 +169,7 @@ def _decide(run: FlowRun, broker, gateway, rules: MtfRules, champion: Champion, 
     inputs = {"model": champion.journal_id, **view_inputs(view), "position": qty, "broker_position": at_broker,
               "entry_time": entry.isoformat() if entry else None, "runs_held": runs, "blocked": blocked,
               "code": decision.code, "market_open": run.as_of < run.session.close, **context,
+              "edge_gate": {"open": gate.open, "source": gate.source, "reason": gate.reason},
               "rules": dataclasses.asdict(rules)}
     journal_decision(run, sym, decision, view, inputs, ref)
     order = None
@@ -191,7 +200,8 @@ def _table_row(r: dict[str, Any]) -> dict[str, Any]:
             if r.get("order_ref") else ""}
 
 
-def _markdown(run: FlowRun, rows: list[dict], context: dict, stop: dict, failures: list[str]) -> str:
+def _markdown(run: FlowRun, rows: list[dict], context: dict, stop: dict, failures: list[str],
+              gates: dict[str, GateStatus]) -> str:
     pnl = context["day_pnl"]
     lines = [f"### mtf-signal {run.as_of.isoformat()}", "",
              "| symbol | P(up) | decision | reason | order |", "|---|---|---|---|---|"]
@@ -200,7 +210,9 @@ def _markdown(run: FlowRun, rows: list[dict], context: dict, stop: dict, failure
         lines.append(f"| {r['symbol']} | {p} | {r['decision']} | {r['reason']} | {r['order']} |")
     lines += ["", f"Session P&L (MTF): {'unknown' if pnl is None else f'{pnl:,.2f} USD'}; daily loss limit "
                   f"{'reached: no new entries today' if context['loss_limit_reached'] else 'not reached'}.",
-              f"EMA stop second line: {stop.get('action')}: {stop.get('reason')}"]
+              f"EMA stop second line: {stop.get('action')}: {stop.get('reason')}", "",
+              "Edge gate: " + "; ".join(f"{sym} {'open' if g.open else 'CLOSED, no entry is sent'} ({g.reason})"
+                                        for sym, g in gates.items())]
     if failures:
         lines += ["", "**Failures:** " + "; ".join(failures)]
     return "\n".join(lines) + "\n"

@@ -10,13 +10,17 @@ One run, for `as_of` (default: its scheduled start):
    the run, shared by the symbols (default 56: below IB's 60 in 10 minutes; IBBroker paces as well). A first run
    with an empty store backfills; later runs make about one request per symbol.
 3. Per symbol: a challenger is trained on the stored bars before the evaluation month (same model and splits as
-   `tradeflow train`) and registered; champion and challenger are evaluated on the evaluation month with the
-   numpy predictor; the challenger is promoted only by the rule of `models.evaluate.PromotionRule` (no champion;
-   or ROC AUC above the champion's + `min_auc_gain` and log loss at most the champion's +
-   `max_log_loss_increase`, on at least `min_samples` labelled hours).
+   `tradeflow train`) and registered; its walk-forward evidence is computed on the same bars
+   (`models.walkforward`: `wf_folds` expanding, purged folds, at most `wf_epochs` epochs a refit, baselines);
+   champion and challenger are evaluated on the evaluation month with the numpy predictor; the challenger
+   replaces a champion only by the rule of `models.evaluate.PromotionRule` (ROC AUC above the champion's +
+   `min_auc_gain` and log loss at most the champion's + `max_log_loss_increase`, on at least `min_samples`
+   labelled hours) AND when its evidence clears the edge gate (`models.gate`, settings `TRADEFLOW_MTF_GATE_*`);
+   a symbol without a champion gets it anyway (its gate keeps it from sending entries).
 4. The journal gets both versions (`models`, named `<SYMBOL>/<version>`), the challenger's own validation/test
-   metrics and both evaluations (`model_metrics`, window `oos:YYYY-MM`, with the majority-class and buy-and-hold
-   baselines); the flow event's details hold each decision and its reason. An artifact shows the comparison.
+   metrics, its walk-forward evidence (window `walkforward`) and both evaluations (`model_metrics`, window
+   `oos:YYYY-MM`, with the majority-class and buy-and-hold baselines); the flow event's details hold each decision
+   and its reason. An artifact shows the comparison, the walk-forward tables and the gate.
 
 A rerun for the same `as_of` reuses the challenger it registered (no second training) and reaches the same
 decision. A symbol that cannot be trained (too few bars) fails the run after the others are done.
@@ -36,6 +40,7 @@ from prefect import flow
 from models.evaluate import PromotionRule
 from models.mtf import TrainConfig
 from models.retrain import evaluation_month
+from models.walkforward import WalkForwardConfig
 from tasks.retrain import journal_retrain, retrain_one, update_bar_store
 from tasks.runtime import flow_run
 
@@ -47,7 +52,7 @@ def retrain(as_of: datetime | None = None, symbols: list[str] | None = None, his
             max_requests: int = 56, epochs: int | None = None, lstm_units: list[int] | None = None,
             min_auc_gain: float = PromotionRule.min_auc_gain,
             max_log_loss_increase: float = PromotionRule.max_log_loss_increase,
-            min_samples: int = PromotionRule.min_samples) -> dict[str, Any]:
+            min_samples: int = PromotionRule.min_samples, wf_folds: int = 4, wf_epochs: int = 8) -> dict[str, Any]:
     """The monthly retrain (module docstring).
 
     Args:
@@ -57,6 +62,7 @@ def retrain(as_of: datetime | None = None, symbols: list[str] | None = None, his
         max_requests: historical data requests this run may make, shared by the symbols.
         epochs, lstm_units: training overrides (default `models.mtf.TrainConfig`).
         min_auc_gain, max_log_loss_increase, min_samples: the promotion rule (`PromotionRule`).
+        wf_folds, wf_epochs: the challenger's walk-forward (test folds; maximum epochs a refit).
 
     Returns:
         {"as_of", "window", "results": [{symbol, challenger, champion, promoted, reason, metrics...}]}.
@@ -75,6 +81,8 @@ def retrain(as_of: datetime | None = None, symbols: list[str] | None = None, his
         if lstm_units:
             config = dataclasses.replace(config, lstm_units=tuple(lstm_units))
         rule = PromotionRule(min_auc_gain, max_log_loss_increase, min_samples)
+        walk_forward = WalkForwardConfig(n_folds=wf_folds, train=dataclasses.replace(
+            config, epochs=min(config.epochs, wf_epochs), patience=min(config.patience, 3)))
         with run.broker() as broker:
             cutoff = min(run.as_of, broker.current_time())
             # never more than the pacing window allows now: what is left is fetched by next month's run, and the
@@ -86,7 +94,7 @@ def retrain(as_of: datetime | None = None, symbols: list[str] | None = None, his
         results, failures = [], []
         for sym in syms:
             try:
-                outcome = retrain_one(run, sym, cutoff, window, config, rule)
+                outcome = retrain_one(run, sym, cutoff, window, config, rule, walk_forward)
             except ValueError as exc:
                 failures.append(f"{sym}: {exc} (store: {updates[sym].note or 'up to date'})")
                 continue
@@ -111,6 +119,8 @@ def _result(o, update) -> dict[str, Any]:
             "baseline_oos": o.challenger_eval["classification"]["baseline"],
             "champion_in_sample": (o.champion_eval or {}).get("champion_in_sample"),
             "champion_error": o.champion_error,
+            "edge_gate": {"passed": o.gate.passed, "reason": o.gate.reason} if o.gate else None,
+            "walk_forward": o.evidence,
             "store": {"requests": update.requests, "added": update.added, "note": update.note,
                       "first": update.first.isoformat() if update.first else None}}
 
@@ -136,6 +146,32 @@ def _markdown(label: str, results: list[dict], failures: list[str]) -> str:
         lines.append(f"| {r['symbol']} | {r['challenger']} | {r['champion']} | {r['challenger ROC AUC']} | "
                      f"{r['champion ROC AUC']} | {r['challenger log loss']} | {r['champion log loss']} | "
                      f"{'yes' if r['promoted'] else 'no'} | {r['reason']} |")
+    for r in results:
+        lines += ["", *_walk_forward_lines(r)]
     if failures:
         lines += ["", "**Failures:** " + "; ".join(failures)]
     return "\n".join(lines) + "\n"
+
+
+def _walk_forward_lines(r: dict[str, Any]) -> list[str]:
+    """The challenger's walk-forward tables (pooled per model, then per fold) and its edge gate, as markdown."""
+    ev, gate = r.get("walk_forward"), r.get("edge_gate")
+    if not ev:
+        return [f"#### {r['symbol']} {r['challenger']}: no walk-forward evidence"]
+    lines = [f"#### {r['symbol']} {r['challenger']}: walk-forward, {ev['n_folds']} folds "
+             f"({ev['window']['bars_first'][:10]} .. {ev['window']['bars_last'][:10]})", "",
+             "| model | AUC | AUC 95 % CI | accuracy | log loss | Brier | return | Sharpe | trades | win rate |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, m in [("lstm", ev["lstm"]), *ev["baselines"].items()]:
+        ci = f"{_fmt(m.get('roc_auc_low'))} .. {_fmt(m.get('roc_auc_high'))}"
+        lines.append(f"| {name} | {_fmt(m.get('roc_auc'))} | {ci} | {_fmt(m.get('accuracy'))} | "
+                     f"{_fmt(m.get('log_loss'))} | {_fmt(m.get('brier'))} | {_fmt(m.get('return'))} | "
+                     f"{_fmt(m.get('sharpe'))} | {m.get('trades')} | {_fmt(m.get('win_rate'))} |")
+    lines += ["", "| fold | test bars | LSTM AUC | 95 % CI | return | trades | buy & hold |", "|---|---|---|---|---|---|---|"]
+    for f in ev.get("folds") or []:
+        lines.append(f"| {f['fold']} | {f['test_first'][:10]} .. {f['test_last'][:10]} | {_fmt(f['roc_auc'])} | "
+                     f"{_fmt(f['roc_auc_low'])} .. {_fmt(f['roc_auc_high'])} | {_fmt(f['return'])} | {f['trades']} | "
+                     f"{_fmt(f['buy_hold_return'])} |")
+    if gate:
+        lines += ["", f"Edge gate: {'**pass**' if gate['passed'] else '**fail**'}: {gate['reason']}"]
+    return lines

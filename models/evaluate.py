@@ -19,9 +19,10 @@ next session (as the live rules would do).
   last close) is at or below -2,000 USD, no new entries for the rest of that session (it latches, as live);
   exits still run.
 - after an exit no entry on the same bar (one decision per run: a run either manages the position or enters).
-- costs: IB fixed commission per order, 0.005 USD a share, min 1.00 USD, max 1 % of the trade value; no slippage
-  unless ``slippage`` is set (fraction, adverse on each fill). A position open at the end of the window is closed
-  at the last close.
+- costs (`core.costs`, as in the EMA backtest): IB fixed commission per order, 0.005 USD a share, min 1.00 USD,
+  max 1 % of the trade value, and adverse slippage on each fill (``slippage``, default 5 bp, the setting
+  `backtest_slippage_fraction`). No margin interest: a 10,000 USD position is not modelled as borrowed (the
+  account's cash is not simulated). A position open at the end of the window is closed at the last close.
 Reported: return = total P&L / 10,000 USD (the position size, the capital the rule puts at risk), win rate = share
 of round trips with P&L > 0 after costs, trades = round trips, Sharpe = mean / std (ddof=1) of the daily P&L
 (in units of the 10,000 USD), times sqrt(252), over every session of the window (flat days count as 0).
@@ -38,6 +39,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, log_loss, precision_score, recall_score, roc_auc_score
 
+from core.costs import ib_fixed_commission
 from core.strategies.mtf import MtfRules, decide, loss_limit_reached
 
 SOURCE_FIGURES = {
@@ -90,7 +92,7 @@ class RuleParams(MtfRules):
     commission_per_share: float = 0.005
     commission_min: float = 1.0
     commission_max_fraction: float = 0.01
-    slippage: float = 0.0
+    slippage: float = 0.0005
 
     @classmethod
     def from_settings(cls, s) -> "RuleParams":
@@ -100,11 +102,11 @@ class RuleParams(MtfRules):
 
 
 def commission(shares: int, price: float, r: RuleParams) -> float:
-    """IB fixed pricing for one order, USD."""
+    """IB fixed pricing for one order, USD (`core.costs.ib_fixed_commission`; 0 for no shares)."""
     if shares <= 0:
         return 0.0
-    fee = max(shares * r.commission_per_share, r.commission_min)
-    return min(fee, r.commission_max_fraction * shares * price)
+    return ib_fixed_commission(shares, price, per_share=r.commission_per_share, minimum=r.commission_min,
+                               max_fraction=r.commission_max_fraction)
 
 
 @dataclass
@@ -196,13 +198,15 @@ def simulate_rules(index: pd.DatetimeIndex, close: np.ndarray, p_up: np.ndarray,
 
 
 def buy_and_hold(index: pd.DatetimeIndex, close: np.ndarray, r: RuleParams = RuleParams()) -> SimResult:
-    """Buy floor(10,000 / first close) shares at the first close, hold to the last close (same costs)."""
+    """Buy floor(10,000 / first fill) shares at the first close, hold to the last close (same costs: commission
+    and slippage on both fills)."""
     close = np.asarray(close, dtype="float64")
-    q = int(r.position_usd // close[0])
-    fees = commission(q, close[0], r) + commission(q, close[-1], r)
+    buy, sell = close[0] * (1 + r.slippage), close[-1] * (1 - r.slippage)
+    q = int(r.position_usd // buy)
+    fees = commission(q, buy, r) + commission(q, sell, r)
     day = np.asarray(index.tz_convert("America/New_York").normalize().asi8)
-    marks = q * (close - close[0])
-    marks[-1] -= fees
+    marks = q * (close - buy)
+    marks[-1] = q * (sell - buy) - fees
     daily_end = pd.Series(marks).groupby(day).last().to_numpy()
     daily = np.diff(np.r_[0.0, daily_end]) / r.position_usd
     pnl = float(marks[-1])

@@ -216,12 +216,26 @@ def train_model(symbol: str, bars: pd.DataFrame, config: TrainConfig = TrainConf
     Raises:
         core.features.FeatureInputError, ValueError: bad or too few bars.
     """
-    import keras
-
-    keras.utils.set_random_seed(config.seed)
     ds = build_dataset(bars, config.lookback, config.horizon)
     split = chronological_split(len(ds.features), config.lookback, config.horizon, config.train_frac,
                                 config.val_frac)
+    return fit_split(symbol, ds, split, config, progress)
+
+
+def fit_split(symbol: str, ds: Dataset, split: Split, config: TrainConfig,
+              progress: ProgressFn | None = None) -> TrainResult:
+    """Fit the scaler (training rows only) and a new model on ``split.train``, early-stopped on ``split.val``;
+    P(up) of the validation and test samples. The walk-forward evaluation (:mod:`models.walkforward`) calls it
+    once per fold with the fold's split, ``tradeflow train`` once with the chronological split.
+
+    Raises:
+        ValueError: an empty window in ``split``.
+    """
+    import keras
+
+    if min(len(split.train), len(split.val), len(split.test)) == 0:
+        raise ValueError("train, validation and test windows must all hold samples")
+    keras.utils.set_random_seed(config.seed)
     scaler = fit_scaler(ds.features, split)
     scaled = scaler.transform(ds.features)
     x_tr, x_va, x_te = (windows(scaled, s, config.lookback) for s in (split.train, split.val, split.test))

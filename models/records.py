@@ -14,6 +14,11 @@ current champion replaced).
 - the decision rules simulated on the window: ``sim_return``, ``sim_win_rate``, ``sim_trades``, ``sim_sharpe``,
   ``sim_exposure`` (fractions; baseline: buy and hold where it has the same measure).
 A metric that is not a finite number (ROC AUC with one class, Sharpe with no trades) is left out.
+
+``walkforward`` (:data:`models.gate.EVIDENCE_WINDOW`): the pooled walk-forward evidence the edge gate reads
+(:func:`models.gate.evidence_metrics` names them), and ``walkforward:fold<k>``: each fold's ``roc_auc``,
+``roc_auc_low``, ``roc_auc_high``, ``sim_return`` (baseline: buy and hold), ``sim_trades``. A new walk-forward
+run for the same version replaces them.
 """
 
 from __future__ import annotations
@@ -100,3 +105,23 @@ def record_champion_change(tx: JournalTx, new: ModelVersion, previous: ModelVers
 
 def _time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
+
+
+def record_walk_forward(tx: JournalTx, mv: ModelVersion, evidence: dict, evaluated_at: datetime) -> int:
+    """Record walk-forward evidence (:meth:`models.walkforward.WalkForwardResult.evidence`) as ``mv``'s edge-gate
+    evidence, replacing an earlier walk-forward of the same version; returns the rows recorded."""
+    from models.gate import EVIDENCE_WINDOW, evidence_metrics
+
+    vid = journal_id(mv)
+    values, baselines = evidence_metrics(evidence)
+    tx.clear_model_metrics(vid, EVIDENCE_WINDOW)
+    count = tx.record_model_metrics(vid, EVIDENCE_WINDOW, values, evaluated_at, baselines)
+    for f in evidence.get("folds") or []:
+        window = f"{EVIDENCE_WINDOW}:fold{f['fold']}"
+        vals = {k: float(f[k]) for k in ("roc_auc", "roc_auc_low", "roc_auc_high", "return", "trades")
+                if _finite(f.get(k))}
+        vals = {("sim_" + k if k in ("return", "trades") else k): v for k, v in vals.items()}
+        base = {"sim_return": float(f["buy_hold_return"])} if _finite(f.get("buy_hold_return")) else {}
+        tx.clear_model_metrics(vid, window)
+        count += tx.record_model_metrics(vid, window, vals, evaluated_at, base)
+    return count

@@ -8,6 +8,7 @@ Layout under ``root`` (``settings.models_dir``)::
             scaler.joblib    the scikit-learn StandardScaler fitted on the training window
             weights.npz      LSTM/Dense weights + scaler mean/scale for the numpy forward pass (models.inference)
             metadata.json    features, L, H, data range, data fingerprint, metrics, config, created_at (as_of)
+            walkforward.json the walk-forward evidence of the retrain that made it (models.walkforward), if any
         v0002/ …
         champion.json        {"version": "v0002", "history": ["v0001"]}: the champion and the ones it replaced
 
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 
 CHAMPION_FILE = "champion.json"
+EVIDENCE_FILE = "walkforward.json"
 _VERSION_RE = re.compile(r"^v(\d{4,})$")
 
 
@@ -188,6 +190,23 @@ class ModelRegistry:
         return mv
 
     # ---------------------------------------------------------------------------------------------------------
+    def save_evidence(self, mv: ModelVersion, evidence: dict[str, Any]) -> Path:
+        """Store a version's walk-forward evidence (``walkforward.json`` in its folder, replaced atomically); the
+        version's model files are never touched. Returns the file's path."""
+        fd, tmp = tempfile.mkstemp(prefix=".walkforward-", dir=mv.path)
+        with os.fdopen(fd, "w") as f:
+            json.dump(evidence, f, indent=2, sort_keys=True, default=_json_default)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, mv.path / EVIDENCE_FILE)
+        return mv.path / EVIDENCE_FILE
+
+    def evidence(self, mv: ModelVersion) -> dict[str, Any] | None:
+        """The version's stored walk-forward evidence, or None when it has none (or it is unreadable)."""
+        try:
+            return json.loads((mv.path / EVIDENCE_FILE).read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
     def load_keras_model(self, mv: ModelVersion):
         """The Keras model of a version (imports TensorFlow: slow; use load_predictor for signals)."""
         import keras

@@ -15,7 +15,13 @@ Windows, for a retrain at ``as_of`` (scheduled 18:00 on the last session of a mo
 
 Both are evaluated through the numpy predictor (`models.inference`), the code the signal flow uses, with the
 labels of `settings.mtf_horizon` and one majority-class baseline (from the labels before the window).
-The promotion rule is :class:`models.evaluate.PromotionRule`.
+The promotion rule is :class:`models.evaluate.PromotionRule`, **and** the edge gate (:mod:`models.gate`): the
+challenger's walk-forward evidence (:mod:`models.walkforward`, run on the same bars it was trained on, so
+entirely before the evaluation month) must clear the bar before it may replace a champion
+(:func:`promotion_with_gate`), so two coin flips cannot promote each other. A symbol without a champion (or with
+one whose files are damaged) still gets the challenger as champion: it journals its decisions, and its gate keeps
+it from sending entries until the evidence clears the bar or an operator allows the symbol. The evidence is kept
+with the version (`walkforward.json`) and recorded in the journal by the flow.
 
 A rerun for the same ``as_of`` finds the challenger it registered (metadata ``retrain.as_of``) and evaluates it
 again instead of training another.
@@ -31,8 +37,10 @@ import pandas as pd
 
 from core.calendar import NY, sessions
 from models.evaluate import PromotionRule, RuleParams, evaluate_window, promotion_decision
+from models.gate import GateRule, GateVerdict, edge_gate
 from models.mtf import ProgressFn, TrainConfig
 from models.registry import ModelRegistry, ModelVersion, RegistryError
+from models.walkforward import WalkForwardConfig
 
 
 @dataclass(frozen=True)
@@ -77,13 +85,33 @@ class RetrainOutcome:
     promoted: bool
     reason: str
     trained: bool  # False when a rerun reused the challenger registered before
+    evidence: dict[str, Any] | None = None  # the challenger's walk-forward evidence (models.walkforward)
+    gate: GateVerdict | None = None  # the edge gate on that evidence
     notes: list[str] = field(default_factory=list)
+
+
+def promotion_with_gate(promote: bool, reason: str, gate: GateVerdict, has_champion: bool) -> tuple[bool, str]:
+    """The promotion after the edge gate: a challenger that beats the champion replaces it only when its
+    walk-forward evidence clears the bar; without a (usable) champion it is promoted whatever the gate says (the
+    gate then keeps it from sending entries). Returns (promote?, reason)."""
+    if not has_champion:
+        return promote, f"{reason}; edge gate: {gate.reason}" + ("" if gate.passed else
+                                                                 " (it sends no entry until the gate opens)")
+    if promote and not gate.passed:
+        return False, f"champion stays: the challenger beat it on the month but its {gate.reason}"
+    return promote, f"{reason}; edge gate: {gate.reason}" if promote else reason
 
 
 def retrain_symbol(symbol: str, bars: pd.DataFrame, registry: ModelRegistry, as_of: dt.datetime,
                    window: EvaluationMonth, config: TrainConfig, rules: RuleParams = RuleParams(),
-                   rule: PromotionRule = PromotionRule(), progress: ProgressFn | None = None) -> RetrainOutcome:
-    """Train (or find) the challenger, evaluate champion and challenger on ``window``, promote by ``rule``.
+                   rule: PromotionRule = PromotionRule(), progress: ProgressFn | None = None,
+                   walk_forward: WalkForwardConfig | None = None, gate_rule: GateRule = GateRule()) -> RetrainOutcome:
+    """Train (or find) the challenger, its walk-forward evidence, evaluate champion and challenger on ``window``,
+    promote by ``rule`` and the edge gate (:func:`promotion_with_gate`).
+
+    Args:
+        walk_forward: the walk-forward configuration (default: ``WalkForwardConfig`` with ``config`` as its
+            training configuration). gate_rule: the edge gate's bar.
 
     Args:
         bars: the symbol's hourly bars from the store, reaching at least to the window's end.
@@ -101,6 +129,14 @@ def retrain_symbol(symbol: str, bars: pd.DataFrame, registry: ModelRegistry, as_
         train_bars = bars[bars.index < window.start]
         challenger = train_and_register(symbol, train_bars, registry, as_of, config, rules, progress,
                                         promote_if_none=False, extra_metadata={"retrain": tag}).version
+    evidence = registry.evidence(challenger)
+    if evidence is None:  # a new challenger (or one whose evidence is lost): walk forward on its training bars
+        from models.walkforward import run_walk_forward
+
+        wf = walk_forward or WalkForwardConfig(train=config)
+        evidence = run_walk_forward(symbol, bars[bars.index < window.start], wf, rules).evidence()
+        registry.save_evidence(challenger, evidence)
+    gate = edge_gate(evidence, gate_rule)
     if champion is not None and champion.version == challenger.version:  # a rerun after the promotion
         champion = _previous_champion(registry, symbol)
     evaluated = bars[bars.index < window.end]
@@ -116,10 +152,11 @@ def retrain_symbol(symbol: str, bars: pd.DataFrame, registry: ModelRegistry, as_
             champion_error = f"{champion.version}: {exc}"
     promote, reason = promotion_decision(champion_eval["classification"]["model"] if champion_eval else None,
                                          challenger_eval["classification"]["model"], rule, champion_error)
+    promote, reason = promotion_with_gate(promote, reason, gate, champion is not None and champion_error is None)
     if promote:
         registry.promote(symbol, challenger.version)
     return RetrainOutcome(symbol.upper(), challenger, champion, challenger_eval, champion_eval, champion_error,
-                          promote, reason, trained)
+                          promote, reason, trained, evidence, gate)
 
 
 def _previous_champion(registry: ModelRegistry, symbol: str) -> ModelVersion | None:

@@ -23,6 +23,7 @@ from core.features import FEATURES, MIN_HISTORY_WEEKS, FeatureInputError, comput
 from core.order_status import OrderStatus
 from core.orders import OrderBlockedError, OrderGateway, order_ref
 from core.strategies.mtf import Fill, MtfDecision, open_position
+from models.gate import GateRule, GateStatus, gate_status
 from models.registry import ModelRegistry, RegistryError
 from tasks.runtime import FlowRun
 
@@ -77,6 +78,15 @@ def load_champions(run: FlowRun, symbols: list[str]) -> dict[str, Champion]:
     if problems:
         raise ModelUnavailableError("mtf-signal trades nothing: no usable model: " + "; ".join(problems))
     return out
+
+
+@task(cache_policy=NONE)
+def edge_gates(run: FlowRun, champions: dict[str, Champion]) -> dict[str, GateStatus]:
+    """Each champion's edge gate (`models.gate.gate_status`: its walk-forward evidence in the journal, or an
+    operator's allowance): a closed gate lets the run decide and journal, but send no entry."""
+    rule = GateRule.from_settings(run.settings)
+    with run.journal.transaction() as tx:
+        return {sym: gate_status(tx, sym, c.journal_id, rule) for sym, c in champions.items()}
 
 
 # --------------------------------------------------------------------------------------------------------------

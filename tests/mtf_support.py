@@ -82,8 +82,16 @@ class Models:
 
 @pytest.fixture
 def models(state_dir: Path, model_templates) -> Models:
+    """The template registry in the test's state directory, with AAPL and TSLA allowed past the edge gate
+    (constant-P(up) models have no walk-forward evidence; the tests using them are about the rules, the broker
+    and the journal; tests/test_edge_gate.py tests the gate itself)."""
+    from core.journal import Journal
+
     root, versions = model_templates
     shutil.copytree(root, state_dir / "models")
+    with Journal(state_dir / "journal.duckdb").transaction() as tx:
+        for sym in ("AAPL", "TSLA"):
+            tx.record_model_allowance(sym, True, "tests", "constant-P(up) test models trade by design", CREATED)
     return Models(state_dir / "models", versions)
 
 

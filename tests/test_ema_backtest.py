@@ -14,7 +14,7 @@ from core.bars import BarsError, load_daily_bars
 from core.backtest.ema import EmaBacktestConfig, run_ema_backtest
 from core.backtest.metrics import max_drawdown
 from core.costs import CommissionSchedule, ib_fixed_commission
-from core.strategies.ema import EmaParams, init_ema_state, stop_price
+from core.strategies.ema import EmaParams, init_ema_state, stop_fill_price, stop_price
 from deployments.cli import main
 
 from tests.data import DATA_DIR, require_bars
@@ -22,6 +22,8 @@ from tests.data import DATA_DIR, require_bars
 REAL_FILES = ("daily/SMH.csv", "daily/VIX.csv")
 
 CAPITAL = 1_000_000.0
+FRICTIONLESS = EmaBacktestConfig(slippage_fraction=0.0, margin=None)
+"""No slippage, no margin interest: the rule tests check prices exactly (the cost tests below add them)."""
 
 
 def make_bars(warm_closes, window_rows, start="2020-01-01"):
@@ -53,7 +55,7 @@ def test_gap_down_stop_fills_at_min_of_open_and_stop_then_reenters_same_day():
             (125.0, 125.0, 125.0),  # day 2: hold
         ],
     )
-    res = run_ema_backtest(bars, vix_const(bars), first, bars.index[-1])
+    res = run_ema_backtest(bars, vix_const(bars), first, bars.index[-1], FRICTIONLESS)
     eq, tr = res.equity, res.trades
     q = math.floor(CAPITAL * 3.0 / 130.5)
     assert tr.loc[0, "shares"] == q and tr.loc[0, "entry_price"] == 130.5
@@ -112,7 +114,8 @@ def test_bear_at_update_exits_at_next_open_and_may_reenter():
             (99.5, 99.5, 99.5),  # day 3: whatever
         ],
     )
-    cfg = EmaBacktestConfig(params=EmaParams(vix_table=(), default_leverage=1.0, stop_fraction=0.2))
+    cfg = EmaBacktestConfig(params=EmaParams(vix_table=(), default_leverage=1.0, stop_fraction=0.2),
+                            slippage_fraction=0.0, margin=None)
     res = run_ema_backtest(bars, vix_const(bars), first, bars.index[-1], cfg)
     eq, tr = res.equity, res.trades
     assert eq["provisional_signal"].iloc[1] == "BULL" and eq["action"].iloc[1] == "HOLD"
@@ -132,7 +135,8 @@ def test_bear_at_decision_sells_at_the_close():
         [100.0] * 299 + [100.5],
         [(100.5, 100.5, 100.5), (100.5, 99.0, 99.0), (99.0, 99.0, 99.0)],
     )
-    cfg = EmaBacktestConfig(params=EmaParams(vix_table=(), default_leverage=1.0, stop_fraction=0.2))
+    cfg = EmaBacktestConfig(params=EmaParams(vix_table=(), default_leverage=1.0, stop_fraction=0.2),
+                            slippage_fraction=0.0, margin=None)
     res = run_ema_backtest(bars, vix_const(bars), first, bars.index[-1], cfg)
     assert res.equity["action"].tolist() == ["BUY", "SELL", "HOLD"]
     assert res.trades.loc[0, "exit_reason"] == "bear_before_close" and res.trades.loc[0, "exit_price"] == 99.0
@@ -152,14 +156,18 @@ def test_leverage_follows_session_vix_and_falls_back_to_previous_close():
     assert res.equity["leverage_source"].iloc[0] == "default" and res.equity["leverage"].iloc[0] == 3.0
 
 
-def test_accounting_commissions_and_slippage():
-    rng = np.random.default_rng(3)
-    n = 500
+def random_walk_bars(seed: int = 3, n: int = 500):
+    """300 warm-up sessions and 200 window sessions of a random walk with gaps and intraday lows."""
+    rng = np.random.default_rng(seed)
     closes = 100 * np.exp(np.cumsum(rng.normal(0.0005, 0.02, n)))
     opens = closes * np.exp(rng.normal(0, 0.005, n))
     lows = np.minimum(opens, closes) * (1 - np.abs(rng.normal(0, 0.01, n)))
     bars, _ = make_bars(list(closes[:300]), list(zip(opens[300:], lows[300:], closes[300:], strict=True)))
-    first = bars.index[300]
+    return bars, bars.index[300]
+
+
+def test_accounting_commissions_and_slippage():
+    bars, first = random_walk_bars()
     cfg = EmaBacktestConfig(slippage_fraction=0.001, commission=CommissionSchedule())
     res = run_ema_backtest(bars, vix_const(bars, 13.5), first, bars.index[-1], cfg)
     tr, eq = res.trades, res.equity
@@ -241,8 +249,13 @@ def test_cli_writes_three_files_and_prints_metrics(tmp_path, capsys):
     assert (out / "equity_drawdown.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     eq = pd.read_csv(out / "equity.csv")
     assert len(eq) == 100 and eq["session"].iloc[0] == str(first.date())
-    for label in ("CAGR", "max drawdown", "Sharpe", "round trips / year", "win rate", "exposure", "99.30 %"):
+    for label in ("CAGR", "max drawdown", "Sharpe", "round trips / year", "win rate", "exposure", "99.30 %",
+                  "Sortino", "Calmar", "annual volatility", "monthly returns", "slippage sensitivity",
+                  "margin interest at benchmark"):
         assert label in printed
+    for name in ("monthly_returns.csv", "sensitivity.csv"):
+        assert (out / name).is_file()
+    assert pd.read_csv(out / "sensitivity.csv")["slippage_bp"].tolist() == [0, 2, 5, 10]
 
 
 def test_cli_missing_data_names_file(tmp_path, capsys):
@@ -305,3 +318,76 @@ def test_cli_on_real_data(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert code == 0 and "2022-07-01 .. 2026-01-30" in printed
     assert {"trades.csv", "equity.csv", "equity_drawdown.png"} <= {p.name for p in tmp_path.iterdir()}
+
+
+# --- Costs: slippage on stops, margin interest, sensitivity, tearsheet -------------------------------------------
+
+
+def test_stop_fills_at_its_price_or_worse_then_slips():
+    """A stop-market order fills at the worse of the stop and the open (`stop_fill_price`), and slippage comes
+    on top: never exactly at the stop price."""
+    bars, first = make_bars(
+        RISING, [(130.5, 130.5, 130.5), (120.0, 115.0, 125.0), (125.0, 125.0, 125.0)]
+    )
+    cfg = EmaBacktestConfig(slippage_fraction=0.0005, margin=None)
+    res = run_ema_backtest(bars, vix_const(bars), first, bars.index[-1], cfg)
+    tr = res.trades
+    assert tr.loc[0, "entry_price"] == pytest.approx(130.5 * 1.0005)
+    assert tr.loc[0, "exit_reason"] == "daily_stop"
+    # the stop is armed from the day's open (E0 at 09:30), so it lies below the open: the fill is the stop, 5 bp worse
+    p_stop = res.equity["stop_price"].iloc[1]
+    assert p_stop < 120.0
+    assert tr.loc[0, "exit_price"] == pytest.approx(p_stop * (1 - 0.0005)) and tr.loc[0, "exit_price"] < p_stop
+    # a session opening below the stop (a gap through it) fills at the open
+    assert stop_fill_price(110.0, 105.0, p_stop) == 110.0
+
+
+def test_margin_interest_on_the_debit_balance_per_calendar_day():
+    """IB's blended tiers, 360-day year, charged for the nights the loan is carried (a weekend counts 3 days)."""
+    from core.costs import MarginInterest
+
+    margin = MarginInterest(benchmark_rate=0.05)
+    # 600,000 borrowed: 100,000 at BM + 1.5 % and 500,000 at BM + 1 % (IB's example page's arithmetic)
+    assert margin.interest(600_000, 1) == pytest.approx((100_000 * 0.065 + 500_000 * 0.06) / 360)
+    assert margin.interest(0, 3) == 0.0
+    with pytest.raises(ValueError, match="borrowed_usd"):
+        margin.interest(-1.0, 1)
+    bars, first = make_bars(RISING, [(130.5, 130.5, 130.5)] + [(130.5, 130.5, 130.5)] * 6)
+    cfg = EmaBacktestConfig(slippage_fraction=0.0, margin=margin)
+    res = run_ema_backtest(bars, vix_const(bars), first, bars.index[-1], cfg)
+    eq = res.equity
+    assert eq["interest"].iloc[0] == 0.0  # bought at the close: nothing carried yet
+    debit = -eq["cash"].iloc[0]
+    assert debit > 1_000_000  # 3x leverage on 1,000,000 USD borrows about 2,000,000
+    gaps = [(b - a).days for a, b in zip(eq.index[:-1], eq.index[1:], strict=True)]
+    assert 3 in gaps  # a weekend in the window
+    cash = -debit
+    for k, days in enumerate(gaps, start=1):
+        expected = margin.interest(-cash, days)
+        assert eq["interest"].iloc[k] == pytest.approx(expected)
+        cash -= expected
+    # the open trade carries the interest in its P&L, so the equity change still adds up to the trades' P&L
+    assert eq["equity"].iloc[-1] - CAPITAL == pytest.approx(res.trades["pnl"].sum(), rel=1e-9)
+    assert res.trades["interest"].sum() == pytest.approx(eq["interest"].sum())
+
+
+def test_sensitivity_table_falls_with_slippage_and_tearsheet_is_empyricals():
+    import empyrical
+
+    from core.backtest.ema import slippage_sensitivity
+    from core.backtest.metrics import tearsheet
+
+    bars, first = random_walk_bars()
+    table = slippage_sensitivity(bars, vix_const(bars, 13.5), first, bars.index[-1])
+    assert table.index.tolist() == [0.0, 2.0, 5.0, 10.0]
+    assert table["end_equity"].is_monotonic_decreasing and table["end_equity"].iloc[0] > table["end_equity"].iloc[-1]
+    res = run_ema_backtest(bars, vix_const(bars, 13.5), first, bars.index[-1])
+    assert table.loc[5.0, "end_equity"] == pytest.approx(res.metrics.end_equity)  # the default is 5 bp
+    ts = tearsheet(res.equity["daily_return"])
+    r = res.equity["daily_return"]
+    assert ts.sortino == pytest.approx(empyrical.sortino_ratio(r))
+    assert ts.calmar == pytest.approx(empyrical.calmar_ratio(r))
+    assert ts.annual_volatility == pytest.approx(float(r.std(ddof=1) * math.sqrt(252)))
+    # monthly returns compound the daily ones
+    month = r[(r.index.year == r.index[0].year) & (r.index.month == r.index[0].month)]
+    assert ts.monthly_returns.iloc[0] == pytest.approx(float(np.prod(1 + month) - 1))

@@ -66,16 +66,18 @@ def test_a_journal_written_by_the_release_before_migrates_forward_with_every_row
         " (SELECT count(*) FROM ema_state) em, (SELECT count(*) FROM models) m,"
         " (SELECT count(*) FROM model_metrics) mm, (SELECT count(*) FROM flow_events) f,"
         " (SELECT count(*) FROM controls) c, (SELECT count(*) FROM position_breaks) b,"
-        " (SELECT count(*) FROM position_adjustments) a, (SELECT count(*) FROM daily_pnl) d"
+        " (SELECT count(*) FROM position_adjustments) a, (SELECT count(*) FROM daily_pnl) d,"
+        " (SELECT count(*) FROM model_allowances) ma"
     ).iloc[0].to_dict()
     assert counts == {"e": 2, "o": 1, "oe": 2, "x": 2, "p": 1, "s": 1, "em": 1, "m": 1, "mm": 1, "f": 1,
-                      "c": 2, "b": 1, "a": 1, "d": 1}
+                      "c": 2, "b": 1, "a": 1, "d": 1, "ma": 1}
     assert journal.query("SELECT max(version) AS v FROM schema_version")["v"][0] == SCHEMA_VERSION
     with journal.transaction() as tx:
         assert tx.day_start_equity(DAY) == 1_000_000.0
         assert tx.order("ema-SMH-2026-03-02-entry")["status"] == "Filled"
         assert tx.fills_of("ema-SMH-2026-03-02-entry") == [(100.0, 250.0, 1.0)]
         assert tx.signal("ema", "SMH", T0)["inputs"] == {"ema_fast": 1.0}
+        assert tx.model_allowance("AAPL")["allowed"] is True
     trips = journal.query("SELECT gross_pnl, net_pnl FROM v_round_trips")
     assert trips.to_dict("records") == [{"gross_pnl": 500.0, "net_pnl": 498.0}]
     done = journal.query("SELECT status FROM order_statuses WHERE done ORDER BY status")["status"].tolist()

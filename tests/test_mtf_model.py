@@ -149,6 +149,10 @@ def test_classification_metrics_and_majority_baseline():
     assert m["baseline"]["roc_auc"] == 0.5
 
 
+NO_SLIP = RuleParams(slippage=0.0)
+"""The rules without slippage: these tests check prices and sizes exactly."""
+
+
 def _hours(n: int, start="2025-03-03 09:30") -> pd.DatetimeIndex:
     idx = pd.date_range(start, periods=n, freq="h", tz="America/New_York")
     return idx
@@ -157,12 +161,12 @@ def _hours(n: int, start="2025-03-03 09:30") -> pd.DatetimeIndex:
 def test_rules_max_hold_is_two_bars_and_threshold_exit_after_one():
     idx = _hours(7)
     close = np.full(7, 100.0)
-    sim, trades = simulate_rules(idx, close, np.full(7, 0.6))  # always confident: exits on max hold (24 runs)
+    sim, trades = simulate_rules(idx, close, np.full(7, 0.6), NO_SLIP)  # always confident: exits on max hold (24 runs)
     assert [(t["entry_time"], t["exit_time"], t["reason"]) for t in trades[:2]] == [
         (idx[0], idx[2], "max hold"), (idx[3], idx[5], "max hold")]
     assert trades[0]["shares"] == 100
     p = np.array([0.55, 0.45, 0.53, 0.51, 0.49, 0.3, 0.3])
-    sim, trades = simulate_rules(idx, close, p)
+    sim, trades = simulate_rules(idx, close, p, NO_SLIP)
     # entry at 0 (>= 0.52), exit at 1 (12 runs >= 2 and P < 0.5); no re-entry on the exit bar; entry at 2
     # (0.53); 0.51 holds; exit at 4 (0.49)
     assert [(t["entry_time"], t["exit_time"]) for t in trades] == [(idx[0], idx[1]), (idx[2], idx[4])]
@@ -173,11 +177,11 @@ def test_rules_max_hold_is_two_bars_and_threshold_exit_after_one():
 def test_rules_pnl_sharpe_and_buy_and_hold():
     idx = _hours(21)  # 3 "sessions" of 7 bars on consecutive days is not needed: one long synthetic day
     close = np.linspace(100, 110, 21)
-    sim, trades = simulate_rules(idx, close, np.full(21, 0.9))
+    sim, trades = simulate_rules(idx, close, np.full(21, 0.9), NO_SLIP)
     assert sim.trades == 7 and sim.win_rate == 1.0
     gross = sum(t["shares"] * (t["exit"] - t["entry"]) for t in trades)
     assert sim.pnl_usd == pytest.approx(gross - 14 * 1.0)
-    bh = buy_and_hold(idx, close)
+    bh = buy_and_hold(idx, close, NO_SLIP)
     assert bh.total_return == pytest.approx((100 * 10 - 2.0) / 10_000)
 
 
@@ -185,10 +189,10 @@ def test_daily_loss_limit_blocks_new_entries_that_day():
     idx = _hours(6)
     close = np.array([100.0, 70.0, 70.0, 70.0, 70.0, 70.0])  # -3,000 USD on the first trade
     p = np.array([0.9, 0.1, 0.9, 0.9, 0.9, 0.9])
-    sim, trades = simulate_rules(idx, close, p)
+    sim, trades = simulate_rules(idx, close, p, NO_SLIP)
     assert len(trades) == 1 and sim.pnl_usd < -2000
     idx2 = idx[:3].append(_hours(3, "2025-03-04 09:30"))  # the next day entries are allowed again
-    sim2, trades2 = simulate_rules(idx2, close, p)
+    sim2, trades2 = simulate_rules(idx2, close, p, NO_SLIP)
     assert len(trades2) == 2 and trades2[1]["entry_time"] == idx2[3]
 
 
@@ -287,3 +291,16 @@ def test_numpy_inference_equals_keras_on_real_sequences(tiny_run):
     last = float(keras_model.predict(windows(scaler.transform(feats.to_numpy()), np.array([len(feats) - 1]), 24),
                                      verbose=0)[0, 0])
     assert abs(predictor.predict_latest(feats) - last) <= 1e-5
+
+
+def test_rules_simulation_pays_slippage_by_default():
+    """The test-window simulation uses the backtest's costs: 5 bp of slippage per fill on top of commissions."""
+    idx = _hours(3)
+    close = np.full(3, 100.0)
+    r = RuleParams()
+    assert r.slippage == 0.0005
+    sim, trades = simulate_rules(idx, close, np.full(3, 0.6))
+    q = trades[0]["shares"]
+    assert q == int(10_000 // (100.0 * 1.0005)) and trades[0]["entry"] == pytest.approx(100.05)
+    assert trades[0]["exit"] == pytest.approx(99.95)
+    assert sim.pnl_usd == pytest.approx(q * (99.95 - 100.05) - commission(q, 100.05, r) - commission(q, 99.95, r))

@@ -201,3 +201,14 @@ def test_the_signal_path_imports_no_tensorflow():
             "assert not bad, bad\nprint('ok')\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_a_closed_edge_gate_bars_entries_only():
+    from core.strategies.mtf import decide
+
+    d = decide(0, None, 0.9, 100.0, False, entry_barred="edge gate closed: no evidence")
+    assert (d.action, d.quantity, d.code) == ("NO_TRADE", 0, "edge_gate")
+    assert d.reason.startswith("edge gate closed: no evidence; the rules would buy 100")
+    # below the entry threshold the gate changes nothing; a long position still exits
+    assert decide(0, None, 0.4, 100.0, False, entry_barred="closed").code == "below_entry"
+    assert decide(50, 30, 0.9, 100.0, False, entry_barred="closed").action == "SELL"

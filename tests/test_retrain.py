@@ -51,8 +51,29 @@ def store(exchange, fresh_pacing, event_loop_for_ib):  # noqa: F811
     return bs
 
 
-def test_retrain_keeps_a_better_champion_and_replaces_a_worse_one(exchange, prefect_harness, store):  # noqa: F811
+def test_promotion_needs_the_edge_gate_as_well_as_beating_the_champion():
+    from models.gate import GateVerdict
+    from models.retrain import promotion_with_gate
+
+    shut, open_ = GateVerdict(False, "walk-forward evidence below the bar: x"), GateVerdict(True, "clears the bar")
+    assert promotion_with_gate(True, "challenger better: ...", open_, True) == (True, "challenger better: ...; "
+                                                                                      "edge gate: clears the bar")
+    promote, reason = promotion_with_gate(True, "challenger better: ...", shut, True)
+    assert not promote and reason.startswith("champion stays: the challenger beat it on the month but")
+    assert promotion_with_gate(False, "champion stays: ...", open_, True) == (False, "champion stays: ...")
+    # no champion to replace: promoted, and its gate keeps it from sending entries
+    promote, reason = promotion_with_gate(True, "no champion", shut, False)
+    assert promote and "sends no entry until the gate opens" in reason
+
+
+def test_retrain_keeps_a_better_champion_and_replaces_a_worse_one(exchange, prefect_harness, store,
+                                                                  monkeypatch):  # noqa: F811
     from flows.retrain import retrain
+
+    # this test is about the champion comparison: a bar every challenger clears (the gate has its own tests)
+    for name, value in (("MIN_AUC_LOW", "0"), ("MIN_RETURN", "-1"), ("BASELINES", "[]"), ("MIN_TRADES", "0")):
+        monkeypatch.setenv(f"TRADEFLOW_MTF_GATE_{name}", value)
+    get_settings.cache_clear()
 
     registry = ModelRegistry(get_settings().models_dir)
     for sym, invert in (("AAPL", False), ("TSLA", True)):
@@ -61,13 +82,16 @@ def test_retrain_keeps_a_better_champion_and_replaces_a_worse_one(exchange, pref
         meta = {"features": weights["features"].tolist(), "lookback": 24, "horizon": 4}
         registry.promote(sym, registry.register(sym, model, scaler, weights, meta, CREATED).version)
 
-    out = retrain(as_of=START, history_months=13, epochs=2, lstm_units=[8])
+    out = retrain(as_of=START, history_months=13, epochs=2, lstm_units=[8], wf_folds=2, wf_epochs=2)
     by = {r["symbol"]: r for r in out["results"]}
     assert out["window"] == "oos:2026-02"
     aapl, tsla = by["AAPL"], by["TSLA"]
     assert aapl["champion_oos"]["roc_auc"] > 0.75 and tsla["champion_oos"]["roc_auc"] < 0.25  # as constructed
     assert (aapl["challenger"], aapl["promoted"]) == ("v0002", False) and aapl["reason"].startswith("champion stays")
     assert (tsla["challenger"], tsla["promoted"]) == ("v0002", True) and tsla["reason"].startswith("challenger better")
+    assert "edge gate" in tsla["reason"] and tsla["edge_gate"]["passed"]
+    assert len(tsla["walk_forward"]["folds"]) == 2
+    assert datetime.fromisoformat(tsla["walk_forward"]["window"]["bars_last"]) < FEB  # before the evaluation month
     assert registry.champion("AAPL").version == "v0001" and registry.champion("TSLA").version == "v0002"
     assert registry.champion_history("TSLA") == ["v0001"]
 
@@ -87,9 +111,11 @@ def test_retrain_keeps_a_better_champion_and_replaces_a_worse_one(exchange, pref
     assert auc["AAPL/v0001"] == pytest.approx(aapl["champion_oos"]["roc_auc"])
     assert auc["TSLA/v0002"] == pytest.approx(tsla["challenger_oos"]["roc_auc"])
     own = journal.query("SELECT DISTINCT eval_window FROM model_metrics WHERE version = 'TSLA/v0002' ORDER BY 1")
-    assert own["eval_window"].tolist() == ["oos:2026-02", "test", "val"]
+    assert own["eval_window"].tolist() == ["oos:2026-02", "test", "val", "walkforward", "walkforward:fold1",
+                                           "walkforward:fold2"]
 
-    again = retrain(as_of=START, history_months=13, epochs=2, lstm_units=[8])  # a rerun trains nothing new
+    again = retrain(as_of=START, history_months=13, epochs=2, lstm_units=[8], wf_folds=2,
+                    wf_epochs=2)  # a rerun trains nothing new (and reads the walk-forward evidence it stored)
     assert [(r["symbol"], r["challenger"], r["promoted"], r["trained"]) for r in again["results"]] == [
         ("AAPL", "v0002", False, False), ("TSLA", "v0002", True, False)]
     assert [v.version for v in registry.list_versions("TSLA")] == ["v0001", "v0002"]

@@ -28,9 +28,14 @@ Rules (strategies.md) and the choices this module makes where they leave room, o
 Other choices:
 - **Available funds**: the backtest models a margin account whose buying power is `buying_power_multiple`
   (default 4.0, IB's Reg T intraday buying power) times NetLiquidation, so the funds check never binds at the
-  table's leverages (<= 3.75). No margin interest is charged on the borrowed cash, and no interest is earned.
-- **Slippage**: each fill moves against the trade by `slippage_fraction` (0 by default, the setting
-  `backtest_slippage_fraction`): buys at price * (1 + s), sells at price * (1 - s).
+  table's leverages (<= 3.75).
+- **Margin interest** (`core.costs.MarginInterest`, IB's benchmark + tiered spread, 360-day year): charged on
+  the debit cash balance left at each session's close for the calendar days until the next session (a Friday
+  close pays 3 days, as IB accrues daily on the settled balance); intraday borrowing costs nothing; a credit
+  balance earns nothing. The equity column `interest` holds each session's charge (USD).
+- **Slippage**: each fill moves against the trade by `slippage_fraction` (default 5 bp, the setting
+  `backtest_slippage_fraction`; `core.costs.slipped`): buys at price * (1 + s), sells at price * (1 - s). A
+  daily stop fills as a stop-market order: at the worse of the stop price and the open, then slips.
 - **Warm-up**: the EMAs are seeded with the first close of the data file and folded over every session before
   the window; at least `min_history` (250) sessions must precede the window's first session.
 - **Exposure**: a session counts when a position is held at some time during it after any exit at the open:
@@ -51,7 +56,7 @@ import numpy as np
 import pandas as pd
 
 from core.backtest.metrics import PerformanceMetrics, performance_metrics
-from core.costs import CommissionSchedule
+from core.costs import CommissionSchedule, MarginInterest
 from core.strategies.ema import (
     Action,
     EmaParams,
@@ -72,7 +77,11 @@ __all__ = [
     "EmaBacktestResult",
     "default_window",
     "run_ema_backtest",
+    "slippage_sensitivity",
 ]
+
+SENSITIVITY_BPS: tuple[float, ...] = (0.0, 2.0, 5.0, 10.0)
+"""Slippage levels of the sensitivity table, basis points per fill."""
 
 SOURCE_SYSTEM_FIGURES: dict[str, float] = {
     "cagr": 0.9930,
@@ -94,13 +103,15 @@ class EmaBacktestConfig:
         initial_capital: USD at the start of the window.
         slippage_fraction: adverse slippage per fill, fraction of the price.
         buying_power_multiple: available funds = this * NetLiquidation at a decision (see the module doc).
+        margin: the interest on borrowed cash (None: no interest, for a frictionless comparison).
     """
 
     params: EmaParams = field(default_factory=EmaParams)
     commission: CommissionSchedule = field(default_factory=CommissionSchedule)
     initial_capital: float = 1_000_000.0
-    slippage_fraction: float = 0.0
+    slippage_fraction: float = 0.0005
     buying_power_multiple: float = 4.0
+    margin: MarginInterest | None = field(default_factory=MarginInterest)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.initial_capital) and self.initial_capital > 0):
@@ -118,6 +129,7 @@ class EmaBacktestConfig:
             commission=CommissionSchedule.from_settings(settings),
             initial_capital=settings.backtest_initial_capital,
             slippage_fraction=settings.backtest_slippage_fraction,
+            margin=MarginInterest.from_settings(settings),
         )
 
 
@@ -131,12 +143,14 @@ class EmaBacktestResult:
             `stopped` (bool), `bear_exit_at_open` (bool), `decision_price` (USD), `provisional_signal`,
             `action` (BUY/SELL/HOLD/NO_TRADE), `shares_traded`, `leverage`, `leverage_source`, `vix_used`,
             `ema_fast`, `ema_slow` (final, USD), `signal` (final), `position_qty` (shares at the close),
-            `cash` (USD), `equity` (USD at the close), `daily_return` (fraction), `drawdown` (fraction >= 0),
+            `cash` (USD), `equity` (USD at the close), `interest` (USD, margin interest charged that session),
+            `daily_return` (fraction), `drawdown` (fraction >= 0),
             `exposed` (bool).
         trades: one row per round trip: `entry_session`, `entry_price` (USD, fill), `shares`, `leverage`,
             `vix_used`, `exit_session`, `exit_price` (USD, fill; NaN while open), `exit_reason`
             (`bear_before_close`, `daily_stop`, `bear_at_update_next_open`, or `open` at the end),
-            `commission` (USD, both sides), `pnl` (USD after commissions; marked at the last close while open),
+            `commission` (USD, both sides), `interest` (USD, margin interest while held), `pnl` (USD after
+            commissions and interest; marked at the last close while open),
             `return` (pnl / entry value, fraction), `sessions_held`.
         metrics: the report figures (closed round trips only).
         warmup_sessions: sessions of closes folded before the window.
@@ -265,14 +279,23 @@ def run_ema_backtest(
         trade["exit_price"] = fill
         trade["exit_reason"] = reason
         trade["commission"] += commission
-        trade["pnl"] = (fill - trade["entry_price"]) * trade["shares"] - trade["commission"]
+        trade["pnl"] = (fill - trade["entry_price"]) * trade["shares"] - trade["commission"] - trade["interest"]
         trade["return"] = trade["pnl"] / (trade["entry_price"] * trade["shares"])
         trade["sessions_held"] = i - trade["_entry_i"]
         trades.append(trade)
         trade = None
 
+    interest_paid: list[float] = []
     for i in range(len(days)):
         day = days[i]
+        # 0. Margin interest on the debit balance carried since the previous close.
+        charge = 0.0
+        if i > 0 and cash < 0 and cfg.margin is not None:
+            charge = cfg.margin.interest(-cash, (day - days[i - 1]).days)
+            cash -= charge
+            if trade is not None:
+                trade["interest"] += charge
+        interest_paid.append(charge)
         # 1. BEAR found at yesterday's update: exit at today's open.
         bear_exit = False
         if pending_exit and qty > 0:
@@ -331,6 +354,7 @@ def run_ema_backtest(
                     "exit_price": math.nan,
                     "exit_reason": "open",
                     "commission": fee_usd,
+                    "interest": 0.0,
                     "pnl": math.nan,
                     "return": math.nan,
                     "sessions_held": 0,
@@ -396,6 +420,7 @@ def run_ema_backtest(
     eq.insert(0, "open", o)
     eq.insert(1, "low", lo)
     eq.insert(2, "close", c)
+    eq["interest"] = interest_paid
     values = eq["equity"].to_numpy()
     prev = np.concatenate([[cfg.initial_capital], values[:-1]])
     eq["daily_return"] = values / prev - 1.0
@@ -405,7 +430,7 @@ def run_ema_backtest(
     closed_pnl = [t["pnl"] for t in trades]
     if trade is not None:  # still open at the end: marked at the last close, not counted as a round trip
         last_close = c[-1]
-        trade["pnl"] = (last_close - trade["entry_price"]) * trade["shares"] - trade["commission"]
+        trade["pnl"] = (last_close - trade["entry_price"]) * trade["shares"] - trade["commission"] - trade["interest"]
         trade["return"] = trade["pnl"] / (trade["entry_price"] * trade["shares"])
         trade["sessions_held"] = len(days) - 1 - trade["_entry_i"]
         trades.append(trade)
@@ -419,6 +444,7 @@ def run_ema_backtest(
         "exit_price",
         "exit_reason",
         "commission",
+        "interest",
         "pnl",
         "return",
         "sessions_held",
@@ -426,3 +452,38 @@ def run_ema_backtest(
     tr = pd.DataFrame([{k: t[k] for k in trade_cols} for t in trades], columns=trade_cols)
     metrics = performance_metrics(eq["equity"], cfg.initial_capital, np.asarray(closed_pnl), eq["exposed"])
     return EmaBacktestResult(equity=eq, trades=tr, metrics=metrics, warmup_sessions=len(warm), config=cfg)
+
+
+def slippage_sensitivity(
+    smh: pd.DataFrame,
+    vix: pd.DataFrame | pd.Series | None,
+    start: date | str | pd.Timestamp | None = None,
+    end: date | str | pd.Timestamp | None = None,
+    config: EmaBacktestConfig | None = None,
+    bps: tuple[float, ...] = SENSITIVITY_BPS,
+) -> pd.DataFrame:
+    """The backtest again at each slippage level in ``bps`` (basis points per fill), every other cost unchanged.
+
+    Returns:
+        One row per level, index `slippage_bp`; columns `cagr`, `max_drawdown`, `sharpe`, `total_return`
+        (fractions), `round_trips_per_year`, `win_rate` (fraction), `end_equity` (USD), `commission`,
+        `interest` (USD over the window).
+
+    Raises:
+        ValueError: as :func:`run_ema_backtest`, or a negative level.
+    """
+    import dataclasses
+
+    cfg = config or EmaBacktestConfig()
+    rows = []
+    for bp in bps:
+        if not (math.isfinite(bp) and bp >= 0):
+            raise ValueError(f"slippage levels must be >= 0 bp, got {bp!r}")
+        res = run_ema_backtest(smh, vix, start, end, dataclasses.replace(cfg, slippage_fraction=bp / 10_000))
+        m = res.metrics
+        rows.append({"slippage_bp": bp, "cagr": m.cagr, "max_drawdown": m.max_drawdown, "sharpe": m.sharpe,
+                     "total_return": m.total_return, "round_trips_per_year": m.round_trips_per_year,
+                     "win_rate": m.win_rate, "end_equity": m.end_equity,
+                     "commission": float(res.trades["commission"].sum()) if len(res.trades) else 0.0,
+                     "interest": float(res.equity["interest"].sum())})
+    return pd.DataFrame(rows).set_index("slippage_bp")

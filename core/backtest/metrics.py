@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["SESSIONS_PER_YEAR", "PerformanceMetrics", "max_drawdown", "performance_metrics"]
+__all__ = ["SESSIONS_PER_YEAR", "PerformanceMetrics", "Tearsheet", "max_drawdown", "performance_metrics", "tearsheet"]
 
 SESSIONS_PER_YEAR = 252
 """Sessions a year used to annualise (Sharpe, CAGR, round trips a year)."""
@@ -116,4 +116,64 @@ def performance_metrics(
         win_rate=float(np.mean(pnl > 0)) if k else float("nan"),
         exposure=float(np.mean(np.asarray(exposed, dtype=bool))),
         sessions=n,
+    )
+
+
+@dataclass(frozen=True)
+class Tearsheet:
+    """Risk figures of a daily return series, computed by empyrical-reloaded (`empyrical`), not by this project.
+
+    Attributes:
+        sortino: annualised Sortino ratio (required return 0, 252 periods a year).
+        calmar: annualised return / |maximum drawdown| (empyrical's definition).
+        annual_volatility: standard deviation of daily returns * sqrt(252) (fraction).
+        annual_return: empyrical's annualised (geometric) return (fraction).
+        max_drawdown: empyrical's maximum drawdown (fraction, > 0 here: empyrical's sign flipped).
+        monthly_returns: compounded return of each calendar month (fraction), indexed by (year, month).
+    """
+
+    sortino: float
+    calmar: float
+    annual_volatility: float
+    annual_return: float
+    max_drawdown: float
+    monthly_returns: pd.Series
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-able: the figures and the monthly returns as {"YYYY-MM": fraction}."""
+        return {"sortino": self.sortino, "calmar": self.calmar, "annual_volatility": self.annual_volatility,
+                "annual_return": self.annual_return, "max_drawdown": self.max_drawdown,
+                "monthly_returns": {f"{y:04d}-{m:02d}": float(v) for (y, m), v in self.monthly_returns.items()}}
+
+    def monthly_table(self) -> pd.DataFrame:
+        """Monthly returns as a year x month table (fractions; NaN where the window has no session)."""
+        t = self.monthly_returns.unstack()
+        t.index.name, t.columns.name = "year", "month"
+        return t
+
+
+def tearsheet(daily_returns: pd.Series) -> Tearsheet:
+    """Sortino, Calmar, annual volatility and monthly returns of ``daily_returns`` (empyrical-reloaded).
+
+    Args:
+        daily_returns: simple returns per session (fraction), indexed by session date (DatetimeIndex).
+
+    Raises:
+        ValueError: an empty series, or an index that is not a DatetimeIndex.
+    """
+    import empyrical as ep
+
+    if len(daily_returns) == 0:
+        raise ValueError("daily_returns must have at least one session")
+    if not isinstance(daily_returns.index, pd.DatetimeIndex):
+        raise ValueError("daily_returns must be indexed by session date (DatetimeIndex)")
+    r = daily_returns.astype(float)
+    monthly = ep.aggregate_returns(r, "monthly")
+    return Tearsheet(
+        sortino=float(ep.sortino_ratio(r, period="daily")),
+        calmar=float(ep.calmar_ratio(r, period="daily")),
+        annual_volatility=float(ep.annual_volatility(r, period="daily")),
+        annual_return=float(ep.annual_return(r, period="daily")),
+        max_drawdown=float(-ep.max_drawdown(r)),
+        monthly_returns=monthly,
     )

@@ -45,8 +45,8 @@ def rebuild_all(con: Any) -> None:
     con.execute("INSERT INTO pnl_by_symbol_day " + _SYMBOL_DAILY.format(where="true"))
 
 
-def schema_v5(schema_v1: str) -> str:
-    """Migration 5: the two tables, filled from the journal as it is, and the views reading them. The walk is
+def derived_tables(schema_v1: str) -> str:
+    """Migration 6: the two tables, filled from the journal as it is, and the views reading them. The walk is
     the first release's `v_round_trips`, kept as `v_round_trips_computed`."""
     start = schema_v1.index("CREATE VIEW v_round_trips AS")
     end = schema_v1.index("ORDER BY entry_time;", start)

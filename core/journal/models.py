@@ -10,7 +10,7 @@ from core.journal.base import JournalError, TxBase, _aware, _finite, _json  # no
 
 
 class ModelsTx(TxBase):
-    """Writes and reads of `models` and `model_metrics`."""
+    """Writes and reads of `models`, `model_metrics` and `model_allowances` (the edge gate's operator decisions)."""
 
     def record_model(
         self,
@@ -63,3 +63,43 @@ class ModelsTx(TxBase):
                  _aware(evaluated_at, "evaluated_at")],
             )
         return count
+
+    def model_metrics_of(self, version: str, eval_window: str) -> dict[str, tuple[float | None, float | None]]:
+        """The metrics of `version` on `eval_window`: metric name -> (value, baseline); empty when none."""
+        rows = self.con.execute(
+            "SELECT metric, value, baseline FROM model_metrics WHERE version = ? AND eval_window = ?",
+            [version, eval_window],
+        ).fetchall()
+        return {m: (v, b) for m, v, b in rows}
+
+    def clear_model_metrics(self, version: str, eval_window: str) -> int:
+        """Delete the metrics of `version` on `eval_window` before a new evaluation of the same window replaces
+        them (a walk-forward run again); returns the rows deleted."""
+        n = self.con.execute(
+            "SELECT count(*) FROM model_metrics WHERE version = ? AND eval_window = ?", [version, eval_window]
+        ).fetchone()[0]
+        self.con.execute("DELETE FROM model_metrics WHERE version = ? AND eval_window = ?", [version, eval_window])
+        return int(n)
+
+    def record_model_allowance(
+        self, symbol: str, allowed: bool, who: str, reason: str, at: dt.datetime, *, version: str | None = None
+    ) -> bool:
+        """Record an operator's decision to let `symbol`'s MTF champion trade past the edge gate (`allowed`
+        True) or to withdraw that (False); the latest decision counts (:meth:`model_allowance`).
+
+        Raises:
+            ValueError: an empty `symbol`, `who` or `reason`, or a naive `at`.
+        """
+        if not symbol or not who or not reason:
+            raise ValueError("an allowance needs the symbol, who decided and why (non-empty)")
+        return self._insert(
+            "INSERT INTO model_allowances (symbol, decided_at, allowed, who, reason, version)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING 1",
+            [symbol.upper(), _aware(at, "at"), bool(allowed), who, reason, version],
+        )
+
+    def model_allowance(self, symbol: str) -> dict[str, Any] | None:
+        """The latest allowance decision for `symbol` (dict of the table's columns), or None when none."""
+        rows = self._rows("SELECT * FROM model_allowances WHERE symbol = ? ORDER BY decided_at DESC LIMIT 1",
+                          [symbol.upper()])
+        return rows[0] if rows else None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.journal.base import JournalError
-from core.journal.derived import schema_v5
+from core.journal.derived import derived_tables
 from core.order_status import OrderStatus
 
 _SCHEMA_V1 = """
@@ -307,7 +307,21 @@ FROM executed e FULL OUTER JOIN adjusted a ON e.symbol = a.symbol
 ORDER BY symbol;
 """
 
-def _schema_v4() -> str:
+_SCHEMA_V4 = """
+CREATE TABLE model_allowances (
+    symbol       VARCHAR     NOT NULL,
+    decided_at   TIMESTAMPTZ NOT NULL,
+    allowed      BOOLEAN     NOT NULL,   -- TRUE: the symbol's champion may trade without walk-forward evidence
+    who          VARCHAR     NOT NULL,   -- the operator
+    reason       VARCHAR     NOT NULL,
+    version      VARCHAR,                -- the champion when it was decided (information; the symbol is allowed)
+    recorded_at  TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (symbol, decided_at)
+);
+"""
+
+
+def _order_statuses() -> str:
     """The order-status vocabulary (`core.order_status.OrderStatus`) as a table people can join."""
     rows = ", ".join(
         f"('{status}', {str(status in OrderStatus.DONE).lower()}, '{text.replace(chr(39), chr(39) * 2)}')"
@@ -326,8 +340,9 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (1, "tables and views of the first journal", _SCHEMA_V1),
     (2, "operator controls (halt, resume, flatten, resolve), position breaks, daily P&L", _SCHEMA_V2),
     (3, "position adjustments recorded when a break is resolved; the journal's position per symbol", _SCHEMA_V3),
-    (4, "the order-status vocabulary (order_statuses)", _schema_v4()),
-    (5, "round trips and P&L a symbol and session kept in tables by the writes (fast views)", schema_v5(_SCHEMA_V1)),
+    (4, "operator allowances of MTF symbols past the edge gate", _SCHEMA_V4),
+    (5, "the order-status vocabulary (order_statuses)", _order_statuses()),
+    (6, "round trips and P&L a symbol and session kept in tables by the writes (fast views)", derived_tables(_SCHEMA_V1)),
 )
 """(version, description, SQL) in order; a new schema change appends one entry and never edits old ones."""
 

@@ -11,6 +11,8 @@ The rules, per symbol (defaults from `core.settings`, `TRADEFLOW_MTF_*`):
 - **daily loss limit**: once the strategy's P&L for the session (realized + unrealized, all its symbols,
   commissions included) is at or below -2,000 USD, no new entries for the rest of that session (the limit
   latches: a later recovery does not lift it); exits still run.
+- **edge gate**: when the model has not shown an edge (``entry_barred``, :mod:`models.gate`), an entry the rules
+  would make becomes NO_TRADE with code ``edge_gate`` and says what the rules would have bought; exits still run.
 - one decision per run and symbol: a run either manages a position or enters, never both.
 - something that makes the position or the state half-known (an order of the strategy still working at the
   broker, broker and journal disagreeing on the shares) blocks every order for the symbol: NO_TRADE / HOLD with
@@ -94,7 +96,8 @@ class MtfDecision:
         action: 'BUY', 'SELL', 'HOLD' (long, keep it) or 'NO_TRADE' (flat, stay flat).
         quantity: shares to buy or sell (0 for HOLD / NO_TRADE).
         code: a short machine-readable cause: 'entry', 'max_hold', 'exit_threshold', 'min_hold', 'hold',
-            'below_entry', 'loss_limit', 'no_probability', 'no_price', 'too_small', 'blocked', 'closed', 'short'.
+            'below_entry', 'loss_limit', 'no_probability', 'no_price', 'too_small', 'blocked', 'closed', 'short',
+            'edge_gate'.
         reason: one sentence with the numbers that decided.
     """
 
@@ -125,7 +128,7 @@ def loss_limit_reached(day_pnl_usd: float, limit_usd: float, hit_earlier: bool =
 def decide(position: int, runs: int | None, p_up: float | None, price: float | None, loss_limit: bool,
            rules: MtfRules = MtfRules(), *, market_open: bool = True, blocked: str | None = None,
            no_probability: str = "no P(up)", no_price: str = "no usable price",
-           loss_limit_reason: str | None = None) -> MtfDecision:
+           loss_limit_reason: str | None = None, entry_barred: str | None = None) -> MtfDecision:
     """The decision for one symbol in one run (rules in the module docstring).
 
     Args:
@@ -140,6 +143,7 @@ def decide(position: int, runs: int | None, p_up: float | None, price: float | N
         blocked: a reason that forbids any order for the symbol now (working order, position mismatch).
         no_probability, no_price, loss_limit_reason: the reasons to journal when there is no P(up), no usable
             price, or the loss limit bars an entry (defaults say it generically).
+        entry_barred: why no entry may be sent at all (the edge gate is closed), or None; exits are unaffected.
 
     Raises:
         ValueError: a NaN or out-of-range P(up), a non-positive price, or a long position without ``runs``.
@@ -191,8 +195,10 @@ def decide(position: int, runs: int | None, p_up: float | None, price: float | N
     qty = math.floor(rules.position_usd / price)
     if qty <= 0:
         return MtfDecision("NO_TRADE", 0, "too_small", f"{rules.position_usd:,.0f} USD buys no share at {price:.2f}")
-    return MtfDecision("BUY", qty, "entry", f"P(up) {p_up:.3f} >= {rules.entry_threshold:.2f}: buy "
-                                            f"floor({rules.position_usd:,.0f} / {price:.2f}) = {qty}")
+    why = f"P(up) {p_up:.3f} >= {rules.entry_threshold:.2f}: buy floor({rules.position_usd:,.0f} / {price:.2f}) = {qty}"
+    if entry_barred:
+        return MtfDecision("NO_TRADE", 0, "edge_gate", f"{entry_barred}; the rules would buy {qty} ({why}); no order")
+    return MtfDecision("BUY", qty, "entry", why)
 
 
 # --------------------------------------------------------------------------------------------------------------
