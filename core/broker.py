@@ -16,6 +16,7 @@ An empty result has the same columns and an empty tz-aware index.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -104,6 +105,34 @@ class AccountValues:
 
 
 @dataclass(frozen=True)
+class MarginImpact:
+    """What an order would do to the account's margin, from IB's what-if answer (USD): initial and maintenance
+    margin and equity with loan, before, change and after; the order's commission (None when IB gives none);
+    IB's warning text ('' when none). The order is not placed."""
+
+    init_margin_before: float
+    init_margin_change: float
+    init_margin_after: float
+    maint_margin_before: float
+    maint_margin_change: float
+    maint_margin_after: float
+    equity_with_loan_before: float
+    equity_with_loan_change: float
+    equity_with_loan_after: float
+    commission: float | None = None
+    warning: str = ""
+
+    @property
+    def fits(self) -> bool:
+        """Whether equity with loan after the order covers the initial margin after it."""
+        return self.init_margin_after <= self.equity_with_loan_after
+
+    def as_record(self) -> dict:
+        """The numbers as a flat dict (for a decision's journaled inputs)."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
 class Position:
     """A position: `quantity` shares (negative when short), `avg_cost` USD a share (IB includes commissions)."""
 
@@ -129,7 +158,7 @@ class OrderRequest:
     order_type: OrderType = "MKT"
     limit_price: float | None = None
     stop_price: float | None = None
-    tif: Literal["DAY", "GTC"] = "DAY"
+    tif: Literal["DAY", "GTC", "IOC", "FOK", "OPG"] = "DAY"
 
     def __post_init__(self) -> None:
         if not self.order_ref:
@@ -277,6 +306,13 @@ class Broker(abc.ABC):
         the final state of an order whose process died."""
 
     @abc.abstractmethod
+    def guard_live(self, what: str = "an order") -> None:
+        """Raise LiveTradingRefusedError naming `what` unless the account may be changed: a paper account, or a
+        live one with both opt-ins (TRADING_MODE=live and TRADEFLOW_LIVE_ACCOUNT naming it). Every method that
+        changes the account (place, modify, cancel, global cancel) calls it before sending anything; a caller
+        whose steps must all happen or none (flatten: cancel, then sell) calls it before the first."""
+
+    @abc.abstractmethod
     def place_order(self, request: OrderRequest) -> OrderInfo:
         """Place an order idempotently (see OrderRequest.order_ref) and wait until IB acknowledges it. When the
         connection breaks before the acknowledgement, reconnect and return the order if the broker lists it by
@@ -288,14 +324,22 @@ class Broker(abc.ABC):
         """
 
     @abc.abstractmethod
+    def what_if(self, request: OrderRequest) -> MarginImpact:
+        """Ask IB what `request` would do to margin (a what-if order: nothing is placed). Raises IBError when IB
+        refuses the order itself (bad price 110, unknown contract 200...), BrokerTimeoutError, BrokerError when
+        the answer carries no margin numbers."""
+
+    @abc.abstractmethod
     def cancel_order(self, order_id: int, timeout: float | None = None) -> OrderInfo:
         """Cancel an open order and wait until IB confirms; returns its final state (which may be Filled when
-        the fill won the race). Raises IBError (e.g. 10147 not found), BrokerTimeoutError."""
+        the fill won the race). Raises LiveTradingRefusedError (as place_order), IBError (e.g. 10147 not found),
+        BrokerTimeoutError."""
 
     @abc.abstractmethod
     def cancel_all_orders(self, timeout: float | None = None) -> list[OrderInfo]:
         """Cancel every open order of the account, whichever client placed it (IB's global cancel), and wait
-        until none is open; returns the orders that were open. Raises BrokerTimeoutError."""
+        until none is open; returns the orders that were open. Raises LiveTradingRefusedError (as place_order,
+        before anything is cancelled), BrokerTimeoutError."""
 
     @abc.abstractmethod
     def wait_for_fill(self, order_id: int, timeout: float) -> OrderInfo:

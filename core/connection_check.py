@@ -2,8 +2,10 @@
 
 Checks, in order: connection, market data (a current SMH price, delayed data allowed), historical data (five
 daily SMH bars), account data (NetLiquidation, AvailableFunds, BuyingPower, cash), positions; with the order
-test, a 1-share limit BUY of SMH at half the current price, placed and cancelled. A failed connection fails
-every later check without trying it.
+test, a 1-share limit BUY of SMH at half the current price, placed and cancelled, and a what-if order (nothing
+placed) of the EMA entry at its default leverage: IB's initial margin after it against equity with loan says
+whether the account type carries that leverage overnight (Reg T margin allows about 2x after IB's 15:50 check;
+the EMA's 3-3.75x needs Portfolio Margin). A failed connection fails every later check without trying it.
 """
 
 from __future__ import annotations
@@ -36,10 +38,13 @@ def _run(name: str, fn: Callable[[], str]) -> CheckResult:
     return CheckResult(name, ok, time.monotonic() - t0, detail)
 
 
-def run_checks(broker: Broker, order_test: bool = False, symbol: str = "SMH") -> list[CheckResult]:
-    """Run the checks against `broker` (not yet connected); disconnects at the end."""
+def run_checks(broker: Broker, order_test: bool = False, symbol: str = "SMH", leverage: float = 3.0
+               ) -> list[CheckResult]:
+    """Run the checks against `broker` (not yet connected); disconnects at the end. `leverage`: the multiple of
+    NetLiquidation the what-if check buys (the EMA's default leverage)."""
     results = [_run("connection", lambda: (broker.connect(), f"account {broker.account}")[1])]
-    names = ["market data", "historical data", "account data", "positions"] + (["order test"] if order_test else [])
+    names = ["market data", "historical data", "account data", "positions"] + (["order test", "what-if"]
+                                                                                if order_test else [])
     if not results[0].ok:
         return results + [CheckResult(n, False, 0.0, "skipped: no connection") for n in names]
     try:
@@ -74,7 +79,20 @@ def run_checks(broker: Broker, order_test: bool = False, symbol: str = "SMH") ->
                 raise ValueError(f"cancel ended {done.status}")
             return f"1 {symbol} LMT {limit:.2f} placed as order {info.order_id} and cancelled"
 
-        for name, fn in zip(names, [market, history, account, positions, order]):
+        def what_if() -> str:
+            price = broker.current_price(symbol).price
+            nlv = broker.account_values().net_liquidation
+            shares = int(nlv * leverage / price)
+            if shares <= 0:
+                raise ValueError(f"NetLiquidation {nlv:,.2f} USD buys no {symbol} share at {leverage:g}x")
+            m = broker.what_if(OrderRequest(symbol, "BUY", shares, f"validate-whatif-{uuid.uuid4().hex[:8]}"))
+            verdict = ("fits" if m.fits else "does NOT fit: IB would refuse it (Reg T allows about 2x overnight; "
+                       "the EMA's leverage needs Portfolio Margin)")
+            return (f"{shares} {symbol} ({leverage:g}x NetLiquidation) {verdict}: initial margin after "
+                    f"{m.init_margin_after:,.2f} USD, equity with loan after {m.equity_with_loan_after:,.2f} USD, "
+                    f"maintenance after {m.maint_margin_after:,.2f} USD; nothing placed")
+
+        for name, fn in zip(names, [market, history, account, positions, order, what_if]):
             results.append(_run(name, fn))
     finally:
         broker.disconnect()

@@ -7,7 +7,10 @@ history of every halt and resume with who and why (strategies.md, "Kill switch":
 kind leaves the system, except the exits an operator asks for).
 
 Setting the switch writes the file first (the halt takes effect at once), then journals it; lifting it journals
-first, then removes the file, so a failure while lifting leaves trading halted rather than the reverse.
+first, then removes the file, so a failure while lifting leaves trading halted rather than the reverse. The HALT
+file is the truth: a halt whose file cannot be written (a full or read-only state directory) is no halt and is
+not journaled (`HaltError`, saying trading is NOT halted); a halt whose file was written stands even when the
+journal cannot record it (`HaltNotJournaledError`, saying trading IS halted and what the journal lacks).
 """
 
 from __future__ import annotations
@@ -19,9 +22,25 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.journal import Journal
+from core.journal import UNAVAILABLE, Journal
 
 HALT_FILE = "HALT"
+
+
+class HaltError(RuntimeError):
+    """The halt file could not be written: trading is NOT halted (nothing was journaled)."""
+
+
+class ResumeError(RuntimeError):
+    """The resume was journaled but the HALT file could not be removed: trading is STILL halted."""
+
+
+class HaltNotJournaledError(RuntimeError):
+    """Trading IS halted (the HALT file is in place) but the journal could not record the halt; `info` is it."""
+
+    def __init__(self, message: str, info: "HaltInfo"):
+        super().__init__(message)
+        self.info = info
 
 
 @dataclass(frozen=True)
@@ -74,24 +93,51 @@ class KillSwitch:
 
         Raises:
             ValueError: empty `who` or `reason`, or naive `at`.
+            HaltError: the HALT file could not be written (full or read-only state directory): NOT halted, nothing
+                journaled, no temporary file left behind.
+            HaltNotJournaledError: halted, but the journal could not record it (held, full disk).
         """
         if not who or not reason:
             raise ValueError("halt needs who and why (--reason)")
         if at.tzinfo is None:
             raise ValueError("at must be timezone-aware")
         info = HaltInfo(who=who, reason=reason, at=at)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f"{HALT_FILE}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"who": who, "reason": reason, "at": at.isoformat()}))
-        os.replace(tmp, self.path)
-        with journal.transaction() as tx:
-            tx.record_control("halt", who, reason, at)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"who": who, "reason": reason, "at": at.isoformat()}))
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            raise HaltError(f"trading is NOT halted: the halt file {self.path} cannot be written "
+                            f"({exc.strerror or exc}). Free space in (or make writable) {self.path.parent}, then "
+                            "halt again; meanwhile stop the worker (Ctrl+C on `tradeflow up`) to stop new runs")
+        try:
+            with journal.transaction() as tx:
+                tx.record_control("halt", who, reason, at)
+        except UNAVAILABLE as exc:
+            raise HaltNotJournaledError(
+                f"{info.describe()}: trading IS halted (the HALT file {self.path} is in place and every order path "
+                f"refuses), but the journal could not record it ({type(exc).__name__}: {exc}); the HALT file holds "
+                "who, why and when", info) from exc
         return info
 
     def resume(self, journal: Journal, who: str, reason: str, at: dt.datetime) -> HaltInfo | None:
-        """Lift the halt (journaled first); returns the halt that was lifted, or None when none was on."""
+        """Lift the halt (journaled first); returns the halt that was lifted, or None when none was on.
+
+        Raises:
+            core.journal.UNAVAILABLE errors: the journal could not record it (still halted).
+            ResumeError: journaled, but the file could not be removed (still halted)."""
         was = self.current()
         with journal.transaction() as tx:
             tx.record_control("resume", who, reason, at, details={"lifted": was.describe() if was else None})
-        self.path.unlink(missing_ok=True)
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise ResumeError(f"trading is STILL HALTED: the resume is journaled but the halt file {self.path} cannot "
+                              f"be removed ({exc.strerror or exc}); make {self.path.parent} writable and resume "
+                              "again") from exc
         return was

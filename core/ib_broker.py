@@ -10,8 +10,9 @@ What this implementation adds to the library:
 - connect retries with exponential backoff, and a reconnect before any request when the connection dropped;
 - a timeout on every request; every IB error raised as a typed `core.broker` exception with IB's code;
 - historical requests paced within IB's limit (default 60 in any 600 s);
-- idempotent placing by orderRef; paper by default, with a loud refusal to trade a non-paper account unless
-  TRADING_MODE=live and TRADEFLOW_LIVE_ACCOUNT names it.
+- idempotent placing by orderRef; paper by default, with a loud refusal of every request that changes a non-paper
+  account (place, modify, cancel, global cancel: `guard_live`) unless TRADING_MODE=live and
+  TRADEFLOW_LIVE_ACCOUNT names it.
 
 The blocking API is used; do not call it from inside a running asyncio event loop.
 """
@@ -42,6 +43,7 @@ from core.broker import (
     Execution,
     IBError,
     LiveTradingRefusedError,
+    MarginImpact,
     MarketDataError,
     OrderInfo,
     OrderNotFilledError,
@@ -102,9 +104,13 @@ def typed_error(code: int, message: str) -> IBError:
     return IBError(message, code)
 
 
-def connection_hint(host: str, port: int, client_id: int) -> str:
-    """What to check when no connection can be made."""
-    return (f"could not connect to TWS API at {host}:{port} (client id {client_id}). Check that TWS or IB "
+def connection_hint(host: str, port: int, client_id: int, restart_time: str | None = None) -> str:
+    """What to check when no connection can be made; names IB Gateway's daily restart (HH:MM New York) when
+    given."""
+    restart = (f"IB Gateway restarts daily at {restart_time} New York (TRADEFLOW_GATEWAY_RESTART_TIME; IBC) and "
+               "needs a new login weekly: a run during the restart finds it down, and the next run recovers. "
+               if restart_time else "")
+    return (f"could not connect to TWS API at {host}:{port} (client id {client_id}). {restart}Check that TWS or IB "
             "Gateway (or `tradeflow paper-exchange`) is running; that the API is enabled (TWS: Configure > API > "
             "Settings > Enable ActiveX and Socket Clients); that the port is right (IBKR_PORT: TWS 7497 paper / "
             "7496 live, IB Gateway 4002 paper / 4001 live) and 127.0.0.1 is a trusted IP; and that the client "
@@ -170,6 +176,7 @@ class IBBroker(Broker):
         self._contracts: dict[str, object] = {}
         self._perm_ids: dict[int, int] = {}  # orderId -> permId of orders placed here (they outlive reconnects)
         self._errors: list[tuple[int, int, str]] = []
+        self._ib_lost = ""  # IB's 1100 text while the gateway has lost IB's servers
         self.ib = ibapi.IB()
         self.ib.RaiseRequestErrors = True
         self.ib.RequestTimeout = timeout
@@ -180,6 +187,11 @@ class IBBroker(Broker):
     def _on_error(self, req_id: int, code: int, message: str, *args: object) -> None:
         self._errors.append((req_id, code, message))
         del self._errors[:-200]
+        if code in (1100, 1101, 1102):  # IB Gateway lost / regained IB's servers (its nightly reset)
+            self._ib_lost = message if code == 1100 else ""
+            (log.error if code == 1100 else log.warning)("IB %d: %s", code, message)
+        elif code in (2103, 2105, 2157):
+            log.warning("IB %d: %s", code, message)
 
     @property
     def account(self) -> str:
@@ -251,6 +263,7 @@ class IBBroker(Broker):
         if self.ib.isConnected():
             return
         _ensure_event_loop()
+        self._ib_lost = ""  # a new connection's greeting says again (1100) when IB is unreachable
         start = self.base_client_id
         last_exc: BaseException | None = None
         attempt = 0
@@ -286,7 +299,8 @@ class IBBroker(Broker):
                 time.sleep(min(30.0, self.backoff * 2 ** (attempt - 1)))
         else:
             raise BrokerConnectionError(
-                f"{connection_hint(self.host, self.port, start)} Last error: {last_exc!r}") from last_exc
+                f"{connection_hint(self.host, self.port, start, self.settings.gateway_restart_time)} "
+                f"Last error: {last_exc!r}") from last_exc
         accounts = self.ib.managedAccounts()
         if self._account and accounts and self._account not in accounts:
             self.disconnect()
@@ -473,16 +487,17 @@ class IBBroker(Broker):
                          filled=shares, remaining=0.0, avg_fill_price=avg, commission=self._commission(perm),
                          existing=True)
 
-    def _guard_live(self) -> None:
+    def guard_live(self, what: str = "an order") -> None:
         if self.is_paper:
             return
         s = self.settings
         if s.trading_mode == "live" and s.live_account and s.live_account == self.account:
-            log.warning("LIVE TRADING on account %s (TRADING_MODE=live, TRADEFLOW_LIVE_ACCOUNT=%s)", self.account,
-                        s.live_account)
+            log.warning("LIVE TRADING on account %s (TRADING_MODE=live, TRADEFLOW_LIVE_ACCOUNT=%s): %s",
+                        self.account, s.live_account, what)
             return
-        msg = (f"REFUSED: account {self.account} is not a paper account (paper ids start with "
-               f"{PAPER_ACCOUNT_PREFIX}) and live trading is not enabled for it. To trade it, set TRADING_MODE=live "
+        msg = (f"REFUSED {what}: account {self.account} is not a paper account (paper ids start with "
+               f"{PAPER_ACCOUNT_PREFIX}) and live trading is not enabled for it, so nothing that changes the account "
+               f"(place, modify, cancel, global cancel) is sent. To trade it, set TRADING_MODE=live "
                f"AND TRADEFLOW_LIVE_ACCOUNT={self.account} (now TRADING_MODE={s.trading_mode}, "
                f"TRADEFLOW_LIVE_ACCOUNT={s.live_account or 'unset'}).")
         log.critical(msg)
@@ -490,20 +505,18 @@ class IBBroker(Broker):
 
     def place_order(self, request: OrderRequest) -> OrderInfo:
         self._ensure()
-        self._guard_live()
+        self.guard_live(f"placing {request.action} {request.quantity:g} {request.symbol} ({request.order_ref})")
+        if self._ib_lost:
+            raise BrokerConnectionError(f"IB 1100: {self._ib_lost} IB Gateway cannot reach IB's servers (its "
+                                        f"nightly reset or a network break): order {request.order_ref!r} not sent; "
+                                        "wait for 1101/1102 (connectivity restored)")
         found = self.find_order(request.order_ref)
         if found is not None:
             log.info("order_ref %s already placed (order %s, %s); nothing sent", request.order_ref,
                      found.order_id, found.status)
             return found
         contract = self.contract(request.symbol)
-        order = ibapi.Order(action=request.action, totalQuantity=float(request.quantity),
-                            orderType=request.order_type, tif=request.tif, orderRef=request.order_ref,
-                            account=self.account, transmit=True)
-        if request.order_type == "LMT":
-            order.lmtPrice = float(request.limit_price)  # type: ignore[arg-type]
-        if request.order_type == "STP":
-            order.auxPrice = float(request.stop_price)  # type: ignore[arg-type]
+        order = self._order(request)
         trade = self.ib.placeOrder(contract, order)
         log.info("placed %s %s %s %s ref=%s as order %s", request.action, request.quantity, request.symbol,
                  request.order_type, request.order_ref, order.orderId)
@@ -516,14 +529,54 @@ class IBBroker(Broker):
         except BrokerConnectionError as exc:
             return self._found_after_reconnect(request.order_ref, exc)
         if trade.orderStatus.status in ("Cancelled", "ApiCancelled", "Inactive") and not trade.fills:
-            errs = [e for e in trade.log if getattr(e, "errorCode", 0)]
+            errs = [(e.errorCode, e.message) for e in trade.log if getattr(e, "errorCode", 0)]
+            # a code the library takes for a warning (110: the price's tick) is not in the trade's log
+            errs = errs or [(code, msg) for rid, code, msg in self._errors if rid == order.orderId and code < 2100]
             if errs:
-                raise typed_error(errs[-1].errorCode, errs[-1].message) if errs[-1].errorCode != 201 else \
-                    OrderRejectedError(errs[-1].message, 201)
+                code, msg = errs[-1]
+                raise typed_error(code, msg) if code != 201 else OrderRejectedError(msg, 201)
             raise OrderRejectedError(f"order {order.orderId} ended {trade.orderStatus.status} at once")
         if trade.order.permId:
             self._perm_ids[trade.order.orderId] = trade.order.permId
         return self._info(trade)
+
+    def _order(self, request: OrderRequest):
+        """The library's Order for `request` (transmitted at once)."""
+        order = ibapi.Order(action=request.action, totalQuantity=float(request.quantity),
+                            orderType=request.order_type, tif=request.tif, orderRef=request.order_ref,
+                            account=self.account, transmit=True)
+        if request.order_type == "LMT":
+            order.lmtPrice = float(request.limit_price)  # type: ignore[arg-type]
+        if request.order_type == "STP":
+            order.auxPrice = float(request.stop_price)  # type: ignore[arg-type]
+        return order
+
+    def what_if(self, request: OrderRequest) -> MarginImpact:
+        """IB's what-if for `request` (`whatIf=True`: IB answers with the OrderState's margin numbers and places
+        nothing). Raises typed IB errors (110, 200, 201...), BrokerTimeoutError, BrokerError when the answer has
+        no margin numbers."""
+        contract = self.contract(request.symbol)
+        order = self._order(request)
+        state = self._call("what-if order", self.ib.whatIfOrder, contract, order)
+        if not state:
+            raise BrokerError(f"IB answered the what-if of {request.order_ref!r} without an order state")
+
+        def num(name: str) -> float:
+            v = _state_num(getattr(state, name, None))
+            if v is None:
+                raise BrokerError(f"IB's what-if answer for {request.order_ref!r} has no {name} "
+                                  f"({getattr(state, name, None)!r})")
+            return v
+
+        return MarginImpact(
+            init_margin_before=num("initMarginBefore"), init_margin_change=num("initMarginChange"),
+            init_margin_after=num("initMarginAfter"), maint_margin_before=num("maintMarginBefore"),
+            maint_margin_change=num("maintMarginChange"), maint_margin_after=num("maintMarginAfter"),
+            equity_with_loan_before=num("equityWithLoanBefore"),
+            equity_with_loan_change=num("equityWithLoanChange"),
+            equity_with_loan_after=num("equityWithLoanAfter"),
+            commission=_state_num(getattr(state, "commission", None)),
+            warning=str(getattr(state, "warningText", "") or ""))
 
     def _found_after_reconnect(self, order_ref: str, lost: BrokerConnectionError) -> OrderInfo:
         """The order just sent with `order_ref` when the connection broke before its acknowledgement: reconnect
@@ -547,6 +600,7 @@ class IBBroker(Broker):
 
     def cancel_order(self, order_id: int, timeout: float | None = None) -> OrderInfo:
         self._ensure()
+        self.guard_live(f"cancelling order {order_id}")
         trade = self._trade(order_id)
         if trade is None:
             self._call("open orders", self.ib.reqAllOpenOrders)
@@ -584,6 +638,8 @@ class IBBroker(Broker):
         return info
 
     def cancel_all_orders(self, timeout: float | None = None) -> list[OrderInfo]:
+        self._ensure()
+        self.guard_live("a global cancel (every open order of the account)")
         were_open = self.open_orders()
         if were_open:
             self._call("global cancel", self.ib.reqGlobalCancel)
@@ -721,6 +777,15 @@ def _num(x) -> float | None:
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) and v > 0 else None
+
+
+def _state_num(x) -> float | None:
+    """A number of IB's OrderState (sent as text; '' or UNSET_DOUBLE when IB has none): float or None."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) and abs(v) < ibapi.util.UNSET_DOUBLE else None
 
 
 def _reported(x) -> float:

@@ -2,8 +2,9 @@
 
 `OrderGateway.submit` does, in this order:
 
+0. refuses a non-paper account without the live opt-in (`Broker.guard_live`), before the journal records it;
 1. refuses when trading is halted (`core.controls.KillSwitch`), unless the order is an exit an operator asked
-   for (`operator=True`: `tradeflow flatten`);
+   for (`operator=True`: `tradeflow flatten`) or the stop of shares an entry just bought (`protects_fill=True`);
 2. in one journal transaction: refuses when the symbol has an unresolved position break (`position_breaks`,
    written by reconciliation) and records the order with its `order_ref` and status `Created` *before* it is
    sent, so that an order whose process dies right after sending is still known by its orderRef;
@@ -15,6 +16,13 @@
 A rerun with the same `order_ref` sends nothing when the journal already holds the order as sent (any status
 after `Created`, including `Cancelled`, which the broker no longer lists) or when the broker finds it.
 
+Once an order is sent, nothing the journal does stops what must follow it (waiting for its fill, placing its
+stop): every journal write after sending goes through `write_or_keep`, which keeps the write when the journal
+cannot be written (held by another process, a full disk) and writes it, in order, when it can
+(`flush_kept`). The gateway remembers what it sent (`sent`, `last_status`) and the flow says what protects each
+position (`protection`), so the run's failure (`JournalBehindError`, raised by `tasks.runtime.flow_run`) names in
+its first line what was sent and what is held with or without its stop.
+
 Errors: `TradingHaltedError`, `PositionBreakError` (both `OrderBlockedError`: nothing was sent), and the broker's
 typed errors (`core.broker`). A rejection is journaled as the order's final status `Inactive` with IB's message;
 a timeout leaves it `Created` (unknown: the next run or reconciliation finds out).
@@ -23,13 +31,17 @@ a timeout leaves it `Created` (unknown: the next run or reconciliation finds out
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from core.broker import Broker, Execution, OrderInfo, OrderRejectedError, OrderRequest, UnknownContractError
 from core.controls import KillSwitch
-from core.journal import Journal
+from core.journal import UNAVAILABLE, Journal, JournalTx
 from core.order_status import OrderStatus
+
+log = logging.getLogger("tradeflow.orders")
 
 NOT_SENT = OrderStatus.CREATED
 """The journal status of an order recorded but not (yet known to be) acknowledged by the broker."""
@@ -45,6 +57,25 @@ class TradingHaltedError(OrderBlockedError):
 
 class PositionBreakError(OrderBlockedError):
     """The symbol has an unresolved position break (`tradeflow resolve SYMBOL --note ...` lifts it)."""
+
+
+class JournalBehindError(RuntimeError):
+    """Orders were sent but the journal could not record all of it (another process holds the file, a full or
+    read-only disk). The first line of the message says what was sent and what is held with or without its stop;
+    the following lines list the journal writes still missing (kept by the gateway: `flush_kept`)."""
+
+
+class UnprotectedPositionError(RuntimeError):
+    """Shares an entry bought are held without their stop (the stop could not be placed); the message's first
+    line says so, with the shares and the entry's orderRef."""
+
+
+@dataclass(frozen=True)
+class KeptWrite:
+    """A journal write that could not be made when it was due, kept to be written when the journal is back."""
+
+    what: str
+    write: Callable[[JournalTx], Any]
 
 
 def side_of(action: str) -> str:
@@ -70,6 +101,65 @@ class OrderGateway:
     kill_switch: KillSwitch
     run_id: str | None = None
     now: Callable[[], dt.datetime] | None = None
+    kept: list[KeptWrite] = field(default_factory=list)
+    """Journal writes due after an order was sent that the journal could not take yet (oldest first)."""
+    journal_problem: str | None = None
+    """The error of the first write that could not be made."""
+    sent: dict[str, str] = field(default_factory=dict)
+    """What this gateway sent, by orderRef: 'BUY 100 SMH (ema entry, ref ...)'."""
+    last_status: dict[str, str] = field(default_factory=dict)
+    """The broker's last word on each order sent, by orderRef: 'Filled 100 at 245.10 USD'."""
+    protection: dict[str, str] = field(default_factory=dict)
+    """By symbol: what protects what is held, said by the flow (e.g. the stop armed after an entry's fill)."""
+
+    def write_or_keep(self, what: str, write: Callable[[JournalTx], Any]) -> bool:
+        """Write `write(tx)` in one journal transaction now, or keep it when the journal cannot be written
+        (`core.journal.UNAVAILABLE`) so that what follows an order already sent (its fill, its stop) still
+        happens. Once one write is kept, later ones are kept behind it (their order matters: a status after its
+        order) without trying the journal again until `flush_kept`. Returns True when written now."""
+        if not self.kept:
+            try:
+                with self.journal.transaction() as tx:
+                    write(tx)
+                return True
+            except UNAVAILABLE as exc:
+                self.journal_problem = f"{type(exc).__name__}: {exc}"
+                log.critical("the journal cannot be written (%s): %s is kept and written when it is back; the "
+                             "order path goes on", self.journal_problem, what)
+        self.kept.append(KeptWrite(what, write))
+        return False
+
+    def flush_kept(self) -> bool:
+        """Write every kept write, in order, in one transaction. True when none is left; False when the journal
+        still cannot be written (they stay kept)."""
+        if not self.kept:
+            return True
+        try:
+            with self.journal.transaction() as tx:
+                for k in self.kept:
+                    k.write(tx)
+        except UNAVAILABLE as exc:
+            self.journal_problem = f"{type(exc).__name__}: {exc}"
+            return False
+        log.warning("the journal is back: %d kept write(s) recorded", len(self.kept))
+        self.kept.clear()
+        return True
+
+    def behind_message(self, failure: BaseException | None = None) -> str:
+        """The JournalBehindError message: first line what was sent and how each symbol is protected, then the
+        run's own failure (if any), the journal's error and the kept writes."""
+        sent = "; ".join(f"{what}: {self.last_status.get(ref, 'sent')}" for ref, what in self.sent.items())
+        held = "; ".join(f"{sym}: {p}" for sym, p in sorted(self.protection.items()))
+        first = (f"ORDERS SENT, JOURNAL BEHIND: sent {sent}" if sent else "JOURNAL BEHIND: no order was sent") \
+            + (f". {held}" if held else "")
+        lines = [first]
+        if failure is not None:
+            lines.append(f"then the run failed: {type(failure).__name__}: {failure}")
+        lines.append(f"the journal could not be written ({self.journal_problem}); {len(self.kept)} write(s) it "
+                     "lacks, kept by this run only: a rerun with the same as_of, or the evening reconciliation, "
+                     "records them from the broker:")
+        lines += [f"  - {k.what}" for k in self.kept]
+        return "\n".join(lines)
 
     def _now(self) -> dt.datetime:
         return self.now() if self.now else self.broker.current_time()
@@ -81,7 +171,7 @@ class OrderGateway:
             raise TradingHaltedError(f"{what} not sent: {halt.describe()} (`tradeflow resume` lifts it)")
 
     def submit(self, request: OrderRequest, *, strategy: str, intent: str, session: dt.date, as_of: dt.datetime,
-               operator: bool = False) -> OrderInfo:
+               operator: bool = False, protects_fill: bool = False) -> OrderInfo:
         """Send `request` once (see the module docstring); returns the broker's view of the order, with
         `existing=True` when it had been sent before and nothing was sent now.
 
@@ -92,40 +182,62 @@ class OrderGateway:
             session: the NYSE session the order belongs to (New York date).
             as_of: the decision time (aware).
             operator: True only for exits an operator asked for (flatten): they pass a halt and a break.
+            protects_fill: True only for the stop of shares this run's entry just bought: it passes a halt and a
+                break (a filled entry is never left without its stop), and when the journal cannot record it
+                first, it is sent anyway and the record kept (`write_or_keep`).
+
+        After the broker's answer the journal writes (acknowledgement, rejection) never raise for an unavailable
+        journal: they are kept (`write_or_keep`) and the caller goes on to its protective step.
 
         Raises:
             TradingHaltedError, PositionBreakError: nothing was sent.
             core.broker.BrokerError subclasses: from the broker (see `Broker.place_order`).
         """
         what = _describe(request, strategy, intent)
-        if not operator:
+        self.broker.guard_live(what)
+        checked = not (operator or protects_fill)
+        if checked:
             self.check_halt(what)
-        with self.journal.transaction() as tx:
-            if not operator:
+        prior: list[tuple] = []
+
+        def created(tx: JournalTx) -> None:
+            if checked:
                 _check_breaks(tx, request.symbol, what)
-            prior = tx.order(request.order_ref)
+            order = tx.order(request.order_ref)
+            prior[:] = [] if order is None else [(order["status"], order["order_id"], order["perm_id"])]
             tx.record_order(request.order_ref, strategy=strategy, symbol=request.symbol, intent=intent,
                             action=request.action, quantity=request.quantity, order_type=request.order_type,
                             session=session, as_of=as_of, limit_price=request.limit_price,
                             stop_price=request.stop_price, run_id=self.run_id)
-        if prior is not None and prior["status"] != NOT_SENT:
-            return self._journaled(request, prior["status"], prior["order_id"], prior["perm_id"])
-        if not operator:
+
+        if protects_fill:  # the broker's idempotency by orderRef stands in for the journal's when it is away
+            self.write_or_keep(f"the order {what} (Created)", created)
+        else:
+            with self.journal.transaction() as tx:
+                created(tx)
+        if prior and prior[0][0] != NOT_SENT:
+            status, order_id, perm_id = prior[0]
+            return self._journaled(request, status, order_id, perm_id)
+        if checked:
             self.check_halt(what)
         try:
             info = self.broker.place_order(request)
         except (OrderRejectedError, UnknownContractError) as exc:
-            with self.journal.transaction() as tx:
-                tx.record_order_status(request.order_ref, "Inactive", self._now(), message=str(exc))
+            when, why = self._now(), str(exc)
+            self.write_or_keep(f"the rejection of {what}",
+                               lambda tx: tx.record_order_status(request.order_ref, "Inactive", when, message=why))
             raise
+        self.sent[request.order_ref] = what
         self.record_status(info)
         return info
 
     def check_sendable(self, request: OrderRequest, *, strategy: str, intent: str) -> None:
-        """Raise what `submit` would raise before sending (TradingHaltedError, PositionBreakError), sending and
+        """Raise what `submit` would raise before sending (LiveTradingRefusedError, TradingHaltedError,
+        PositionBreakError), sending and
         journaling nothing: for a caller that must not take a step unless the order can follow it (cancelling
         the stop that an exit or a new stop replaces)."""
         what = _describe(request, strategy, intent)
+        self.broker.guard_live(what)
         self.check_halt(what)
         with self.journal.transaction() as tx:
             _check_breaks(tx, request.symbol, what)
@@ -147,13 +259,25 @@ class OrderGateway:
         with self.journal.transaction() as tx:
             return tx.fills_of(order_ref)
 
-    def record_status(self, info: OrderInfo, message: str | None = None) -> None:
-        """Journal the broker's view of an order: its ids and its current status."""
-        with self.journal.transaction() as tx:
+    def record_status(self, info: OrderInfo, message: str | None = None, only_if_journaled: bool = False) -> None:
+        """Journal the broker's view of an order: its ids and its current status (kept when the journal cannot
+        be written: `write_or_keep`). With `only_if_journaled`, nothing for an order the journal does not hold
+        (one placed outside this system)."""
+        when = self._now()
+        if info.order_ref in self.sent:
+            fill = f" {info.filled:g} at {info.avg_fill_price:.2f} USD" if info.filled else ""
+            self.last_status[info.order_ref] = f"{info.status}{fill}"
+
+        def write(tx: JournalTx) -> None:
+            if only_if_journaled and not tx.has_order(info.order_ref):
+                return
             tx.record_order_ids(info.order_ref, perm_id=info.perm_id or None, order_id=info.order_id or None)
-            tx.record_order_status(info.order_ref, info.status, self._now(), filled=info.filled,
+            tx.record_order_status(info.order_ref, info.status, when, filled=info.filled,
                                    remaining=info.remaining, avg_fill_price=info.avg_fill_price or None,
                                    perm_id=info.perm_id or None, message=message)
+
+        self.write_or_keep(f"status {info.status} of {info.order_ref} (order {info.order_id}, filled "
+                           f"{info.filled:g})", write)
 
     def record_fills(self, info: OrderInfo, strategy: str) -> list[Execution]:
         """Journal the broker's executions of the order `info` (matched by permId, else orderRef) with their
@@ -166,9 +290,12 @@ class OrderGateway:
 
     def record_executions(self, fills: list[Execution], strategy: str, order_ref: str | None = None) -> int:
         """Journal executions (the broker's side BUY/SELL becomes the journal's BOT/SLD), under `order_ref` when
-        an execution carries none. Returns how many were new or completed (commission). Idempotent."""
+        an execution carries none. Returns how many were new or completed (commission); 0 when the journal could
+        not be written now (the write is kept: `write_or_keep`). Idempotent."""
         count = 0
-        with self.journal.transaction() as tx:
+
+        def write(tx: JournalTx) -> None:
+            nonlocal count
             for e in fills:
                 count += tx.record_execution(
                     e.exec_id, symbol=e.symbol, side=side_of(e.side) if e.side in ("BUY", "SELL") else e.side,
@@ -176,6 +303,10 @@ class OrderGateway:
                     perm_id=e.perm_id or None, order_id=e.order_id or None, strategy=strategy,
                     commission=e.commission if e.commission else None,
                     realized_pnl=e.realized_pnl if e.realized_pnl else None, account=e.account)
+
+        if fills:
+            self.write_or_keep(f"{len(fills)} execution(s) of {order_ref or fills[0].order_ref} "
+                               f"({sum(e.shares for e in fills):g} shares)", write)
         return count
 
 

@@ -5,17 +5,25 @@ IB tooling (`IBKR_HOST`, `IBKR_PORT`, `IBKR_CLIENT_ID`, `TRADING_MODE`); everyth
 `TRADEFLOW_`. Strategy defaults are those of `shared/reference/strategies.md`.
 
 A wrong value (a port that is not a number, an unknown mode) raises :class:`SettingsError` naming the
-environment variable; secret values are never echoed in errors, reprs or logs (they are `SecretStr`).
+environment variable; secret values are never echoed in errors, reprs or logs (they are `SecretStr`). So do:
+a number that is not finite (`inf`, `nan`); a value beyond the bound where it can only be a typo or a disaster
+(leverage above 5x, a position or loss limit beyond what the account could mean, a daily stop above 50 %); a
+`TRADEFLOW_*` name no setting has (a misspelling would otherwise be ignored without a word: the error says
+which name was probably meant); and a list setting that is not JSON (named in one line, with an example).
 """
 
 from __future__ import annotations
 
+import difflib
+import json
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 """The project checkout (the folder holding `pyproject.toml`)."""
@@ -26,6 +34,18 @@ DEFAULT_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data" / "bars"
 
 class SettingsError(ValueError):
     """A setting has a wrong value; the message names the environment variable(s) and what was wrong."""
+
+
+MAX_LEVERAGE = 5.0
+"""The highest EMA leverage a setting may ask for (strategies.md: 3.0-3.75x; even Portfolio Margin does not carry
+much more for a sector ETF held overnight): 30 or 50 is a typo, not a choice."""
+MAX_MTF_POSITION_USD = 5_000_000.0
+"""The largest MTF position (and daily loss limit) a setting may ask for, USD; the flow checks the size against
+the account's funds too."""
+OTHER_NAMES = frozenset({"TRADEFLOW_IB_LIBRARY", "TRADEFLOW_SKIP_IB_ASYNC", "TRADEFLOW_IB_ASYNC_VENV",
+                         "TRADEFLOW_BENCH_TIMINGS"})
+"""`TRADEFLOW_*` environment names read outside this class (the IB client library switch, test and benchmark
+switches): not refused as unknown. A new one read elsewhere must be added here."""
 
 
 def _env(name: str) -> AliasChoices:
@@ -42,6 +62,7 @@ class Settings(BaseSettings):
         extra="ignore",
         populate_by_name=True,
         validate_default=True,
+        allow_inf_nan=False,  # `inf` or `nan` in any number setting is refused, naming it
     )
 
     # --- connection and mode ------------------------------------------------------------------------------
@@ -69,6 +90,12 @@ class Settings(BaseSettings):
         None,
         description="The live account id (e.g. U1234567) that live mode may trade; the second explicit opt-in.",
     )
+    gateway_restart_time: str = Field(
+        "23:45",
+        pattern=r"^([01]\d|2[0-3]):[0-5]\d$",
+        description="HH:MM New York: when IB Gateway restarts daily (IBC's AutoRestartTime); a failed connection "
+        "names it (schedule it outside 09:00-17:30).",
+    )
     alert_url: SecretStr | None = Field(
         None, description="Apprise URL or webhook that failure notifications go to (secret: never logged)."
     )
@@ -81,13 +108,28 @@ class Settings(BaseSettings):
         DEFAULT_DATA_DIR, description="Bars in the format of shared/data/bars (daily/, 1h/, 5m/ CSV files)."
     )
 
+    journal_lock_timeout_seconds: float = Field(
+        60.0, gt=0, le=3600, description="How long a flow's journal write waits for the journal when another "
+        "process holds it, seconds; after an order was sent the write is kept instead and the order path goes on."
+    )
+
     # --- the paper exchange (`tradeflow paper-exchange`) -----------------------------------------------------
     paper_port: int = Field(7497, ge=0, le=65535, description="TWS API port on 127.0.0.1 (0: a free one).")
     paper_admin_port: int = Field(7498, ge=0, le=65535, description="Admin port on 127.0.0.1 (0: a free one).")
-    paper_initial_cash: float = Field(1_000_000.0, gt=0, description="Starting cash of the account, USD.")
+    paper_initial_cash: float = Field(1_000_000.0, gt=0, le=1e10, description="Starting cash of the account, USD.")
     paper_account: str = Field("DU0000001", description="Account id (IB paper accounts start with DU).")
-    paper_max_leverage: float = Field(
-        4.0, gt=0, description="Gross position value allowed, multiple of NetLiquidation (EMA 3.75x + MTF)."
+    paper_account_type: Literal["reg_t_cash", "reg_t_margin", "portfolio_margin"] = Field(
+        "portfolio_margin",
+        description="Margin rules of the paper account (core/paper_exchange/margin.py): reg_t_cash, reg_t_margin "
+        "(4x intraday, 2x overnight) or portfolio_margin (about 15 %: the EMA's 3-3.75x overnight needs it).",
+    )
+    paper_restart_time: str | None = Field(
+        None, pattern=r"^([01]\d|2[0-3]):[0-5]\d$",
+        description="HH:MM New York: the paper exchange's daily gateway restart (default: none).",
+    )
+    paper_restart_seconds: float = Field(120.0, ge=0, description="How long the daily restart keeps the port closed.")
+    paper_admin_token: str | None = Field(
+        None, description="Token the paper exchange's admin port requires (default: one kept in the state dir)."
     )
     paper_server_version: Literal[157, 176] = Field(176, description="TWS API server version served.")
     paper_state_file: Path | None = Field(
@@ -99,46 +141,54 @@ class Settings(BaseSettings):
 
     # --- EMA 25/125 on SMH (strategies.md) ------------------------------------------------------------------
     ema_symbol: str = "SMH"
-    ema_fast: int = Field(25, gt=0, description="Fast EMA span, sessions.")
-    ema_slow: int = Field(125, gt=0, description="Slow EMA span, sessions.")
-    ema_min_history: int = Field(250, gt=0, description="Sessions of daily closes needed before a decision.")
-    ema_entry_minutes_before_close: int = Field(5, gt=0, description="Entry decision, minutes before the close.")
+    ema_fast: int = Field(25, gt=0, le=1000, description="Fast EMA span, sessions.")
+    ema_slow: int = Field(125, gt=0, le=5000, description="Slow EMA span, sessions.")
+    ema_min_history: int = Field(250, gt=0, le=10_000, description="Sessions of daily closes needed before a decision.")
+    ema_entry_minutes_before_close: int = Field(5, gt=0, le=60, description="Entry decision, minutes before the close.")
     daily_stop_fraction: float = Field(
-        0.02, gt=0, lt=1, description="Daily equity stop as a fraction of day-start equity E0 (0.02 = -2 %)."
+        0.02, gt=0, le=0.5, description="Daily equity stop as a fraction of day-start equity E0 (0.02 = -2 %)."
     )
     vix_leverage: list[tuple[float, float]] = Field(
         default=[(12.0, 3.75), (13.0, 3.5), (14.0, 3.25)],
         description="(VIX upper bound, leverage) pairs, ascending: the first bound above VIX gives L.",
     )
-    default_leverage: float = Field(3.0, gt=0, description="Leverage when VIX >= the last bound or unknown.")
+    default_leverage: float = Field(
+        3.0, gt=0, le=MAX_LEVERAGE, description="Leverage when VIX >= the last bound or unknown."
+    )
     late_run_max_minutes: float = Field(
-        3.0, ge=0, description="An order flow starting later than this after its scheduled time does not trade."
+        3.0, ge=0, le=390, description="An order flow starting later than this after its scheduled time does not trade."
     )
     ema_fill_timeout_seconds: float = Field(
-        60.0, gt=0, description="How long an EMA flow waits for its market order to fill, seconds."
+        60.0, gt=0, le=3600, description="How long an EMA flow waits for its market order to fill, seconds."
     )
     ema_close_settle_seconds: float = Field(
-        300.0, ge=0, description="After the close, seconds before the day's bar counts as final (IB's official close)."
+        300.0, ge=0, le=4 * 3600,
+        description="After the close, seconds before the day's bar counts as final (IB's official close)."
     )
     ema_close_max_wait_seconds: float = Field(
-        1800.0, gt=0, description="How long ema-update waits for the final daily bar before failing, seconds."
+        1800.0, gt=0, le=6 * 3600,
+        description="How long ema-update waits for the final daily bar before failing, seconds."
     )
     ema_close_retry_seconds: float = Field(
-        30.0, gt=0, description="Seconds between ema-update's looks at the daily bar while it is not final."
+        30.0, gt=0, le=3600, description="Seconds between ema-update's looks at the daily bar while it is not final."
     )
 
     # --- MTF LSTM on AAPL and TSLA (strategies.md) ----------------------------------------------------------
     mtf_symbols: list[str] = Field(default=["AAPL", "TSLA"])
     mtf_entry_threshold: float = Field(0.52, ge=0, le=1, description="Enter when flat and P(up) >= this.")
     mtf_exit_threshold: float = Field(0.50, ge=0, le=1, description="Exit when P(up) < this (after min hold).")
-    mtf_min_hold_runs: int = Field(2, ge=0, description="5-minute runs held before a threshold exit.")
-    mtf_max_hold_runs: int = Field(24, gt=0, description="5-minute runs after which a position exits (2 h).")
-    mtf_position_usd: float = Field(10_000.0, gt=0, description="Position size, USD.")
-    mtf_daily_loss_limit_usd: float = Field(
-        2_000.0, gt=0, description="No new MTF entries once the day's P&L is at or below minus this, USD."
+    mtf_min_hold_runs: int = Field(2, ge=0, le=78, description="5-minute runs held before a threshold exit.")
+    mtf_max_hold_runs: int = Field(24, gt=0, le=78 * 5, description="5-minute runs after which a position exits (2 h).")
+    mtf_position_usd: float = Field(
+        10_000.0, gt=0, le=MAX_MTF_POSITION_USD,
+        description="Position size, USD (at most 5,000,000; the flow also checks it against the funds).",
     )
-    mtf_lookback: int = Field(24, gt=0, description="L: feature rows the LSTM reads.")
-    mtf_horizon: int = Field(4, gt=0, description="H: base bars ahead that the label looks.")
+    mtf_daily_loss_limit_usd: float = Field(
+        2_000.0, gt=0, le=MAX_MTF_POSITION_USD,
+        description="No new MTF entries once the day's P&L is at or below minus this, USD."
+    )
+    mtf_lookback: int = Field(24, gt=0, le=1000, description="L: feature rows the LSTM reads.")
+    mtf_horizon: int = Field(4, gt=0, le=1000, description="H: base bars ahead that the label looks.")
     mtf_gate_min_auc_low: float = Field(
         0.5, ge=0, le=1, description="Edge gate: the walk-forward ROC AUC 95 % interval's lower bound must exceed this."
     )
@@ -149,15 +199,19 @@ class Settings(BaseSettings):
         default=["majority", "buy_hold"],
         description="Edge gate: that return must also beat these baselines (majority, buy_hold, logistic).",
     )
-    mtf_gate_min_trades: int = Field(10, ge=0, description="Edge gate: at least this many walk-forward round trips.")
+    mtf_gate_min_trades: int = Field(
+        10, ge=0, le=100_000, description="Edge gate: at least this many walk-forward round trips."
+    )
 
     # --- costs and backtests ----------------------------------------------------------------------------------
-    commission_per_share: float = Field(0.005, ge=0, description="IB fixed pricing, USD a share.")
-    commission_min: float = Field(1.00, ge=0, description="IB fixed pricing minimum, USD an order.")
-    commission_max_fraction: float = Field(0.01, ge=0, description="IB fixed pricing cap, fraction of value.")
-    backtest_initial_capital: float = Field(1_000_000.0, gt=0, description="USD.")
+    commission_per_share: float = Field(0.005, ge=0, le=1, description="IB fixed pricing, USD a share.")
+    commission_min: float = Field(1.00, ge=0, le=100, description="IB fixed pricing minimum, USD an order.")
+    commission_max_fraction: float = Field(
+        0.01, ge=0, le=0.1, description="IB fixed pricing cap, fraction of value."
+    )
+    backtest_initial_capital: float = Field(1_000_000.0, gt=0, le=1e10, description="USD.")
     backtest_slippage_fraction: float = Field(
-        0.0005, ge=0, lt=1, description="Adverse slippage per simulated fill, fraction (0.0005 = 5 bp; core.costs)."
+        0.0005, ge=0, le=0.1, description="Adverse slippage per simulated fill, fraction (0.0005 = 5 bp; core.costs)."
     )
     margin_benchmark_rate: float = Field(
         0.0458, ge=-1, le=1, description="IB's USD reference benchmark rate, annual fraction (core.costs)."
@@ -183,6 +237,16 @@ class Settings(BaseSettings):
         bounds = [b for b, _ in self.vix_leverage]
         if bounds != sorted(bounds):
             raise ValueError("TRADEFLOW_VIX_LEVERAGE bounds must be ascending")
+        for bound, leverage in self.vix_leverage:
+            if not 0 < bound <= 100:
+                raise ValueError(f"TRADEFLOW_VIX_LEVERAGE: VIX bound {bound:g} is not in (0, 100]")
+            if not 0 < leverage <= MAX_LEVERAGE:
+                raise ValueError(f"TRADEFLOW_VIX_LEVERAGE: leverage {leverage:g} is not in (0, {MAX_LEVERAGE:g}]")
+        exposure = self.mtf_position_usd * max(1, len(self.mtf_symbols))
+        if self.mtf_daily_loss_limit_usd > exposure:
+            raise ValueError(f"TRADEFLOW_MTF_DAILY_LOSS_LIMIT_USD {self.mtf_daily_loss_limit_usd:,.2f} USD exceeds "
+                             f"everything the MTF positions hold ({self.mtf_position_usd:,.2f} USD x "
+                             f"{len(self.mtf_symbols)} symbols = {exposure:,.2f} USD): it could never stop anything")
         if self.mtf_exit_threshold > self.mtf_entry_threshold:
             raise ValueError("TRADEFLOW_MTF_EXIT_THRESHOLD must not exceed TRADEFLOW_MTF_ENTRY_THRESHOLD")
         return self
@@ -217,15 +281,65 @@ def _env_name(field_name: str) -> str:
     return f"TRADEFLOW_{field_name.upper()}"
 
 
+def known_names() -> set[str]:
+    """Every environment name a setting reads (TRADEFLOW_..., IBKR_..., TRADING_MODE) and `OTHER_NAMES`."""
+    names = set(OTHER_NAMES)
+    for field_name in Settings.model_fields:
+        names.add(_env_name(field_name))
+        names.add(f"TRADEFLOW_{field_name.upper()}")
+    return names
+
+
+def _given_names() -> dict[str, str]:
+    """TRADEFLOW_* names set in the environment or in `.env` (as the settings read it), with where."""
+    given = {k.upper(): "the environment" for k in os.environ if k.upper().startswith("TRADEFLOW_")}
+    env_file = Path(str(Settings.model_config.get("env_file") or ".env"))
+    if env_file.is_file():
+        from dotenv import dotenv_values
+
+        for k in dotenv_values(env_file):
+            if k.upper().startswith("TRADEFLOW_"):
+                given.setdefault(k.upper(), str(env_file.resolve()))
+    return given
+
+
+def _unknown_names() -> list[str]:
+    known = known_names()
+    lines = []
+    for name, where in sorted(_given_names().items()):
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
+        hint = f": did you mean {close[0]}?" if close else " (see .env.example for every setting)"
+        lines.append(f"{name} (in {where}) is not a setting{hint}")
+    return lines
+
+
+def _source_error(exc: SourceError) -> str:
+    """One line for a value the settings source could not parse (a list setting that is not JSON)."""
+    field_name = str(exc).split('"')[1] if '"' in str(exc) else "?"
+    name = _env_name(field_name)
+    raw = os.environ.get(name, os.environ.get(name.lower()))
+    got = f" (got {raw!r})" if raw is not None else ""
+    example = json.dumps(Settings.model_fields[field_name].default) if field_name in Settings.model_fields else "[]"
+    return f"{name}: not valid JSON{got}: write it as JSON, e.g. {name}='{example}'"
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read the settings from the environment and `.env` (overrides win, for tests and commands).
 
     Raises:
-        SettingsError: a value is wrong; the message names each wrong environment variable and why,
-            without echoing secret values.
+        SettingsError: a value is wrong (not a number, out of bounds, not finite, not JSON where JSON is
+            expected), or a TRADEFLOW_* name is no setting's (with the name probably meant); the message names
+            each wrong environment variable and why, without echoing secret values.
     """
+    unknown = _unknown_names()
+    if unknown:
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(unknown))
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except SourceError as exc:
+        raise SettingsError("invalid settings:\n  " + _source_error(exc)) from None
     except ValidationError as exc:
         lines = []
         for err in exc.errors():

@@ -34,10 +34,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler
+    from deployments.prefect_auth import AuthFileError, export_client_auth
+
     try:
-        get_settings()  # a wrong setting fails every command at start, naming the setting
+        settings = get_settings()  # a wrong setting fails every command at start, naming the setting
+        export_client_auth(settings.prefect_home)  # the local server's password, before Prefect is imported
         return handler(args)
-    except SettingsError as exc:
+    except (SettingsError, AuthFileError) as exc:
         print(f"tradeflow: {exc}", file=sys.stderr)
         return 2
 

@@ -36,11 +36,14 @@ def _paper_exchange(args: argparse.Namespace) -> int:
         admin_port=settings.paper_admin_port if args.admin_port is None else args.admin_port,
         server_version=args.server_version or settings.paper_server_version, state_file=state,
         config=EngineConfig(account=settings.paper_account, initial_cash=settings.paper_initial_cash,
-                            max_leverage=settings.paper_max_leverage,
+                            account_type=settings.paper_account_type,
                             commission_per_share=settings.commission_per_share,
                             commission_min=settings.commission_min,
                             commission_max_fraction=settings.commission_max_fraction),
-        realtime=settings.paper_realtime, resume=args.start is None)
+        realtime=settings.paper_realtime, resume=args.start is None, admin_token=settings.paper_admin_token,
+        restart_time=(datetime.strptime(settings.paper_restart_time, "%H:%M").time()
+                      if settings.paper_restart_time else None),
+        restart_seconds=settings.paper_restart_seconds)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -85,7 +88,7 @@ def _validate_connection(args: argparse.Namespace) -> int:
     broker = IBBroker(timeout=args.timeout, connect_timeout=min(args.timeout, 5.0), connect_attempts=args.attempts)
     print(f"validating the TWS API at {s.ibkr_host}:{s.ibkr_port} (client id {s.ibkr_client_id}, "
           f"TRADING_MODE={s.trading_mode})")
-    results = run_checks(broker, order_test=args.order_test)
+    results = run_checks(broker, order_test=args.order_test, leverage=s.default_leverage)
     for r in results:
         print(f"{'PASS' if r.ok else 'FAIL'}  {r.name:<16} {r.seconds:6.2f} s  {r.detail}")
     failed = [r for r in results if not r.ok]
@@ -98,7 +101,8 @@ def register_validate_connection(sub: argparse._SubParsersAction) -> None:
                        description="Checks connection, market data, historical data, account data and positions "
                                    "against IBKR_HOST:IBKR_PORT; exit code 1 when any fails.")
     p.add_argument("--order-test", action="store_true",
-                   help="also place a 1-share limit order far from the market and cancel it")
+                   help="also place a 1-share limit order far from the market and cancel it, and ask a what-if "
+                        "order of the EMA entry at its default leverage (does the account type carry it?)")
     p.add_argument("--timeout", type=float, default=15.0, help="seconds per request (default 15)")
     p.add_argument("--attempts", type=int, default=2, help="connection attempts (default 2)")
     p.set_defaults(handler=_validate_connection)

@@ -9,7 +9,8 @@
   then closes every position with a market order through the one order path as an operator exit (strategy
   `manual`, intent `flatten`: allowed while halted), waits for the fills (a market order outside regular hours
   waits for the next open), and journals in `controls` what it cancelled, sent and got. It does not halt: halt
-  first when the strategies must not enter again.
+  first when the strategies must not enter again. On a non-paper account without the live opt-in
+  (TRADING_MODE=live and TRADEFLOW_LIVE_ACCOUNT) it is refused as a whole before anything is cancelled.
 
 `who` is the login name unless `--who` names someone. Exit codes: 0 done, 1 something failed (said why), 2 usage.
 """
@@ -56,7 +57,8 @@ def _parts() -> tuple[Any, Any, Any]:
     from core.settings import get_settings
 
     settings = get_settings()
-    return settings, Journal(settings.journal_path), KillSwitch(settings.state_dir)
+    return (settings, Journal(settings.journal_path, lock_timeout=settings.journal_lock_timeout_seconds),
+            KillSwitch(settings.state_dir))
 
 
 def _who(args: argparse.Namespace) -> str:
@@ -66,16 +68,34 @@ def _who(args: argparse.Namespace) -> str:
 
 
 def _halt(args: argparse.Namespace) -> int:
+    from core.controls import HaltError, HaltNotJournaledError
+
     _, journal, switch = _parts()
-    info = switch.halt(journal, _who(args), args.reason, _now())
+    try:
+        info = switch.halt(journal, _who(args), args.reason, _now())
+    except (HaltError, HaltNotJournaledError) as exc:  # the message says whether trading is halted
+        print(f"tradeflow halt: {exc}", file=sys.stderr)
+        return 1
     print(f"{info.describe()}\nEvery order path now refuses new orders (checked when each order is sent). "
           "`tradeflow flatten --reason ...` closes positions; `tradeflow resume --reason ...` lifts the halt.")
     return 0
 
 
 def _resume(args: argparse.Namespace) -> int:
+    from core.controls import ResumeError
+    from core.journal import UNAVAILABLE
+
     _, journal, switch = _parts()
-    was = switch.resume(journal, _who(args), args.reason, _now())
+    try:
+        was = switch.resume(journal, _who(args), args.reason, _now())
+    except ResumeError as exc:
+        print(f"tradeflow resume: FAILED: {exc}", file=sys.stderr)
+        return 1
+    except UNAVAILABLE as exc:
+        halted = switch.current()
+        state = f"trading is still halted ({halted.describe()})" if halted else "trading was not halted"
+        print(f"tradeflow resume: FAILED: {type(exc).__name__}: {exc}; {state}", file=sys.stderr)
+        return 1
     print(f"resumed: lifted '{was.describe()}'" if was else "trading was not halted; the resume is journaled")
     return 0
 
@@ -94,6 +114,8 @@ def flatten_account(broker: Any, journal: Any, switch: Any, *, who: str, reason:
         shares, order_ref, status, filled, avg_fill_price USD) and what failed. Journaled in any case.
 
     Raises:
+        core.broker.LiveTradingRefusedError: a non-paper account without the live opt-in; raised before anything
+            is cancelled or sent (journaled as an error first).
         core.broker.BrokerError: the broker failed outside one position's order (journaled as an error first).
     """
     from core.broker import BrokerError, OrderRequest
@@ -103,6 +125,9 @@ def flatten_account(broker: Any, journal: Any, switch: Any, *, who: str, reason:
     report: dict[str, Any] = {"cancelled": [], "orders": [], "errors": []}
     gateway = OrderGateway(broker=broker, journal=journal, kill_switch=switch, run_id=f"flatten-{uuid.uuid4()}")
     try:
+        # refused as a whole, before anything is cancelled, when the account may not also be sold (a live account
+        # without the double opt-in): a global cancel alone would leave every position without its stop
+        broker.guard_live("tradeflow flatten (a global cancel, then market orders closing every position)")
         cancelled = broker.cancel_all_orders()
         for o in cancelled:
             report["cancelled"].append({"symbol": o.symbol, "action": o.action, "quantity": o.quantity,

@@ -8,6 +8,10 @@ older than its `as_of`. Move the clock to the `as_of` first:
     prefect deployment run 'ema-entry/ema-entry' -p as_of=2026-03-06T15:55:00-05:00
 
 The clock only moves forward; orders due by the new time fill before the command returns.
+
+The gateway's life, to try what the flows do around it: `--restart SECONDS` (every connection dropped, the port
+closed for that much exchange time, as IB Gateway's daily restart), `--logout` (down until `--login`).
+The admin port's token is read from the token file beside the state file (or TRADEFLOW_PAPER_ADMIN_TOKEN).
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ def register_paper_clock(sub: argparse._SubParsersAction) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--set", dest="to", metavar="ISO", help="move the clock to this time (with its UTC offset)")
     group.add_argument("--step", type=float, metavar="SECONDS", help="move the clock forward by this much")
+    group.add_argument("--restart", type=float, metavar="SECONDS",
+                       help="restart the gateway: drop every connection, close the port for SECONDS")
+    group.add_argument("--logout", action="store_true", help="take the gateway down until --login")
+    group.add_argument("--login", action="store_true", help="bring a logged-out gateway back")
     p.set_defaults(handler=_paper_clock)
 
 
@@ -41,6 +49,14 @@ def _paper_clock(args: argparse.Namespace) -> int:
             status = admin.set_clock(to)
         elif args.step is not None:
             status = admin.step(args.step)
+        elif args.restart is not None or args.logout or args.login:
+            if args.restart is not None:
+                admin.restart(args.restart)
+            else:
+                admin.logout() if args.logout else admin.login()
+            status = admin.status()
+            g = status["gateway"]
+            print(f"paper exchange gateway: {'up' if g['up'] else 'down: ' + g['reason']}")
         else:
             status = admin.status()
     except ValueError as exc:

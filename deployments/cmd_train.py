@@ -4,8 +4,9 @@ Reads ``<data_dir>/1h/<SYMBOL>.csv``, prints progress per epoch and one table pe
 vs the majority-class baseline on validation and test; the decision rules vs buy and hold vs the source system's
 reported figures on the test window), registers each model under ``settings.models_dir`` and makes it champion
 when the symbol has none, and records each version and its validation/test metrics in the journal (tables
-`models` and `model_metrics`, version named `<SYMBOL>/<version>`: see models/records.py). Exit code 0 when every
-symbol trained, 1 when one failed (the others still run).
+`models` and `model_metrics`, version named `<SYMBOL>/<version>`: see models/records.py). A symbol without usable
+hourly bars (no file, a malformed one) is skipped with one line saying why, before TensorFlow loads; the others
+train. Exit code 0 when every symbol trained, 1 when one was skipped or failed (the others still run).
 """
 
 from __future__ import annotations
@@ -90,8 +91,20 @@ def _handle(args: argparse.Namespace) -> int:
         print("tradeflow train: --as-of needs a UTC offset", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
+    from core.bars import BarsError, load_hourly_bars
+
+    usable: dict[str, object] = {}
+    failed = 0
+    for sym in symbols:  # every symbol's bars first: one without any is skipped, saying why, before TensorFlow
+        try:
+            usable[sym] = load_hourly_bars(data_dir, sym)
+        except (BarsError, OSError) as exc:
+            print(f"{sym}: skipped: no usable hourly bars ({exc})", file=sys.stderr, flush=True)
+            failed += 1
+    if not usable:
+        print("tradeflow train: no symbol has usable hourly bars: nothing trained", file=sys.stderr)
+        return 1
     print("loading TensorFlow/Keras …", flush=True)
-    from core.bars import load_hourly_bars
     from core.journal import Journal
     from models.evaluate import RuleParams
     from models.mtf import TrainConfig
@@ -107,20 +120,13 @@ def _handle(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, epochs=args.epochs)
     rules = RuleParams.from_settings(s)
     registry = ModelRegistry(models_dir)
-    failed = 0
 
     def progress(sym: str, epoch: int, total: int, logs: dict) -> None:
         print(f"  {sym} epoch {epoch:>2}/{total}  loss {logs.get('loss', float('nan')):.4f}  "
               f"val_loss {logs.get('val_loss', float('nan')):.4f}", flush=True)
 
-    for sym in symbols:
+    for sym, bars in usable.items():
         ts = time.perf_counter()
-        try:
-            bars = load_hourly_bars(data_dir, sym)
-        except FileNotFoundError as exc:
-            print(f"{sym}: no hourly bars ({exc})", file=sys.stderr)
-            failed += 1
-            continue
         print(f"\n{sym}: {len(bars)} hourly bars {bars.index[0]:%Y-%m-%d} .. {bars.index[-1]:%Y-%m-%d}; training",
               flush=True)
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -32,6 +33,14 @@ def _up(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     settings.state_dir.mkdir(parents=True, exist_ok=True)
+    if not os.environ.get("PREFECT_API_URL"):  # the local server's password, before Prefect reads its settings
+        from deployments.prefect_auth import CLIENT_VARIABLE, AuthFileError, ensure_auth
+
+        try:
+            os.environ[CLIENT_VARIABLE] = ensure_auth(settings.prefect_home)
+        except AuthFileError as exc:
+            print(f"tradeflow up: {exc}", file=sys.stderr)
+            return 1
     signal.signal(signal.SIGTERM, _sigterm)
     up = Up(settings)
     t0 = time.monotonic()
@@ -48,7 +57,9 @@ def _up(args: argparse.Namespace) -> int:
         up.start_worker()
         up.say(f"\ntradeflow is up ({time.monotonic() - t0:.0f} s). Prefect UI: {up.ui_url}\n"
                f"  runs {up.ui_url}/runs, deployments {up.ui_url}/deployments, automations {up.ui_url}/automations\n"
-               f"  prefect CLI in another shell: export PREFECT_API_URL={up.api_url}\n"
+               f"  prefect CLI in another shell: export PREFECT_API_URL={up.api_url}"
+               + (f' PREFECT_API_AUTH_STRING="$(cat {up.server.auth_path})"' if up.server else "") + "\n"
+               + (f"  the UI asks for a password: the content of {up.server.auth_path}\n" if up.server else "") +
                f"  ad hoc run: prefect deployment run 'ema-entry/ema-entry' -p as_of=<ISO time with offset>\n"
                f"  logs in {up.logs}; Ctrl+C stops everything started here\n")
         replay = None

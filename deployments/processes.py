@@ -151,7 +151,9 @@ def _group_alive(pgid: int) -> bool:
 
 @dataclass
 class LocalServer:
-    """`prefect server start` on 127.0.0.1 with SQLite under `home` (PREFECT_HOME).
+    """Prefect's server on 127.0.0.1 (`deployments.prefect_server`: `prefect server start`'s app behind a Host
+    header check) with SQLite under `home` (PREFECT_HOME), CORS allowing only its own UI, and Basic auth when
+    `auth_string` is given.
 
     Attributes:
         api_url: http://127.0.0.1:PORT/api once started; ui_url: http://127.0.0.1:PORT.
@@ -162,6 +164,9 @@ class LocalServer:
     log_path: Path
     ui: bool = True
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    auth_string: str | None = None
+    """The Basic auth string ('user:password') every API request must carry (`deployments.prefect_auth`); None:
+    no authentication (the tests' own server)."""
     child: Child | None = None
 
     @property
@@ -172,6 +177,13 @@ class LocalServer:
     def api_url(self) -> str:
         return f"{self.ui_url}/api"
 
+    @property
+    def auth_path(self) -> Path:
+        """Where `tradeflow up` keeps the server's auth string (`deployments.prefect_auth`)."""
+        from deployments.prefect_auth import auth_path
+
+        return auth_path(self.home)
+
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env.update({
@@ -180,9 +192,14 @@ class LocalServer:
             "PREFECT_SERVER_UI_ENABLED": "true" if self.ui else "false",
             "PREFECT_UI_URL": self.ui_url,
             "PREFECT_API_URL": self.api_url,
+            # only the server's own UI may call it from a browser
+            "PREFECT_SERVER_CORS_ALLOWED_ORIGINS": f"{self.ui_url},http://localhost:{self.port}",
             **scheduler_env(),
             **self.extra_env,
         })
+        if self.auth_string is not None:
+            env["PREFECT_SERVER_API_AUTH_STRING"] = self.auth_string
+            env["PREFECT_API_AUTH_STRING"] = self.auth_string
         return env
 
     def start(self, timeout: float = 120.0) -> "LocalServer":
@@ -192,7 +209,7 @@ class LocalServer:
             RuntimeError: it exited (with the end of its log), or did not answer within `timeout` s.
         """
         self.home.mkdir(parents=True, exist_ok=True)
-        self.child = Child("Prefect server", [sys.executable, "-m", "prefect", "server", "start", "--host",
+        self.child = Child("Prefect server", [sys.executable, "-m", "deployments.prefect_server", "--host",
                                               "127.0.0.1", "--port", str(self.port)],
                            self.log_path, env=self.env(), stop_signal=signal.SIGTERM).start()
 

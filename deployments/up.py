@@ -2,8 +2,11 @@
 
 In order:
 1. the Prefect API: PREFECT_API_URL when set (it must answer); else a Prefect server already answering on
-   127.0.0.1:PREFECT_SERVER_API_PORT (4200); else `prefect server start` there, SQLite in settings.prefect_home
-   (state/prefect), holding two months of scheduled runs (`deployments.processes.scheduler_env`);
+   127.0.0.1:PREFECT_SERVER_API_PORT (4200); else Prefect's server there (`deployments.prefect_server`), SQLite
+   in settings.prefect_home (state/prefect), holding two months of scheduled runs
+   (`deployments.processes.scheduler_env`), requiring the Basic auth string kept in state/prefect/api-auth (0600,
+   `deployments.prefect_auth`; handed to the worker, the replay and this process's client), allowing CORS only
+   from its own UI, and answering only Host headers of the loopback names;
 2. the broker: when no TWS is configured (`deployments.paper`), the paper exchange on the data directory
    (`tradeflow paper-exchange` on IBKR_PORT / TRADEFLOW_PAPER_ADMIN_PORT, account state in the state directory);
 3. the deployments and the alert automations (`tradeflow deploy`; schedules off with the paper exchange);
@@ -95,7 +98,9 @@ class Up:
         home = self.settings.prefect_home
         self.say(f"starting the Prefect server on 127.0.0.1:{port} (SQLite in {home}) …")
         t0 = time.monotonic()
-        self.server = LocalServer(home, port, self.logs / "prefect-server.log")
+        from deployments.prefect_auth import ensure_auth
+
+        self.server = LocalServer(home, port, self.logs / "prefect-server.log", auth_string=ensure_auth(home))
         self.server.start()  # stops what it started when it fails
         self.children.append(self.server.child)
         self.api_url, self.ui_url = self.server.api_url, self.server.ui_url

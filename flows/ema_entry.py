@@ -7,7 +7,9 @@ decision on SMH (strategies.md, "Decision"), made by `core.strategies.ema.decide
 3. Inputs: the final EMA state of the previous session (journal; caught up or initialised from the broker's
    daily bars when needed), the SMH price, VIX (current, else its latest daily close, else L = 3.0 with the
    reason), NetLiquidation, the funds available for sizing (BuyingPower), the SMH position. Any of them missing
-   or NaN: the run fails saying which, and decides nothing.
+   or NaN: the run fails saying which, and decides nothing. A BUY is then sized to what the account may hold
+   overnight: IB's what-if of the order (`tasks.margin.fit_entry`); the cap and the what-if numbers are in the
+   decision's inputs (`whatif_*`, `margin_*`).
 4. The decision and every input go to `signals` (strategy 'ema', as_of) before any order. BUY (BULL and flat,
    also after a stop earlier in the day): market order, wait for the fill (bounded), then the protective stop
    at `stop_price(fill price, E0, shares)`. SELL (BEAR and long): cancel the stop, then sell the position at
@@ -25,6 +27,7 @@ from typing import Any
 from prefect import flow
 
 from core.broker import OrderRequest
+from core.orders import UnprotectedPositionError
 from core.strategies.ema import decide_before_close
 from tasks.ema import (
     arm_stop,
@@ -45,6 +48,7 @@ from tasks.ema import (
     symbol_of,
     sync_fills,
 )
+from tasks.margin import fit_entry
 from tasks.runtime import FlowRun, flow_run
 
 
@@ -83,9 +87,15 @@ def _decide(run: FlowRun, broker) -> JournaledSignal:
     e0 = day_start_equity(run)
     d = decide_before_close(state, m.price, m.position_qty, m.account.net_liquidation, m.account.buying_power,
                             m.vix, ema_params(run), session=session.date)
-    action = d.action.value
+    action, shares, reason = d.action.value, d.shares, d.reason
     ref = ema_ref(run, "entry") if action == "BUY" else ema_ref(run, "exit") if action == "SELL" else None
     inputs = d.as_record()
+    if action == "BUY":  # what the account allows holding overnight, from IB's what-if of the order
+        fit = fit_entry(broker, symbol_of(run), shares, ref)
+        inputs.update(fit.record)
+        shares, reason = fit.shares, f"{reason}; {fit.reason}"
+        if shares == 0:
+            action, ref = "NO_TRADE", None
     inputs.update({
         "state_source": source, "final_session": state.session, "final_ema_fast": state.ema_fast,
         "final_ema_slow": state.ema_slow, "final_signal": state.signal.value,
@@ -94,9 +104,10 @@ def _decide(run: FlowRun, broker) -> JournaledSignal:
         "vix_notes": m.vix_notes, "vix_last_close_session": m.vix.last_close_session, "quote": m.quote,
         "order_ref": ref, "as_of": run.as_of,
     })
-    record_signal(run, "ema", action, d.reason, signal=d.signal.value, price=d.price, quantity=d.shares, ref=ref,
+    inputs["shares"] = shares
+    record_signal(run, "ema", action, reason, signal=d.signal.value, price=d.price, quantity=shares, ref=ref,
                   inputs=inputs)
-    return JournaledSignal(action, d.shares, ref, d.reason, inputs)
+    return JournaledSignal(action, shares, ref, reason, inputs)
 
 
 def _enter(run: FlowRun, broker, gateway, shares: int, ref: str, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -112,13 +123,22 @@ def _enter(run: FlowRun, broker, gateway, shares: int, ref: str, inputs: dict[st
     fill = await_fill(run, broker, gateway, info, cancel_unfilled=True)
     out: dict[str, Any] = {"filled": fill.shares, "fill_price": fill.price}
     held = position_qty(broker, symbol)
-    if held > 0 and fill.price:
-        e0, source = day_start_equity(run), "day_start"
+    if held > 0:
+        # E0 as the decision read it (journaled with it): no journal read stands between a fill and its stop
+        e0, source = inputs.get("e0"), "day_start"
         if e0 is None:
             e0, source = float(inputs["equity"]), "NetLiquidation at the decision (no day-start snapshot)"
-        out["stop"] = arm_stop(run, broker, gateway, intent="entry-stop", qty=held, p_ref=float(fill.price),
-                               e0=e0, e0_source=source,
-                               context=f"entry {ref}: {fill.shares} filled at {fill.price:.4f}")
+        try:
+            p_ref = fill.price or broker.current_price(symbol).price
+            out["stop"] = arm_stop(run, broker, gateway, intent="entry-stop", qty=held, p_ref=float(p_ref),
+                                   e0=float(e0), e0_source=source, protects_fill=True,
+                                   context=f"entry {ref}: {fill.shares} filled at {p_ref:.4f}")
+        except Exception as exc:
+            gateway.protection[symbol] = f"{held} shares held WITHOUT A STOP ({type(exc).__name__}: {exc})"
+            raise UnprotectedPositionError(
+                f"UNPROTECTED: {held} {symbol} held without a stop: the entry {ref} filled {fill.shares} shares and "
+                f"its stop could not be placed ({type(exc).__name__}: {exc}); place one by hand or rerun ema-entry "
+                "with the same as_of") from exc
     if fill.error is not None:
         raise fill.error
     return out

@@ -2,13 +2,15 @@
 
 One run, for `as_of` (default: its scheduled start):
 
-1. Outside a session's (open, close] the run is skipped. The champion model of every symbol
-   (`settings.mtf_symbols`) is loaded, with numpy only (no TensorFlow: start-up stays around a second): a missing
-   or unreadable model fails the run with a message naming the symbol and the fix; nothing is traded.
+1. Outside a session's (open, close] the run is skipped.
 2. Connects to the Broker and refuses a late start: more than `TRADEFLOW_LATE_RUN_MAX_MINUTES` (default 3)
    after `as_of` on the broker's clock, the run ends `SkippedLate` and trades nothing. Three minutes leave a run
    that starts late two minutes before the next one, and its decision still uses the bar data it was scheduled for.
-3. Runs the EMA daily stop's second line (`tasks.ema_stop`).
+3. Runs the EMA daily stop's second line (`tasks.ema_stop`) first, before anything of the MTF strategy: a
+   missing MTF model or any MTF failure never switches the EMA backstop off (its own failure is reported with
+   the run's, after the MTF decisions). Then the champion model of every symbol (`settings.mtf_symbols`) is
+   loaded, with numpy only (no TensorFlow: start-up stays around a second): a missing or unreadable model fails
+   the run with a message naming the symbol, the fix and what the second line did; MTF trades nothing.
 4. Records the strategy's executions the journal lacks, then reads positions (journal and broker), working
    orders, position breaks, and the decisions already journaled for this `as_of`.
 5. Per symbol: brings the hourly bar store up to date (`core.bar_store`: only what is missing), keeps the bars
@@ -19,8 +21,9 @@ One run, for `as_of` (default: its scheduled start):
    and the daily loss limit: reached now or by an earlier run of the session (it latches), no entries for the
    rest of the session. A P&L that cannot be computed (no quote for a held symbol) holds entries back for this
    run only, and says why.
-7. Per symbol: the decision (`core.strategies.mtf.decide`, the same function the backtest uses), journaled in
-   `signals` with all its inputs (also NO_TRADE / HOLD with P(up) and the reason), then its order through the
+7. Per symbol: the decision (`core.strategies.mtf.decide`, the same function the backtest uses); an entry is
+   then sized to what the margin allows by IB's what-if of the order (`tasks.margin.fit_entry`; NO_TRADE code
+   'margin' when nothing fits), journaled in `signals` with all its inputs (the what-if numbers too) (also NO_TRADE / HOLD with P(up) and the reason), then its order through the
    gateway with orderRef `mtf-<SYMBOL>-<YYYYMMDDTHHMM>-entry|exit` (unique to symbol and run), a wait of up to
    `fill_timeout_seconds` for the fill, and the fill journaled. The edge gate (`models.gate`): when the
    champion's walk-forward evidence does not clear the bar and no operator allowed the symbol, an entry the rules
@@ -32,7 +35,7 @@ Reruns: a symbol whose decision is already journaled for this `as_of` is not dec
 decision is replayed (its order re-submitted through the gateway, which sends nothing when the order was sent),
 so a retry in the UI sends nothing new even if the market or the model changed meanwhile.
 
-Failures: a model problem fails the run before anything is sent; bad or stale bars give NO_TRADE (HOLD when
+Failures: a model problem fails the run before any MTF order is sent; bad or stale bars give NO_TRADE (HOLD when
 long) with the reason; a broker error for one symbol, a damaged bar store file, or an order the broker rejects,
 is journaled, the other symbols are still decided, and the run then fails so the alert fires.
 """
@@ -46,11 +49,13 @@ from typing import Any
 from prefect import flow
 
 from core.orders import OrderBlockedError
-from core.strategies.mtf import MtfRules, day_pnl, decide, loss_limit_reached, runs_held
+from core.strategies.mtf import MtfDecision, MtfRules, day_pnl, decide, loss_limit_reached, runs_held
 from models.gate import GateStatus
 from tasks.ema_stop import ema_stop_second_line
-from tasks.mtf_signal import (BookState, Champion, SymbolView, edge_gates, journal_decision, load_champions,
-                              mtf_order_ref, observe_symbol, read_book, runs_sessions, send_order, view_inputs)
+from tasks.margin import fit_entry
+from tasks.mtf_signal import (BookState, Champion, ModelUnavailableError, SymbolView, edge_gates, journal_decision,
+                              load_champions, mtf_order_ref, observe_symbol, read_book, runs_sessions, send_order,
+                              view_inputs)
 from tasks.runtime import FlowRun, flow_run
 
 DEPLOYMENT = "mtf-signal"
@@ -71,7 +76,8 @@ def mtf_signal(as_of: datetime | None = None, symbols: list[str] | None = None,
         "loss_limit_reached", "ema_stop"}, or the `SkippedLate` state of a late or off-session run.
 
     Raises:
-        tasks.mtf_signal.ModelUnavailableError: a symbol has no usable champion (nothing was traded).
+        tasks.mtf_signal.ModelUnavailableError: a symbol has no usable champion (MTF traded nothing; the EMA
+            stop's second line ran first and the message says what it did).
         RuntimeError: a broker error or rejected order for some symbol (the others were decided).
     """
     with flow_run(DEPLOYMENT, as_of) as run:
@@ -80,16 +86,17 @@ def mtf_signal(as_of: datetime | None = None, symbols: list[str] | None = None,
         session = run.session
         if session is None or not session.open < run.as_of <= session.close:
             return run.skip(f"{run.as_of.isoformat()} is not inside an NYSE session's (open, close]: no signal")
-        champions = load_champions(run, syms)
-        gates = edge_gates(run, champions)
-        rules = MtfRules.from_settings(s)
         failures: list[str] = []
         with run.broker() as broker:
             late = run.refuse_if_late(broker, s.late_run_max_minutes)
             if late is not None:
                 return late
             gateway = run.gateway(broker)
+            # the EMA backstop first, independent of the MTF models and of anything the MTF strategy does
             stop = _second_line(run, broker, failures)
+            champions = _champions(run, syms, stop)
+            gates = edge_gates(run, champions)
+            rules = MtfRules.from_settings(s)
             cutoff = min(run.as_of, broker.current_time())
             book = read_book(run, broker, gateway)
             views = {sym: observe_symbol(run, broker, champions[sym], cutoff) for sym in syms
@@ -122,6 +129,18 @@ def mtf_signal(as_of: datetime | None = None, symbols: list[str] | None = None,
         if failures:
             raise RuntimeError(f"mtf-signal {run.as_of.isoformat()}: " + "; ".join(failures))
         return summary
+
+
+def _champions(run: FlowRun, syms: list[str], stop: dict[str, Any]) -> dict[str, Champion]:
+    """The MTF champions; when one is unusable the run fails saying so, and what the EMA stop's second line
+    (already run) did."""
+    try:
+        return load_champions(run, syms)
+    except ModelUnavailableError as exc:
+        said = f"EMA stop second line (ran first): {stop.get('action')}: {stop.get('reason')}"
+        run.details = {"ema_stop": stop}
+        run.publish(f"### mtf-signal {run.as_of.isoformat()}\n\n{exc}\n\n{said}\n")
+        raise ModelUnavailableError(f"{exc}. {said}") from None
 
 
 def _second_line(run: FlowRun, broker, failures: list[str]) -> dict[str, Any]:
@@ -162,6 +181,14 @@ def _decide(run: FlowRun, broker, gateway, rules: MtfRules, champion: Champion, 
                       no_probability=view.problem or "no P(up)", no_price=view.price_problem or "no usable price",
                       loss_limit_reason=None if context["loss_limit_reached"] else context["day_pnl_problem"],
                       entry_barred=None if gate.open else gate.reason)
+    margin: dict[str, Any] = {}
+    if decision.action == "BUY":  # the funds check: IB's what-if of the entry, sized to what margin allows
+        fit = fit_entry(broker, sym, decision.quantity, mtf_order_ref(sym, run.as_of, decision) or "")
+        margin = fit.record
+        if fit.capped:
+            decision = dataclasses.replace(decision, quantity=fit.shares, reason=f"{decision.reason}; {fit.reason}")
+        if fit.shares == 0:
+            decision = MtfDecision("NO_TRADE", 0, "margin", decision.reason)
     ref = mtf_order_ref(sym, run.as_of, decision)
     halted = run.kill_switch.current() if ref else None
     if halted is not None:
@@ -170,7 +197,7 @@ def _decide(run: FlowRun, broker, gateway, rules: MtfRules, champion: Champion, 
               "entry_time": entry.isoformat() if entry else None, "runs_held": runs, "blocked": blocked,
               "code": decision.code, "market_open": run.as_of < run.session.close, **context,
               "edge_gate": {"open": gate.open, "source": gate.source, "reason": gate.reason},
-              "rules": dataclasses.asdict(rules)}
+              "rules": dataclasses.asdict(rules), **margin}
     journal_decision(run, sym, decision, view, inputs, ref)
     order = None
     if ref and halted is None:

@@ -14,8 +14,13 @@ orderRefs (`core.orders.order_ref`; D = the New York date of the session the ord
 | `ema-SMH-D-exit-open`    | MKT SELL, DAY, sent after D's close: final BEAR while long; IB holds it until the next open | ema-update |
 | `ema-SMH-D-stop2`        | MKT SELL, the daily stop's second line                  | mtf-signal (`tasks/ema_stop.py`) |
 
-Stop orders are GTC so that the last one armed keeps protecting the position while this system is down; each
-new stop cancels the working ones first (never two stops for one position: both could fill and leave a short).
+Stop orders are GTC so that the last one armed keeps protecting the position while this system is down. A new
+stop is placed first and the working ones are cancelled after it (the position is never without a stop; for that
+moment two work, and when an old one fills before its cancel lands, leaving the position flat, the new one is
+cancelled too). The stop of an entry's fill is placed whatever the journal does: when the journal cannot be
+written (held by another process, a full disk) its records are kept and written when it is back
+(`core.orders.OrderGateway.write_or_keep`), and the run then fails with `JournalBehindError`, whose first line
+says what was sent and what protects it.
 
 Journal `signals` rows, keyed (strategy, symbol, as_of): `ema` at the entry time (the 15:55 decision) and at the
 close (the update), `ema_stop` when a stop is armed (09:30, or after an entry), `ema_stop2` for a second-line exit.
@@ -48,6 +53,7 @@ from core.broker import (
     empty_bars,
 )
 from core.calendar import Session, previous_session, sessions
+from core.journal import UNAVAILABLE as JOURNAL_UNAVAILABLE
 from core.order_status import OrderStatus
 from core.orders import OrderGateway, order_ref
 from core.strategies.ema import (
@@ -174,12 +180,19 @@ def order_known(run: FlowRun, ref: str) -> bool:
 
 def record_signal(run: FlowRun, strategy: str, decision: str, reason: str, *, signal: str | None = None,
                   price: float | None = None, quantity: float | None = None, ref: str | None = None,
-                  inputs: dict[str, Any] | None = None) -> bool:
-    """Journal one decision of this run (once per strategy, symbol and as_of)."""
+                  inputs: dict[str, Any] | None = None, keep_with: OrderGateway | None = None) -> bool:
+    """Journal one decision of this run (once per strategy, symbol and as_of). With `keep_with`, a journal that
+    cannot be written now does not raise: the gateway keeps the write (`OrderGateway.write_or_keep`)."""
+    symbol, session = symbol_of(run), require_session(run).date
+
+    def write(tx) -> bool:
+        return tx.record_signal(strategy, symbol, run.as_of, session, decision, reason, signal=signal, price=price,
+                                quantity=quantity or None, order_ref=ref, inputs=inputs, run_id=run.run_id)
+
+    if keep_with is not None:
+        return keep_with.write_or_keep(f"the {strategy} signal {ref or decision} of {run.as_of.isoformat()}", write)
     with run.journal.transaction() as tx:
-        return tx.record_signal(strategy, symbol_of(run), run.as_of, require_session(run).date, decision, reason,
-                                signal=signal, price=price, quantity=quantity or None, order_ref=ref,
-                                inputs=inputs, run_id=run.run_id)
+        return write(tx)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -421,31 +434,50 @@ def cancel_ema_stops(run: FlowRun, broker: Broker, gateway: OrderGateway, keep: 
     for o in broker.open_orders():
         if _is_ema_stop(o, symbol) and o.order_ref != keep:
             info = broker.cancel_order(o.order_id)
-            if order_known(run, o.order_ref):
-                gateway.record_status(info, message=f"cancelled by {run.deployment}: {why}")
+            gateway.record_status(info, message=f"cancelled by {run.deployment}: {why}", only_if_journaled=True)
             done.append(info)
     return done
 
 
+def _prior_stop(run: FlowRun, gateway: OrderGateway, protects_fill: bool) -> JournaledSignal | None:
+    """The `ema_stop` signal journaled for this as_of; for the stop of a fill, None when the journal cannot be
+    read (the stop is then computed again from the same inputs)."""
+    if protects_fill and gateway.kept:
+        return None  # the journal is away: do not wait for it again before the stop is placed
+    try:
+        return journaled_signal(run, "ema_stop")
+    except JOURNAL_UNAVAILABLE:
+        if not protects_fill:
+            raise
+        return None
+
+
 @task(cache_policy=NONE)
 def arm_stop(run: FlowRun, broker: Broker, gateway: OrderGateway, *, intent: str, qty: int, p_ref: float,
-             e0: float, e0_source: str, context: str) -> dict[str, Any]:
+             e0: float, e0_source: str, context: str, protects_fill: bool = False) -> dict[str, Any]:
     """Place the protective stop of `qty` SMH shares at `stop_price(p_ref, E0, qty)` (rounded up to the cent),
-    GTC, after cancelling the other working EMA stops; journal it first as an `ema_stop` signal with its inputs.
-    A rerun with the same as_of follows the journaled stop (same price, quantity, orderRef) and sends nothing new.
+    GTC, then cancel the other working EMA stops (the new one works before the old go); journal it first as an
+    `ema_stop` signal with its inputs. A rerun with the same as_of follows the journaled stop (same price,
+    quantity, orderRef) and sends nothing new.
+
+    With `protects_fill` (the stop of shares this run's entry just bought) the stop is placed whatever the
+    journal does (its records kept when it cannot be written: `OrderGateway.write_or_keep`) and a halt or break
+    does not refuse it.
 
     Returns:
         A dict: `order_ref`, `stop_price` (None when unreachable), `status`, and the inputs.
 
     Raises:
         ValueError: a bad input (e.g. qty <= 0, p_ref not > 0).
-        core.orders.OrderBlockedError: trading is halted or SMH has a position break (checked before the old
-            stop is cancelled: it stays working).
+        core.orders.OrderBlockedError: trading is halted or SMH has a position break (checked before anything
+            is sent or cancelled: the old stop stays working). Not with `protects_fill`.
+        HalfKnownStateError: an old stop filled part of the position while being replaced (the new stop, for
+            `qty` shares, stays working: check the account).
         core.broker.BrokerError: from sending.
     """
     symbol, f = symbol_of(run), run.settings.daily_stop_fraction
     ref = ema_ref(run, intent)
-    prior = journaled_signal(run, "ema_stop")
+    prior = _prior_stop(run, gateway, protects_fill)
     if prior is not None and prior.order_ref == ref:
         inputs = prior.inputs
         qty, order_px = int(inputs["qty"]), inputs["stop_order_price"]
@@ -457,20 +489,34 @@ def arm_stop(run: FlowRun, broker: Broker, gateway: OrderGateway, *, intent: str
         if order_px is None:
             reason = (f"{context}: no stop order: P_stop = {p_ref:.4f} - {f:g} x {e0:,.2f} / {qty} = {p_stop:.4f} "
                       "USD cannot be reached")
-            record_signal(run, "ema_stop", "NO_TRADE", reason, price=p_ref, quantity=qty, inputs=inputs)
+            record_signal(run, "ema_stop", "NO_TRADE", reason, price=p_ref, quantity=qty, inputs=inputs,
+                          keep_with=gateway if protects_fill else None)
+            gateway.protection[symbol] = f"{qty} shares held without a stop order ({reason})"
             return {"order_ref": None, "stop_price": None, "status": "none", **inputs}
         reason = (f"{context}: protective STP SELL {qty} {symbol} at {order_px:.2f} USD, where equity reaches "
                   f"{1 - f:g} x E0: P_stop = P_ref {p_ref:.4f} - {f:g} x E0 {e0:,.2f} / {qty} shares "
                   f"= {p_stop:.4f} USD")
-        record_signal(run, "ema_stop", "SELL", reason, price=p_ref, quantity=qty, ref=ref, inputs=inputs)
+        record_signal(run, "ema_stop", "SELL", reason, price=p_ref, quantity=qty, ref=ref, inputs=inputs,
+                      keep_with=gateway if protects_fill else None)
     if order_px is None:
         return {"order_ref": None, "stop_price": None, "status": "none", **inputs}
     request = OrderRequest(symbol=symbol, action="SELL", quantity=int(qty), order_ref=ref, order_type="STP",
                            stop_price=float(order_px), tif="GTC")
-    gateway.check_sendable(request, strategy="ema", intent=intent)  # a halt must not leave the old stop cancelled
-    cancel_ema_stops(run, broker, gateway, keep=ref, why=f"replaced by {ref}")
     info = gateway.submit(request, strategy="ema", intent=intent, session=require_session(run).date,
-                          as_of=run.as_of)
+                          as_of=run.as_of, protects_fill=protects_fill)
+    gateway.protection[symbol] = (f"{int(qty)} shares held, protected by {ref} STP SELL {int(qty)} at "
+                                  f"{float(order_px):.2f} USD ({info.status} at the broker)")
+    replaced = cancel_ema_stops(run, broker, gateway, keep=ref, why=f"replaced by {ref}")
+    if any(c.filled > 0 for c in replaced):  # an old stop filled before its cancel landed
+        held = position_qty(broker, symbol)
+        if held == 0:
+            gone = broker.cancel_order(info.order_id)
+            gateway.record_status(gone, message="cancelled: the stop it replaced filled first (flat)")
+            gateway.protection[symbol] = "flat: the old stop filled while being replaced; the new one was cancelled"
+            return {"order_ref": ref, "stop_price": order_px, "status": gone.status, **inputs}
+        if held < qty:
+            raise HalfKnownStateError(f"an old {symbol} stop filled while {ref} replaced it: {held} shares held, the "
+                                      f"new stop is for {qty} (check the account; the new stop stays working)")
     return {"order_ref": ref, "stop_price": order_px, "status": info.status, **inputs}
 
 

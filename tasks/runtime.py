@@ -37,7 +37,7 @@ from core.calendar import NY, Session, session_for
 from core.controls import KillSwitch
 from core.ib_broker import IBBroker
 from core.journal import Journal
-from core.orders import OrderGateway
+from core.orders import JournalBehindError, OrderGateway
 from core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ class FlowRun:
     outcome: str = ""
     details: dict[str, Any] = field(default_factory=dict)
     skipped: str | None = None
+    gateways: list[OrderGateway] = field(default_factory=list)
 
     @property
     def kill_switch(self) -> KillSwitch:
@@ -117,8 +118,20 @@ class FlowRun:
             yield broker
 
     def gateway(self, broker: IBBroker) -> OrderGateway:
-        """The order path of this run (kill switch, breaks, journal first; see core.orders)."""
-        return OrderGateway(broker=broker, journal=self.journal, kill_switch=self.kill_switch, run_id=self.run_id)
+        """The order path of this run (kill switch, breaks, journal first; see core.orders): one per broker
+        connection, so that what it sent and the journal writes it keeps are known when the run ends."""
+        for g in self.gateways:
+            if g.broker is broker:
+                return g
+        g = OrderGateway(broker=broker, journal=self.journal, kill_switch=self.kill_switch, run_id=self.run_id)
+        self.gateways.append(g)
+        return g
+
+    def journal_behind(self, failure: BaseException | None = None) -> str | None:
+        """None when every journal write this run's gateways kept could now be written; else the
+        JournalBehindError message (first line: what was sent and what protects it)."""
+        behind = [g for g in self.gateways if not g.flush_kept()]
+        return "\n".join(g.behind_message(failure) for g in behind) if behind else None
 
     def skip(self, reason: str) -> State:
         """End the run without acting: journal 'skipped' with `reason`, return a Cancelled state named
@@ -159,16 +172,27 @@ class FlowRun:
 @contextmanager
 def flow_run(deployment: str, as_of: dt.datetime | str | None, settings: Settings | None = None) -> Iterator[FlowRun]:
     """Open a flow run's context: resolve `as_of`, journal 'started', and on exit 'completed' (with
-    `run.outcome`) or, when an exception escapes, 'failed' with the error (then re-raise it)."""
+    `run.outcome`) or, when an exception escapes, 'failed' with the error (then re-raise it).
+
+    Raises:
+        core.orders.JournalBehindError: on exit, when the run's gateways still keep journal writes they could
+            not make after sending orders (the journal is held or the disk full): its first line says what was
+            sent and what is held with or without its stop (the alert's first line), whether the run's body
+            completed or failed."""
     settings = settings or get_settings()
     when = resolve_as_of(as_of)
     run = FlowRun(deployment=deployment, as_of=when, run_id=current_run_id(), settings=settings,
-                  journal=Journal(settings.journal_path), session=session_for(when))
+                  journal=Journal(settings.journal_path, lock_timeout=settings.journal_lock_timeout_seconds),
+                  session=session_for(when))
     with run.journal.transaction() as tx:
         tx.record_flow_event(run.run_id, "started", deployment, when)
     try:
         yield run
     except BaseException as exc:
+        behind = run.journal_behind(exc)
+        if behind is not None:  # orders went out and the journal lacks some of it: say so first, above all else
+            log.critical("%s", behind)
+            raise JournalBehindError(behind) from exc
         try:
             with run.journal.transaction() as tx:
                 tx.record_flow_event(run.run_id, "failed", deployment, when, outcome=f"{type(exc).__name__}: {exc}",
@@ -176,6 +200,10 @@ def flow_run(deployment: str, as_of: dt.datetime | str | None, settings: Setting
         except Exception:  # noqa: BLE001 - the original error matters more than the failure to journal it
             log.exception("could not journal the failure of %s", deployment)
         raise
+    behind = run.journal_behind()
+    if behind is not None:
+        log.critical("%s", behind)
+        raise JournalBehindError(behind)
     if run.skipped is None:
         with run.journal.transaction() as tx:
             tx.record_flow_event(run.run_id, "completed", deployment, when, outcome=run.outcome or None,

@@ -7,7 +7,7 @@ is exported as `TRADEFLOW_STATE_DIR` for the test and any process it starts.
   `exchange.clock` / `AdminClient`), with IBKR_HOST/IBKR_PORT exported so that flows connect to it, and a
   fresh state directory (journal, HALT file, models) exported as TRADEFLOW_STATE_DIR.
 - `prefect_harness`: every flow run of the session goes to the session's one real Prefect server
-  (`tests/prefect_support.py`, a `prefect server start`).
+  (`tests/prefect_support.py`, `deployments.prefect_server`).
 """
 
 from __future__ import annotations

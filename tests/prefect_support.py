@@ -1,4 +1,5 @@
-"""A real Prefect server for the tests that need one (`prefect server start`, loopback, free port, SQLite in a
+"""A real Prefect server for the tests that need one (Prefect's server app, as `tradeflow up` starts it
+but without its auth string: `deployments.prefect_server`, loopback, free port, SQLite in a
 temporary PREFECT_HOME, the scheduler looping every 2 s and holding `deployments.processes.HOLD_AHEAD` of runs,
 as `tradeflow up`'s server does). Loaded as a pytest plugin by conftest.py, so one server serves the session.
 

@@ -32,7 +32,7 @@ from core.broker import OrderRequest
 from core.controls import KillSwitch
 from core.ib_broker import IBBroker
 from core.journal import Journal
-from core.paper_exchange import PaperExchange
+from core.paper_exchange import EngineConfig, PaperExchange
 from core.paper_exchange.admin import AdminClient
 from core.settings import get_settings
 from core.strategies.ema import ema_series, init_ema_state
@@ -92,8 +92,9 @@ def market(tmp_path, state_dir, monkeypatch, prefect_harness):  # noqa: F811
     monkeypatch.setenv("TRADEFLOW_EMA_CLOSE_SETTLE_SECONDS", "0")
     monkeypatch.setenv("TRADEFLOW_EMA_FILL_TIMEOUT_SECONDS", "10")
 
-    def start(when: datetime) -> Market:
-        ex = PaperExchange(data, start=when, state_file=tmp_path / "paper-exchange.json").start()
+    def start(when: datetime, account_type: str = "portfolio_margin") -> Market:
+        ex = PaperExchange(data, start=when, state_file=tmp_path / "paper-exchange.json",
+                           config=EngineConfig(account_type=account_type)).start()
         started.append(ex)
         monkeypatch.setenv("IBKR_HOST", "127.0.0.1")
         monkeypatch.setenv("IBKR_PORT", str(ex.port))
@@ -182,13 +183,20 @@ def test_bull_entry_stop_hit_then_re_entry_and_one_query_explains_every_fill(mar
     assert trades.iloc[2]["signal"] == "BULL" and trades.iloc[2]["leverage"] == 3.0
 
 
-def test_second_line_exits_when_the_stop_order_is_gone(market):
+def long_without_its_stop(market) -> tuple[Market, dict]:
+    """Bought SMH on 2025-05-27 at 15:55, the 2025-05-28 09:30 snapshot and stop, then the stop order lost at the
+    exchange: (the market, the snapshot's summary)."""
     m = market(at(2025, 5, 27, 15, 55))
     ema_entry(as_of=at(2025, 5, 27, 15, 55))
     m.to(at(2025, 5, 28, 9, 30))
     snap = equity_snapshot(as_of=at(2025, 5, 28, 9, 30))
     stop = m.orders("ema-SMH-20250528-stop")[0]
     m.exchange.engine.cancel(stop.client_id, stop.order_id, m.exchange.now())  # the stop order is lost
+    return m, snap
+
+
+def test_second_line_exits_when_the_stop_order_is_gone(market):
+    m, snap = long_without_its_stop(market)
     m.to(at(2025, 5, 28, 11, 0))
     assert second_line(at(2025, 5, 28, 11, 0))["action"] == "none"  # equity above 0.98 E0
     m.to(at(2025, 5, 28, 15, 40))  # SMH 243.11 (the 15:40 bar's open): equity below 0.98 E0
@@ -213,6 +221,36 @@ def test_bull_entry_leverage_from_the_current_vix(market):
     assert out["decision"] == "BUY" and inputs["vix_source"] == "current" and inputs["vix_used"] == 14.12
     assert inputs["leverage"] == 3.0 and "VIX 14.12 (current) >= 14" in inputs["leverage_reason"]
     assert out["shares"] == math.floor(inputs["net_liquidation"] * 3.0 / inputs["price"])
+
+
+@pytest.mark.parametrize("account_type", ["reg_t_margin", "portfolio_margin"])
+def test_the_1555_entry_at_3x_is_sized_to_what_the_account_may_hold_overnight(market, account_type):
+    """Reg T allows 2x overnight (50 % initial margin after IB's 15:50 check): the 3x entry is cut to it, the
+    journal says so with the what-if numbers, and the close liquidates nothing. Portfolio Margin (about 15 %)
+    takes the 3x entry unchanged."""
+    m = market(at(2025, 12, 26, 15, 55), account_type)
+    out = ema_entry(as_of=at(2025, 12, 26, 15, 55))
+    [row] = m.q("SELECT decision, quantity, reason, inputs FROM signals WHERE strategy = 'ema'").to_dict("records")
+    inputs = json.loads(row["inputs"])
+    nlv, price = inputs["net_liquidation"], inputs["price"]
+    target = math.floor(nlv * 3.0 / price)
+    assert inputs["leverage"] == 3.0 and inputs["target_shares"] == target and inputs["margin_requested_shares"] == \
+        target
+    assert row["decision"] == out["decision"] == "BUY" and row["quantity"] == out["shares"] == m.position()
+    if account_type == "reg_t_margin":
+        assert inputs["margin_capped"] and out["shares"] < target
+        assert out["shares"] * price <= 2.0 * nlv  # what Reg T allows overnight
+        assert out["shares"] * price >= 1.95 * nlv  # and not much less
+        assert inputs["whatif_init_margin_after"] > inputs["whatif_equity_with_loan_after"]
+        assert inputs["whatif_init_margin_after"] == pytest.approx(0.5 * target * price, rel=0.01)
+        assert f"sized down from {target} to {out['shares']} shares by IB's what-if" in row["reason"]
+    else:
+        assert not inputs["margin_capped"] and out["shares"] == target
+        assert inputs["whatif_init_margin_after"] == pytest.approx(0.15 * target * price, rel=0.01)
+    held = m.position()
+    m.to(at(2025, 12, 26, 16, 5))  # the close: the overnight check
+    assert m.position() == held
+    assert not [e for e in m.exchange.engine.executions if e.liquidation]
 
 
 def test_missing_current_vix_uses_the_latest_daily_close(market):

@@ -161,6 +161,7 @@ DROP_POINTS = {
     # name: (TWS message id of the request during which the link breaks, which one)
     "the first clock read (lateness)": (49, lambda ex, f: True),
     "the SMH quote of the decision": (1, lambda ex, f: "SMH" in f),
+    "the what-if of the entry (margin)": (3, lambda ex, f: not orders_at_exchange(ex, ENTRY_REF)),
     "the executions read after the order (its fill)": (7, lambda ex, f: bool(orders_at_exchange(ex, ENTRY_REF))),
     "the open orders read before the stop": (16, lambda ex, f: bool(orders_at_exchange(ex, ENTRY_REF))),
 }

@@ -143,7 +143,7 @@ def test_day_orders_expire_at_the_close_gtc_orders_keep_working(engine):
     gtc = place(engine, ts(D1, 10, 0), otype="LMT", lmt=101.0, ref="gtc", tif="GTC")
     assert engine.advance(ts(D1, 11, 29)) == [] and day.is_open
     assert engine.advance(ts(D1, 11, 30)) == []  # the last 5-minute bar of the session ended 11:30
-    assert (day.status, day.completed_at) == ("Cancelled", ts(D1, 11, 30)) and engine.pop_expired() == [day]
+    assert (day.status, day.completed_at) == ("Cancelled", ts(D1, 11, 30)) and day in engine.pop_changed()
     [(o, e)] = engine.advance(ts(D2, 9, 30))  # next session opens at 100 <= 101
     assert (o.order_ref, e.price) == ("gtc", 100.0) and gtc.status == "Filled"
 
@@ -158,14 +158,202 @@ def test_partial_fill_fault_leaves_the_rest_working(engine):
     assert e1.commission + e2.commission == pytest.approx(1.0)  # the minimum once per order
 
 
-def test_margin_rejects_beyond_leverage_but_never_a_reduction(engine):
+def make_engine(bars: Path, tmp_path: Path, account_type: str, cash: float = 100_000.0) -> Engine:
+    return Engine(MarketData(bars), EngineConfig(initial_cash=cash, account_type=account_type),
+                  tmp_path / f"{account_type}.json")
+
+
+def test_reg_t_margin_rejects_beyond_4x_intraday_but_never_a_reduction(bars, tmp_path):
+    engine = make_engine(bars, tmp_path, "reg_t_margin")
     with pytest.raises(OrderError) as exc:
-        place(engine, ts(D1, 9, 30), qty=4_100)  # 410k > 4 x 100k
+        place(engine, ts(D1, 9, 30), qty=4_100)  # initial margin 25 % x 410k > 100k
     assert exc.value.code == 201
+    assert "YOUR EQUITY WITH LOAN VALUE [" in exc.value.message and "MUST EXCEED THE INITIAL MARGIN [" in \
+        exc.value.message
     place(engine, ts(D1, 9, 30), qty=3_900)
     engine.advance(ts(D1, 9, 30))
-    assert engine.account_values(ts(D1, 9, 30))["BuyingPower"] == pytest.approx(4 * (100_000 - 19.5 - 390_000 / 4))
+    v = engine.account_values(ts(D1, 9, 30))
+    assert v["InitMarginReq"] == pytest.approx(0.25 * 390_000) and v["RegTMargin"] == pytest.approx(0.5 * 390_000)
+    assert v["BuyingPower"] == pytest.approx(4 * (100_000 - 19.5 - 390_000 / 4))
+    assert v["ExcessLiquidity"] == pytest.approx(100_000 - 19.5 - 0.25 * 390_000)
     place(engine, ts(D1, 9, 31), "SELL", 3_900, ref="out")  # reduces: always accepted
+
+
+@pytest.mark.parametrize("account_type", ["reg_t_cash", "reg_t_margin", "portfolio_margin"])
+def test_overnight_buying_power_by_account_type(bars, tmp_path, account_type):
+    """After the 15:50 check, an opening order must meet the overnight requirement: cash 100 %, Reg T 50 %,
+    Portfolio Margin 15 %. XYZ's last price is its 11:25 close, 123.25; 100k of equity."""
+    engine = make_engine(bars, tmp_path, account_type)
+    late = ts(D1, 15, 55)
+    assert engine.overnight_in_force(late) and not engine.overnight_in_force(ts(D1, 15, 49))
+    px = engine.price("XYZ", late)
+    rate = {"reg_t_cash": 1.0, "reg_t_margin": 0.5, "portfolio_margin": 0.15}[account_type]
+    fits = int(100_000 / (px * rate) * 0.995)
+    impact = engine.what_if(symbol="XYZ", action="BUY", quantity=fits, order_type="MKT", lmt_price=None,
+                            aux_price=None, tif="DAY", account="", now=late)
+    assert impact.allowed and impact.init_after == pytest.approx(fits * px * rate)
+    assert impact.init_before == 0 and impact.equity_before == 100_000
+    too_many = int(100_000 / (px * rate) * 1.01)
+    big = engine.what_if(symbol="XYZ", action="BUY", quantity=too_many, order_type="MKT", lmt_price=None,
+                         aux_price=None, tif="DAY", account="", now=late)
+    assert not big.allowed and "INITIAL MARGIN" in big.warning
+    with pytest.raises(OrderError) as exc:
+        place(engine, late, qty=too_many)
+    assert exc.value.code == 201
+    assert engine.orders == {}  # what-if placed nothing
+
+
+def test_cash_account_refuses_shorts(bars, tmp_path):
+    engine = make_engine(bars, tmp_path, "reg_t_cash")
+    with pytest.raises(OrderError, match="SHORT SALES ARE NOT ALLOWED"):
+        place(engine, ts(D1, 9, 30), "SELL", 10)
+
+
+def test_a_reg_t_position_breaking_the_overnight_requirement_is_liquidated_at_the_close(bars, tmp_path):
+    engine = make_engine(bars, tmp_path, "reg_t_margin")
+    place(engine, ts(D1, 9, 30), qty=3_000)  # 300k: 3x, fine intraday (25 %), not overnight (50 % = 150k)
+    engine.advance(ts(D1, 15, 0))
+    fills = engine.advance(ts(D1, 16, 0))
+    assert len(fills) == 1
+    o, e = fills[0]
+    assert e.liquidation and o.order_ref == "IB liquidation" and e.side == "SLD"
+    v = engine.account_values(ts(D1, 16, 0))
+    assert v["RegTMargin"] <= v["EquityWithLoanValue"]
+    assert engine.advance(ts(D1, 16, 5)) == []  # once a session
+
+
+def test_portfolio_margin_keeps_3x_overnight(bars, tmp_path):
+    engine = make_engine(bars, tmp_path, "portfolio_margin")
+    place(engine, ts(D1, 9, 30), qty=3_000)
+    engine.advance(ts(D1, 15, 0))
+    assert engine.advance(ts(D1, 16, 0)) == []
+    assert engine.positions["XYZ"].quantity == 3_000
+
+
+def link(e: Engine, now: int, action="SELL", qty=100.0, otype="LMT", lmt=None, aux=None, parent=0,
+         transmit=True, oca="", oca_type=0, tif="GTC", ref="child"):
+    return e.place(client_id=1, order_id=e.next_order_id, symbol="XYZ", action=action, quantity=qty,
+                   order_type=otype, lmt_price=lmt, aux_price=aux, tif=tif, account="", order_ref=ref,
+                   outside_rth=False, now=now, parent_id=parent, transmit=transmit, oca_group=oca,
+                   oca_type=oca_type)
+
+
+def test_bracket_children_wait_for_the_parent_fill_then_one_cancels_the_other(engine):
+    t0 = ts(D1, 9, 32)  # mid-bar: the parent (BUY STP 104) works from 09:35 and fills at 09:50's open 104
+    parent = link(engine, t0, "BUY", otype="STP", aux=104.0, transmit=False, ref="entry")
+    take = link(engine, t0, lmt=110.0, parent=parent.order_id, transmit=False, ref="tp")
+    stop = link(engine, t0, otype="STP", aux=95.0, parent=parent.order_id, transmit=False, ref="sl")
+    engine.advance(t0)
+    assert [o.status for o in (parent, take, stop)] == ["PreSubmitted"] * 3  # nothing transmitted yet
+    assert not any(engine.is_working(o) for o in (parent, take, stop))
+    last = link(engine, t0, "SELL", otype="LMT", lmt=130.0, parent=parent.order_id, transmit=True, ref="tp2")
+    engine.advance(t0)
+    assert parent.status == "Submitted" and {take.status, stop.status, last.status} == {"PreSubmitted"}
+    fills = engine.advance(ts(D1, 9, 50))
+    assert [(o.order_ref, e.price) for o, e in fills] == [("entry", 104.0)]
+    assert {take.status, stop.status} == {"Submitted"}
+    fills = engine.advance(ts(D1, 10, 20))  # 10:15's open is 109, the bar's high 109.5 ... 10:20 open 110
+    assert [(o.order_ref, e.price) for o, e in fills] == [("tp", 110.0)]
+    assert (stop.status, last.status) == ("Cancelled", "Cancelled")  # the bracket's OCA: reduced to 0
+    assert engine.positions["XYZ"].quantity == 0
+
+
+def test_cancelling_a_parent_cancels_its_children(engine):
+    t0 = ts(D1, 9, 32)
+    parent = link(engine, t0, "BUY", otype="LMT", lmt=50.0, transmit=False, ref="entry")
+    child = link(engine, t0, otype="STP", aux=40.0, parent=parent.order_id, ref="sl")
+    engine.cancel(1, parent.order_id, t0)
+    assert child.status == "Cancelled" and "parent" in child.completed_status
+    assert child in engine.pop_changed()
+
+
+def test_a_child_needs_a_working_parent(engine):
+    with pytest.raises(OrderError, match="parent order 77"):
+        link(engine, ts(D1, 9, 30), lmt=120.0, parent=77)
+
+
+@pytest.mark.parametrize("oca_type, other_qty, other_status", [(1, 100.0, "Cancelled"), (2, 70.0, "Submitted"),
+                                                               (3, 70.0, "Submitted")])
+def test_oca_group_cancels_or_reduces_the_others(engine, oca_type, other_qty, other_status):
+    t0 = ts(D1, 9, 30)
+    engine.faults.partial_fraction = 0.4
+    a = link(engine, t0, "BUY", qty=100, otype="MKT", oca="g", oca_type=oca_type, ref="a")
+    engine.advance(t0)  # a: 40 of 100 at 09:30's open
+    b = link(engine, t0, "BUY", qty=100, otype="LMT", lmt=50.0, oca="g", oca_type=oca_type, ref="b")
+    assert (a.filled, a.oca_group, a.oca_type) == (40, "g", oca_type)
+    engine.faults.partial_fraction = 0.5
+    engine.advance(ts(D1, 9, 35))  # a: 30 more, b reduced by it (types 2, 3) or cancelled (1)
+    assert (b.quantity, b.status) == (other_qty, other_status)
+
+
+@pytest.mark.parametrize("tif, lmt, status, filled", [("IOC", 103.0, "Filled", 100), ("IOC", 102.0, "Cancelled", 0),
+                                                      ("FOK", 103.0, "Filled", 100)])
+def test_ioc_and_fok_fill_at_once_or_never(engine, tif, lmt, status, filled):
+    o = place(engine, ts(D1, 9, 47), otype="LMT", lmt=lmt, tif=tif)  # the 09:45 bar is in progress: open 103
+    engine.advance(ts(D1, 9, 47))
+    assert (o.status, o.filled) == (status, filled)
+    engine.advance(ts(D1, 11, 0))  # never later
+    assert o.filled == filled
+
+
+def test_fok_with_a_partial_fill_fills_nothing(engine):
+    engine.faults.partial_fraction = 0.5
+    o = place(engine, ts(D1, 9, 47), otype="MKT", tif="FOK")
+    engine.advance(ts(D1, 9, 47))
+    assert (o.status, o.filled) == ("Cancelled", 0)
+
+
+def test_opg_works_only_at_the_next_open(engine):
+    o = place(engine, ts(D1, 10, 0), otype="LMT", lmt=99.0, tif="OPG", action="SELL")  # D2 opens at 100
+    engine.advance(ts(D1, 11, 0))
+    assert o.status == "Submitted" and o.filled == 0  # not today's bars
+    engine.advance(ts(D2, 9, 30))
+    assert (o.status, o.avg_fill_price) == ("Filled", 100.0)
+    never = place(engine, ts(D2, 10, 0), otype="LMT", lmt=150.0, tif="OPG", action="SELL")
+    engine.advance(ts(D2, 11, 0))
+    assert never.status == "Submitted"  # waits for the next session's open
+
+
+def test_gtd_expires_at_its_time(engine):
+    o = engine.place(client_id=1, order_id=50, symbol="XYZ", action="BUY", quantity=10, order_type="LMT",
+                     lmt_price=50.0, aux_price=None, tif="GTD", account="", order_ref="gtd", outside_rth=False,
+                     now=ts(D1, 9, 30), good_till_date="20260302 10:30:00 America/New_York")
+    engine.advance(ts(D1, 10, 29))
+    assert o.status == "Submitted"
+    engine.advance(ts(D1, 10, 31))
+    assert (o.status, o.completed_at) == ("Cancelled", ts(D1, 10, 30))
+    with pytest.raises(OrderError):
+        place(engine, ts(D1, 9, 30), tif="GTD")  # no goodTillDate
+
+
+@pytest.mark.parametrize("kw", [{"otype": "LMT", "lmt": -1.0}, {"otype": "LMT", "lmt": 100.005},
+                                {"otype": "STP", "aux": 99.999}, {"otype": "LMT", "lmt": 0.0}])
+def test_negative_zero_and_sub_tick_prices_are_error_110(engine, kw):
+    with pytest.raises(OrderError) as exc:
+        place(engine, ts(D1, 9, 30), **kw)
+    assert exc.value.code == 110 and "minimum price variation" in exc.value.message
+
+
+def test_unknown_tif_is_refused(engine):
+    with pytest.raises(OrderError, match="time in force"):
+        place(engine, ts(D1, 9, 30), tif="GTX")
+
+
+def test_daily_pnl_of_a_position_bought_today(engine):
+    place(engine, ts(D1, 9, 30), qty=100)
+    engine.advance(ts(D1, 9, 30))  # 100 @ 100.0, 1.00 commission
+    v = engine.pnl(ts(D1, 10, 0))  # last price 106 (the 10:00 open)
+    assert v["daily"] == pytest.approx(100 * 6 - 1.0) and v["unrealized"] == pytest.approx(100 * (106 - 100.01))
+    single = engine.pnl(ts(D1, 10, 0), "XYZ")
+    assert (single["position"], single["value"]) == (100, 10_600)
+
+
+def test_execution_filter_time(engine):
+    place(engine, ts(D1, 9, 30), qty=1, ref="early")
+    engine.advance(ts(D1, 9, 30))
+    place(engine, ts(D1, 10, 0), qty=1, ref="late")
+    engine.advance(ts(D1, 10, 0))
+    assert [e.order_ref for e in engine.executions_on(ts(D1, 11, 0), since=ts(D1, 9, 45))] == ["late"]
 
 
 def test_rejections_and_cancel(engine):

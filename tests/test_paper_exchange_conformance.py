@@ -21,6 +21,7 @@ except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.
 from core.broker import (
     BrokerConnectionError,
     BrokerTimeoutError,
+    IBError,
     LiveTradingRefusedError,
     OrderNotFilledError,
     OrderRejectedError,
@@ -29,7 +30,7 @@ from core.broker import (
 )
 from core.ib_broker import IB_LIBRARY, IBBroker, ibapi
 from core.paper_exchange import AdminClient, EngineConfig, PaperExchange, commission_for
-from core.settings import load_settings
+from core.settings import get_settings, load_settings
 
 pytestmark = pytest.mark.needs_data
 
@@ -491,8 +492,366 @@ def test_every_encoder_decodes_and_a_missing_field_is_caught(sv, decoder_errors)
         decoder_errors.records.clear()
 
 
-def test_what_if_orders_are_refused_never_executed(broker, exchange):
-    broker.ib.RaiseRequestErrors = False
-    contract = broker.contract("AAPL")
-    assert not broker.ib.whatIfOrder(contract, ibapi.MarketOrder("BUY", 5))
-    assert exchange.status()["executions"] == 0 and broker.positions() == []
+# ----------------------------------------------------------------------------------------------------------------
+# what-if, linked orders, time in force, prices: as IB does them
+
+
+def test_what_if_returns_the_margin_impact_and_places_nothing(broker, exchange):
+    price = broker.current_price("SMH").price
+    shares = int(3 * 1_000_000 / price)
+    impact = broker.what_if(OrderRequest("SMH", "BUY", shares, "wi-1"))
+    assert impact.init_margin_before == 0 and impact.equity_with_loan_before == pytest.approx(1_000_000)
+    assert impact.init_margin_after == pytest.approx(0.15 * shares * price, rel=1e-6)  # Portfolio Margin
+    assert impact.init_margin_change == pytest.approx(impact.init_margin_after)
+    assert impact.fits and impact.warning == ""
+    assert impact.commission == pytest.approx(commission_for(shares, price))
+    assert exchange.status()["executions"] == 0 and broker.positions() == [] and broker.open_orders() == []
+    with pytest.raises(OrderRejectedError) as exc:
+        broker.what_if(OrderRequest("SMH", "BUY", 10, "wi-2", "LMT", limit_price=100.005))
+    assert exc.value.code == 110
+
+
+def test_reg_t_what_if_and_rejection_beyond_buying_power(make_exchange, make_broker):
+    ex = make_exchange(state="regt.json", config=EngineConfig(account_type="reg_t_margin"))
+    b = make_broker(client_id=61, ex=ex)
+    price = b.current_price("SMH").price
+    four_x = int(4.2 * 1_000_000 / price)
+    impact = b.what_if(OrderRequest("SMH", "BUY", four_x, "wi-regt"))
+    assert not impact.fits and "MUST EXCEED THE INITIAL MARGIN" in impact.warning
+    with pytest.raises(OrderRejectedError) as exc:
+        b.place_order(OrderRequest("SMH", "BUY", four_x, "too-big-regt"))
+    assert exc.value.code == 201 and "YOUR ORDER IS NOT ACCEPTED" in str(exc.value)
+    values = {v.tag: float(v.value) for v in b.ib.accountValues() if v.currency == "USD" and v.tag != "Currency"}
+    assert values["BuyingPower"] == pytest.approx(4 * 1_000_000) and values["ExcessLiquidity"] == 1_000_000
+
+
+def test_bracket_children_are_held_echo_their_parent_and_die_with_it(broker, exchange):
+    ib, contract = broker.ib, broker.contract("SMH")
+    bracket = ib.bracketOrder("BUY", 10, limitPrice=100.0, takeProfitPrice=900.0, stopLossPrice=50.0)
+    trades = [ib.placeOrder(contract, o) for o in bracket]
+    parent, take, stop = trades
+    wait_until(lambda: parent.orderStatus.status == "Submitted" and take.orderStatus.status ==
+               stop.orderStatus.status == "PreSubmitted", 5, "the bracket transmitted, its children held",
+               poll=ib.sleep)
+    assert take.order.parentId == stop.order.parentId == parent.order.orderId  # echoed in openOrder
+    assert take.orderStatus.parentId == parent.order.orderId  # and in orderStatus
+    assert len(exchange.status()["open_orders"]) == 3
+    ib.cancelOrder(parent.order)
+    wait_until(lambda: all(t.isDone() for t in trades), 5, "the children's cancel", poll=ib.sleep)
+    assert {t.orderStatus.status for t in trades} == {"Cancelled"}
+    assert exchange.status()["open_orders"] == []
+
+
+def test_bracket_parent_fill_activates_children_one_fill_cancels_the_other_and_the_position_closes(broker, admin):
+    ib, contract = broker.ib, broker.contract("SMH")
+    open_ = bar_at("SMH", START)[1]
+    later = csv_rows(require_data() / "5m" / "SMH.csv", START + timedelta(minutes=5), START + timedelta(hours=1))
+    tp = round(max(r[2] for r in later) - 0.01, 2)
+    sl = round(open_ - 5.0, 2)
+    bracket = ib.bracketOrder("BUY", 10, limitPrice=round(open_ + 1, 2), takeProfitPrice=tp, stopLossPrice=sl)
+    parent, take, stop = [ib.placeOrder(contract, o) for o in bracket]
+    wait_until(lambda: parent.orderStatus.status == "Filled", 5, "the parent's fill", poll=ib.sleep)
+    wait_until(lambda: take.orderStatus.status == stop.orderStatus.status == "Submitted", 5,
+               "the children's activation", poll=ib.sleep)
+    assert [p.position for p in ib.portfolio()] == [10]
+    admin.set_clock(START + timedelta(hours=1))
+    wait_until(lambda: take.isDone() and stop.isDone(), 5, "one child's fill and the other's cancel",
+               poll=ib.sleep)
+    assert sorted([take.orderStatus.status, stop.orderStatus.status]) == ["Cancelled", "Filled"]
+    assert broker.positions() == []
+    wait_until(lambda: not [p for p in ib.portfolio() if p.position], 5, "the portfolio update with position 0",
+               poll=ib.sleep)
+
+
+def test_oca_group_is_echoed_and_a_fill_cancels_the_sibling(broker):
+    ib, contract = broker.ib, broker.contract("AAPL")
+    open_ = bar_at("AAPL", START)[1]
+    resting, marketable = ibapi.LimitOrder("BUY", 5, 100.0), ibapi.LimitOrder("BUY", 5, round(open_ + 1, 2))
+    ib.oneCancelsAll([resting, marketable], "oca-test", 1)
+    t1 = ib.placeOrder(contract, resting)
+    wait_until(lambda: t1.orderStatus.status == "Submitted", 5, "the resting order", poll=ib.sleep)
+    [listed] = [t for t in ib.reqAllOpenOrders() if t.order.orderId == resting.orderId]
+    assert (listed.order.ocaGroup, listed.order.ocaType) == ("oca-test", 1)
+    t2 = ib.placeOrder(contract, marketable)
+    wait_until(lambda: t2.orderStatus.status == "Filled" and t1.isDone(), 5, "the fill and the OCA cancel",
+               poll=ib.sleep)
+    assert t1.orderStatus.status == "Cancelled"
+
+
+@pytest.mark.parametrize("offset, status", [(1.0, "Filled"), (-1.0, "Cancelled")])
+def test_ioc_fills_at_once_or_is_cancelled(broker, offset, status):
+    open_ = bar_at("TSLA", START)[1]
+    order = ibapi.LimitOrder("BUY", 3, round(open_ + offset, 2), tif="IOC")
+    trade = broker.ib.placeOrder(broker.contract("TSLA"), order)
+    wait_until(trade.isDone, 5, "the IOC's end", poll=broker.ib.sleep)
+    assert trade.orderStatus.status == status
+
+
+@pytest.mark.parametrize("price", [100.005, -5.0])
+def test_sub_tick_and_negative_prices_are_error_110(broker, exchange, price):
+    with pytest.raises(OrderRejectedError) as exc:
+        broker.place_order(OrderRequest("AAPL", "BUY", 1, f"tick-{price}", "LMT", limit_price=price))
+    assert exc.value.code == 110 and "minimum price variation" in str(exc.value)
+    assert exchange.status()["open_orders"] == []
+
+
+def test_gtd_is_echoed_and_expires(broker, admin):
+    order = ibapi.LimitOrder("BUY", 1, 100.0, tif="GTD", goodTillDate="20260302 10:30:00 America/New_York")
+    trade = broker.ib.placeOrder(broker.contract("AAPL"), order)
+    wait_until(lambda: trade.orderStatus.status == "Submitted", 5, "the GTD order", poll=broker.ib.sleep)
+    admin.set_clock(START + timedelta(minutes=31))
+    wait_until(trade.isDone, 5, "the GTD expiry", poll=broker.ib.sleep)
+    assert trade.orderStatus.status == "Cancelled"
+
+
+def test_outside_rth_market_order_gets_warning_2109(broker):
+    codes = []
+    broker.ib.errorEvent += lambda req_id, code, *a: codes.append(code)
+    order = ibapi.MarketOrder("BUY", 1, outsideRth=True)
+    trade = broker.ib.placeOrder(broker.contract("AAPL"), order)
+    wait_until(lambda: trade.orderStatus.status == "Filled", 5, "the fill", poll=broker.ib.sleep)
+    assert 2109 in codes
+
+
+def test_execution_filter_time(broker, admin):
+    broker.wait_for_fill(broker.place_order(OrderRequest("AAPL", "BUY", 1, "ef-1")).order_id, 5)
+    admin.set_clock(START + timedelta(minutes=5))
+    broker.wait_for_fill(broker.place_order(OrderRequest("AAPL", "BUY", 1, "ef-2")).order_id, 5)
+    flt = ibapi.ExecutionFilter(time="20260302 10:03:00 America/New_York")
+    assert [f.execution.orderRef for f in broker.ib.reqExecutions(flt)] == ["ef-2"]
+
+
+def test_pnl_and_pnl_single(broker, admin):
+    ib = broker.ib
+    broker.wait_for_fill(broker.place_order(OrderRequest("SMH", "BUY", 100, "pnl-1")).order_id, 5)
+    pnl = ib.reqPnL(broker.account)
+    single = ib.reqPnLSingle(broker.account, "", broker.contract("SMH").conId)
+    wait_until(lambda: pnl.dailyPnL == pnl.dailyPnL and single.position == 100, 5, "the P&L", poll=ib.sleep)
+    assert pnl.dailyPnL == pytest.approx(single.dailyPnL)
+    first = pnl.unrealizedPnL
+    admin.set_clock(START + timedelta(minutes=30))
+    nxt = bar_at("SMH", START + timedelta(minutes=30))[1]
+    wait_until(lambda: pnl.unrealizedPnL != first, 5, "a P&L update", poll=ib.sleep)
+    assert single.value == pytest.approx(100 * nxt)
+
+
+def test_keep_up_to_date_bars_follow_the_clock(broker, admin):
+    ib = broker.ib
+    bars = ib.reqHistoricalData(broker.contract("AAPL"), "", "1 D", "5 mins", "TRADES", True, keepUpToDate=True)
+    n, last = len(bars), bars[-1].date
+    admin.set_clock(START + timedelta(minutes=15))
+    wait_until(lambda: len(bars) >= n + 3, 5, "three new bars", poll=ib.sleep)
+    assert bars[-1].date == START + timedelta(minutes=10) and bars[-4].date == last
+    assert bars[-1].open == bar_at("AAPL", START + timedelta(minutes=10))[1]
+    ib.cancelHistoricalData(bars)
+
+
+def test_head_timestamp_matching_symbols_and_market_rule(broker):
+    ib = broker.ib
+    head = ib.reqHeadTimeStamp(broker.contract("VIX"), "TRADES", True, 1)
+    assert head.year < 2000
+    found = ib.reqMatchingSymbols("SM")
+    assert [d.contract.symbol for d in found] == ["SMH"]
+    [rule] = ib.reqMarketRule(26)
+    assert (rule.lowEdge, rule.increment) == (0, 0.01)
+
+
+@pytest.mark.parametrize("request_name, code", [("reqRealTimeBars", 420), ("reqMktDepth", 10089),
+                                                ("reqFundamentalData", 430), ("reqTickByTickData", 10089),
+                                                ("reqHistogramData", 162)])
+def test_unimplemented_requests_are_answered_with_ib_errors(broker, request_name, code):
+    ib, contract = broker.ib, broker.contract("AAPL")
+    codes = []
+    ib.errorEvent += lambda req_id, c, *a: codes.append(c)
+    ib.RaiseRequestErrors = False
+    call = {"reqRealTimeBars": lambda: ib.reqRealTimeBars(contract, 5, "TRADES", True),
+            "reqMktDepth": lambda: ib.reqMktDepth(contract, 5),
+            "reqFundamentalData": lambda: ib.reqFundamentalData(contract, "ReportSnapshot"),
+            "reqTickByTickData": lambda: ib.reqTickByTickData(contract, "Last"),
+            "reqHistogramData": lambda: ib.reqHistogramData(contract, True, "1 week")}[request_name]
+    call()
+    wait_until(lambda: code in codes, 5, f"IB error {code} for {request_name}", poll=ib.sleep)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the gateway's life: daily restart, login, data farms, IB's servers
+
+
+def _codes(broker) -> list[int]:
+    codes: list[int] = []
+    broker.ib.errorEvent += lambda req_id, code, *a: codes.append(code)
+    return codes
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def test_restart_drops_refuses_then_recovers_with_everything_kept(broker, admin, exchange, make_broker):
+    broker.wait_for_fill(broker.place_order(OrderRequest("AAPL", "BUY", 5, "rs-1")).order_id, 5)
+    broker.place_order(OrderRequest("AAPL", "BUY", 5, "rs-2", "LMT", limit_price=100.0))
+    before = (broker.positions(), [o.order_ref for o in broker.open_orders()], broker.executions())
+    assert admin.restart(300)["dropped"] >= 1
+    wait_until(lambda: not broker.is_connected(), 5, "the drop", poll=broker.ib.sleep)
+    assert not _port_open(exchange.port)
+    with pytest.raises(BrokerConnectionError, match="restarts daily at 23:45 New York"):
+        broker.positions()
+    assert admin.status()["gateway"]["up"] is False
+    admin.step(300)
+    wait_until(lambda: _port_open(exchange.port), 5, "the port reopened")
+    assert (broker.positions(), [o.order_ref for o in broker.open_orders()], broker.executions()) == before
+    assert broker.place_order(OrderRequest("AAPL", "BUY", 5, "rs-1")).existing  # nothing sent twice
+
+
+def test_daily_restart_at_its_time(make_exchange, make_broker):
+    from datetime import time as dt_time
+
+    ex = make_exchange(state="daily.json", start=datetime(2026, 3, 2, 11, 40, tzinfo=NY),
+                       restart_time=dt_time(11, 45), restart_seconds=240)
+    adm = AdminClient(ex.admin_port)
+    b = make_broker(client_id=71, ex=ex)
+    adm.set_clock(datetime(2026, 3, 2, 11, 46, tzinfo=NY))
+    wait_until(lambda: not b.is_connected(), 5, "the daily restart's drop", poll=b.ib.sleep)
+    assert adm.status()["gateway"]["restarts"] == 1 and not _port_open(ex.port)
+    adm.set_clock(datetime(2026, 3, 2, 11, 49, tzinfo=NY))
+    wait_until(lambda: _port_open(ex.port), 5, "the port after the restart")
+    assert b.account_values().net_liquidation == 1_000_000.0
+
+
+def test_logout_stays_down_until_login(broker, admin, exchange):
+    admin.logout()
+    wait_until(lambda: not broker.is_connected(), 5, "the drop", poll=broker.ib.sleep)
+    admin.step(3600)
+    assert not _port_open(exchange.port)
+    admin.login()
+    wait_until(lambda: _port_open(exchange.port), 5, "the port after the login")
+    assert broker.positions() == []
+
+
+def test_farm_messages_and_a_broken_hmds_farm(broker, admin):
+    codes = _codes(broker)
+    admin.farm("ushmds", False)
+    wait_until(lambda: 2105 in codes, 5, "2105", poll=broker.ib.sleep)
+    with pytest.raises(IBError) as exc:
+        broker.historical_bars("SMH", "1 day", "5 D")
+    assert exc.value.code == 162 and "HMDS data farm connection is broken" in str(exc.value)
+    admin.farm("ushmds", True)
+    admin.farm("usfarm", False)
+    admin.farm("usfarm", True)
+    admin.farm("secdefnj", True)
+    wait_until(lambda: {2106, 2103, 2104, 2158} <= set(codes), 5, "2106, 2103, 2104, 2158", poll=broker.ib.sleep)
+    assert len(broker.historical_bars("SMH", "1 day", "5 D")) == 5
+
+
+def test_lost_connectivity_1100_refuses_orders_until_1102(broker, admin, exchange):
+    codes = _codes(broker)
+    admin.connectivity(False)
+    wait_until(lambda: 1100 in codes, 5, "1100", poll=broker.ib.sleep)
+    with pytest.raises(BrokerConnectionError, match="IB 1100"):
+        broker.place_order(OrderRequest("AAPL", "BUY", 1, "conn-1"))
+    assert exchange.status()["open_orders"] == [] and exchange.status()["executions"] == 0
+    admin.connectivity(True)
+    wait_until(lambda: 1102 in codes, 5, "1102", poll=broker.ib.sleep)
+    assert broker.wait_for_fill(broker.place_order(OrderRequest("AAPL", "BUY", 1, "conn-1")).order_id, 5).filled == 1
+    admin.connectivity(False)
+    admin.connectivity(True, data_lost=True)
+    wait_until(lambda: 1101 in codes, 5, "1101", poll=broker.ib.sleep)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# hardening: message size, connections, handshakes, the admin token
+
+
+def _raw(port: int):
+    import socket
+
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    return s
+
+
+def _closed(sock, timeout: float = 5.0) -> bool:
+    """Whether the server closed `sock` (reads until EOF or a reset within `timeout`)."""
+    sock.settimeout(timeout)
+    try:
+        while True:
+            if not sock.recv(65536):
+                return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def _handshake(sock, client_id: int) -> None:
+    import struct
+
+    from core.paper_exchange import protocol as P
+
+    body = b"v157..176"
+    sock.sendall(b"API\0" + struct.pack(">I", len(body)) + body)
+    sock.sendall(P.frame([71, 2, client_id, ""]))
+
+
+def test_an_oversized_message_closes_only_that_connection(exchange, broker):
+    import struct
+
+    s = _raw(exchange.port)
+    _handshake(s, 81)
+    s.sendall(struct.pack(">I", 1 << 30) + b"x" * 16)
+    assert _closed(s)
+    assert broker.positions() == []  # the others are unaffected
+
+
+def test_connections_beyond_the_cap_are_closed(make_exchange):
+    ex = make_exchange(state="cap.json", max_connections=2)
+    a, b = _raw(ex.port), _raw(ex.port)
+    wait_until(lambda: len(ex.status()["connections"]) == 2, 5, "two connections")
+    c = _raw(ex.port)
+    assert _closed(c)
+    assert not _closed(a, timeout=0.2)
+    a.close(), b.close()
+
+
+def test_a_half_finished_handshake_times_out(make_exchange):
+    ex = make_exchange(state="hs.json", handshake_timeout=0.3)
+    s = _raw(ex.port)
+    s.sendall(b"API\0")  # and nothing more
+    assert _closed(s)
+    wait_until(lambda: ex.status()["connections"] == [], 5, "the connection gone")
+
+
+def test_the_admin_port_requires_its_token(exchange, tmp_path):
+    import stat
+
+    from core.paper_exchange import AdminError
+    from core.paper_exchange.admin import token_file
+
+    with pytest.raises(AdminError, match="admin token required"):
+        AdminClient(exchange.admin_port, token="wrong").status()
+    path = token_file(tmp_path / "state.json")
+    assert path.read_text().strip() == exchange.admin_token
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert AdminClient(exchange.admin_port, token=exchange.admin_token).status()["account"] == exchange.account
+    with pytest.raises(AdminError, match="too long"):
+        AdminClient(exchange.admin_port).call("status", pad="x" * 70_000)
+
+
+def test_another_process_reads_the_token_from_the_state_dir(exchange, tmp_path, monkeypatch):
+    """What `tradeflow paper-clock` does: no exchange of its own, the token from the configured state file."""
+    from core.paper_exchange.admin import register_token, token_for
+
+    register_token(exchange.admin_port, None)  # as if the exchange ran in another process
+    monkeypatch.setenv("TRADEFLOW_PAPER_STATE_FILE", str(tmp_path / "state.json"))
+    get_settings.cache_clear()
+    try:
+        assert token_for(exchange.admin_port) == exchange.admin_token
+        assert AdminClient(exchange.admin_port).status()["account"] == exchange.account
+    finally:
+        register_token(exchange.admin_port, exchange.admin_token)
+        get_settings.cache_clear()

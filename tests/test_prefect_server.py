@@ -2,9 +2,9 @@
 
 DESIGN.md records two silent breakages of Prefect 3.8 with newer packages (fastapi 0.165 breaks
 `prefect server start`; SQLAlchemy 2.1 stops the scheduler with no visible error but the server log). This
-test uses the session's real server (tests/prefect_support.py: `prefect server start` from the project
-environment, temporary PREFECT_HOME, loopback, free port), creates a deployment with a schedule, and waits for the
-scheduler to create its runs.
+test uses the session's real server (tests/prefect_support.py: Prefect's server app as `prefect server start`
+runs it, through `deployments.prefect_server`, from the project environment, temporary PREFECT_HOME, loopback,
+free port), creates a deployment with a schedule, and waits for the scheduler to create its runs.
 """
 
 from __future__ import annotations

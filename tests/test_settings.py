@@ -38,8 +38,20 @@ def test_environment_and_dotenv(monkeypatch, tmp_path):
         ("IBKR_PORT", "seven", "IBKR_PORT: Input should be a valid integer"),
         ("IBKR_PORT", "70000", "IBKR_PORT: Input should be less than or equal to 65535"),
         ("TRADING_MODE", "real", "TRADING_MODE: Input should be 'paper' or 'live'"),
-        ("TRADEFLOW_DAILY_STOP_FRACTION", "2", "TRADEFLOW_DAILY_STOP_FRACTION: Input should be less than 1"),
+        ("TRADEFLOW_DAILY_STOP_FRACTION", "2",
+         "TRADEFLOW_DAILY_STOP_FRACTION: Input should be less than or equal to 0.5"),
         ("TRADEFLOW_EMA_FAST", "200", "TRADEFLOW_EMA_FAST must be smaller than TRADEFLOW_EMA_SLOW"),
+        # typos or disasters (issue 19): bounds, finite numbers only
+        ("TRADEFLOW_MTF_POSITION_USD", "1e9", "TRADEFLOW_MTF_POSITION_USD: Input should be less than or equal to"),
+        ("TRADEFLOW_MTF_POSITION_USD", "inf", "TRADEFLOW_MTF_POSITION_USD: Input should be a finite number"),
+        ("TRADEFLOW_DAILY_STOP_FRACTION", "nan", "TRADEFLOW_DAILY_STOP_FRACTION: Input should be a finite number"),
+        ("TRADEFLOW_DAILY_STOP_FRACTION", "0.9", "TRADEFLOW_DAILY_STOP_FRACTION: Input should be less than or equal"),
+        ("TRADEFLOW_DEFAULT_LEVERAGE", "50", "TRADEFLOW_DEFAULT_LEVERAGE: Input should be less than or equal to 5"),
+        ("TRADEFLOW_VIX_LEVERAGE", "[[12, 37.5]]", "TRADEFLOW_VIX_LEVERAGE: leverage 37.5 is not in (0, 5]"),
+        ("TRADEFLOW_MTF_DAILY_LOSS_LIMIT_USD", "1e12", "TRADEFLOW_MTF_DAILY_LOSS_LIMIT_USD: Input should be less"),
+        ("TRADEFLOW_MTF_DAILY_LOSS_LIMIT_USD", "30000", "TRADEFLOW_MTF_DAILY_LOSS_LIMIT_USD 30,000.00 USD exceeds "
+                                                        "everything the MTF positions hold"),
+        ("TRADEFLOW_PAPER_RESTART_SECONDS", "-inf", "TRADEFLOW_PAPER_RESTART_SECONDS: Input should be a finite number"),
     ],
 )
 def test_a_wrong_value_names_the_setting(monkeypatch, name, value, message):
@@ -86,3 +98,33 @@ def test_the_project_packages_import_from_any_folder(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize(("name", "meant"), [("TRADEFLOW_EMA_SPAN_FAST", "TRADEFLOW_EMA_FAST"),
+                                             ("TRADEFLOW_MTF_ENTRY_TRESHOLD", "TRADEFLOW_MTF_ENTRY_THRESHOLD")])
+def test_a_misspelled_setting_is_refused_with_the_name_meant(monkeypatch, tmp_path, name, meant):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(name, "10")
+    with pytest.raises(SettingsError, match=f"{name} \\(in the environment\\) is not a setting: did you mean {meant}"):
+        load_settings()
+    monkeypatch.delenv(name)
+    (tmp_path / ".env").write_text(f"{name}=10\n")  # the same in .env
+    with pytest.raises(SettingsError, match=f"{name} \\(in .*\\.env\\) is not a setting: did you mean {meant}"):
+        load_settings()
+
+
+def test_names_read_outside_the_settings_are_not_refused(monkeypatch):
+    monkeypatch.setenv("TRADEFLOW_SKIP_IB_ASYNC", "1")
+    monkeypatch.setenv("TRADEFLOW_LIVE_ACCOUNT", "U1")
+    assert load_settings().live_account == "U1"
+
+
+def test_a_list_setting_that_is_not_json_is_named_in_one_line(monkeypatch, capsys):
+    monkeypatch.setenv("TRADEFLOW_MTF_SYMBOLS", "AAPL")
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    assert str(err.value) == ("invalid settings:\n  TRADEFLOW_MTF_SYMBOLS: not valid JSON (got 'AAPL'): write it as "
+                              "JSON, e.g. TRADEFLOW_MTF_SYMBOLS='[\"AAPL\", \"TSLA\"]'")
+    assert main(["schedule", "--from", "2026-11-23", "--to", "2026-11-23"]) == 2
+    err_out = capsys.readouterr().err
+    assert "TRADEFLOW_MTF_SYMBOLS: not valid JSON" in err_out and "Traceback" not in err_out

@@ -4,8 +4,10 @@ stops every process it started and exits 0."""
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -73,12 +75,12 @@ def test_up_starts_everything_and_ctrl_c_stops_it_all(tmp_path: Path):
                  "tradeflow up to say it is up")
         assert proc.poll() is None, "".join(lines)
         assert httpx.get(ui, timeout=10).status_code == 200  # the UI answers
-        assert httpx.get(f"{ui}/api/deployments/name/ema-entry/ema-entry", timeout=10).status_code == 200
+        _the_api_is_locked(ui, state, lines)
         assert any(f"Prefect UI: {ui}" in line for line in lines)
         assert (state / "prefect" / "prefect.db").exists()  # SQLite in the state directory
         started = descendants(proc.pid)
         names = " ".join(Path(f"/proc/{p}/cmdline").read_text().replace("\0", " ") for p in started if alive(p))
-        assert "prefect server start" in names and "paper-exchange" in names and "worker start" in names
+        assert "deployments.prefect_server" in names and "paper-exchange" in names and "worker start" in names
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=120)
@@ -87,3 +89,43 @@ def test_up_starts_everything_and_ctrl_c_stops_it_all(tmp_path: Path):
     left = [p for p in started if alive(p)]
     assert not left, f"still running after up exited: {left}\n{''.join(lines)}"
     assert "tradeflow up: stopped" in lines[-1]
+
+
+PULL_STEP_INJECTION = {
+    "name": "pwned", "flow_id": "00000000-0000-0000-0000-000000000000", "work_pool_name": "tradeflow",
+    "pull_steps": [{"prefect.deployments.steps.run_shell_script": {"script": "id > /tmp/pwned"}}],
+}
+"""A deployment whose pull step runs a shell command as the worker's user (issue 19, finding 3)."""
+
+
+def _the_api_is_locked(ui: str, state: Path, lines: list[str]) -> None:
+    """The server `up` started requires its auth string (kept 0600 in the state directory), answers only
+    loopback Host headers and its own UI's origin; the worker (and `tradeflow` commands) use the string."""
+    auth_file = state / "prefect" / "api-auth"
+    assert stat.S_IMODE(auth_file.stat().st_mode) == 0o600
+    auth = auth_file.read_text().strip()
+    good = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()}
+    api = f"{ui}/api"
+    deployment = f"{api}/deployments/name/ema-entry/ema-entry"
+    assert httpx.get(deployment, timeout=10).status_code == 401  # no auth: refused
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"tradeflow:guess").decode()}
+    assert httpx.get(deployment, headers=wrong, timeout=10).status_code == 401
+    assert httpx.post(f"{api}/deployments/", json=PULL_STEP_INJECTION, timeout=10).status_code == 401
+    assert httpx.post(f"{api}/block_documents/filter", json={}, timeout=10).status_code == 401  # the alert's URL
+    assert httpx.get(deployment, headers=good, timeout=10).status_code == 200
+    rebound = httpx.get(deployment, headers={**good, "Host": f"attacker.example:{ui.rsplit(':', 1)[1]}"}, timeout=10)
+    assert rebound.status_code == 400  # DNS rebinding: a page whose own name resolves to 127.0.0.1
+    evil = httpx.options(f"{api}/flows/filter", timeout=10,
+                         headers={"Origin": "http://attacker.example", "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in evil.headers
+    own = httpx.options(f"{api}/flows/filter", timeout=10,
+                        headers={"Origin": ui, "Access-Control-Request-Method": "POST"})
+    assert own.headers.get("access-control-allow-origin") == ui
+    assert not Path("/tmp/pwned").exists()
+    assert any(f'PREFECT_API_AUTH_STRING="$(cat {auth_file})"' in line for line in lines)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update({"TRADEFLOW_STATE_DIR": str(state), "PREFECT_API_URL": api})
+    listed = subprocess.run([sys.executable, "-m", "deployments.cli", "deploy", "--check"], cwd=PROJECT_ROOT,
+                            env=env, capture_output=True, text=True, timeout=180)
+    said = listed.stdout + listed.stderr  # `tradeflow` commands send the string from the state directory
+    assert "ema-entry" in listed.stdout and "401" not in said and "Unauthorized" not in said, said

@@ -74,9 +74,11 @@ def test_validate_connection_passes_against_a_running_paper_exchange(paper_excha
     port, _ = paper_exchange_process
     r = run_validate(port, "--order-test")
     assert r.returncode == 0, r.stdout + r.stderr
-    for name in ("connection", "market data", "historical data", "account data", "positions", "order test"):
+    for name in ("connection", "market data", "historical data", "account data", "positions", "order test",
+                 "what-if"):
         assert re.search(rf"^PASS  {name}\s+\d+\.\d\d s ", r.stdout, re.M), r.stdout
-    assert "6 passed, 0 failed" in r.stdout
+    assert "7 passed, 0 failed" in r.stdout
+    assert re.search(r"\(3x NetLiquidation\) fits: initial margin after [\d,.]+ USD", r.stdout), r.stdout
 
 
 def test_validate_connection_fails_clearly_when_nothing_listens():

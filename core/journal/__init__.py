@@ -14,6 +14,8 @@ Writes are idempotent on natural keys: executions by `exec_id`, orders by `order
 (run_id, event). A repeated write changes nothing already recorded.
 """
 
+import duckdb
+
 from core.journal.base import JournalError
 from core.journal.schema import MIGRATIONS, SCHEMA_VERSION
 from core.journal.store import Journal
@@ -23,5 +25,11 @@ from core.order_status import OrderStatus
 TERMINAL_ORDER_STATUSES = OrderStatus.DONE
 """IB order statuses after which an order never changes again (`OrderStatus.DONE`)."""
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "TERMINAL_ORDER_STATUSES", "Journal", "JournalError", "JournalTx",
+UNAVAILABLE = (JournalError, OSError, duckdb.Error)
+"""What a journal transaction raises when the journal cannot be written now: another process holds the file (the
+DuckDB CLI on the live journal), a full or read-only disk, the writer gone. A caller that must go on whatever the
+journal does (an order already sent must still get its stop) keeps the write and writes it when the journal is
+back (`core.orders.OrderGateway.write_or_keep`)."""
+
+__all__ = ["UNAVAILABLE", "MIGRATIONS", "SCHEMA_VERSION", "TERMINAL_ORDER_STATUSES", "Journal", "JournalError", "JournalTx",
            "OrderStatus"]

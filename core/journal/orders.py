@@ -187,6 +187,10 @@ class OrdersTx(TxBase):
 
     # ---- named reads ------------------------------------------------------------------------------------------
 
+    def has_order(self, order_ref: str) -> bool:
+        """Whether an order with this `order_ref` is recorded."""
+        return self._one("SELECT 1 FROM orders WHERE order_ref = ?", [order_ref]) is not None
+
     def order(self, order_ref: str) -> dict[str, Any] | None:
         """The recorded order `order_ref` as a dict of the `orders` columns (status, quantity in shares, order_id,
         perm_id, strategy, symbol, intent, session, ...), or None when the journal has no such order."""

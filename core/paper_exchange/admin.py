@@ -1,7 +1,11 @@
 """The paper exchange's admin interface: JSON lines over a loopback TCP port, and a client for it.
 
-Each request is one JSON object on one line, `{"cmd": NAME, ...arguments}`; each reply is one JSON object on
-one line, `{"ok": true, ...}` or `{"ok": false, "error": "..."}`. Several requests may share a connection.
+Each request is one JSON object on one line, `{"cmd": NAME, "token": TOKEN, ...arguments}`; each reply is one
+JSON object on one line, `{"ok": true, ...}` or `{"ok": false, "error": "..."}`. Several requests may share a
+connection. The token is the exchange's admin token (`PaperExchange.admin_token`: TRADEFLOW_PAPER_ADMIN_TOKEN,
+else the file `<state file>.admin-token` the exchange creates, mode 0600, else a random one for an exchange
+without a state file); a request without the right token is refused and its connection closed. A line longer
+than 64 KiB closes the connection.
 
 Commands:
 - `status`: clock (ISO, America/New_York), speed, account values (USD), positions, open orders, connections.
@@ -15,22 +19,92 @@ Commands:
 - `no_data {"symbol": "VIX", "quotes": true, "history": true}`: the symbol's quotes (live and delayed) get
   IB error 354 and its historical requests IB error 162 (no data), until `clear_faults`.
 - `clear_faults`.
+- The gateway's life: `restart {"seconds": S}` (every connection dropped, the API port closed for S exchange
+  seconds; orders, positions and executions kept; also daily at `restart_time`), `logout` (closed until
+  `login`), `login`, `farm {"name": "usfarm"|"ushmds"|"secdefnj", "ok": bool}` (2103/2104, 2105/2106,
+  2157/2158 to every client; while broken, quotes get 354, history 162, contract details 200),
+  `connectivity {"ok": bool, "data_lost": bool}` (1100; 1101 or 1102; while lost, orders get 201).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
+import os
+import secrets
 import socket
+import threading
+from pathlib import Path
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from .server import PaperExchange
 
+MAX_LINE = 64 * 1024
+_TOKENS: dict[int, str] = {}  # admin port -> token, of the exchanges running in this process
+_TOKENS_LOCK = threading.Lock()
+
+
+def token_file(state_file: Path | str) -> Path:
+    """Where an exchange with `state_file` keeps its admin token."""
+    p = Path(state_file)
+    return p.with_name(p.name.removesuffix(".json") + ".admin-token")
+
+
+def load_or_create_token(state_file: Path | str | None, configured: str | None = None) -> str:
+    """The admin token: `configured` if given, else the token file beside `state_file` (created with a random
+    token, mode 0600, when missing), else a random token (an exchange without a state file)."""
+    if configured:
+        return configured
+    if state_file is None:
+        return secrets.token_hex(16)
+    path = token_file(state_file)
+    if path.exists():
+        text = path.read_text().strip()
+        if text:
+            return text
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(16)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    return token
+
+
+def register_token(port: int, token: str | None) -> None:
+    """Remember (token) or forget (None) the token of an exchange of this process listening on admin `port`."""
+    with _TOKENS_LOCK:
+        if token is None:
+            _TOKENS.pop(port, None)
+        else:
+            _TOKENS[port] = token
+
+
+def token_for(port: int) -> str | None:
+    """The admin token for `port`: an exchange of this process, else TRADEFLOW_PAPER_ADMIN_TOKEN, else the token
+    file of the configured state file (core.settings), else None."""
+    with _TOKENS_LOCK:
+        if port in _TOKENS:
+            return _TOKENS[port]
+    from core.settings import get_settings
+
+    s = get_settings()
+    if s.paper_admin_token:
+        return s.paper_admin_token
+    path = token_file(s.paper_exchange_state_file)
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
 
 def _execute(ex: "PaperExchange", req: dict) -> dict:
     cmd = req.get("cmd")
+    gateway = _gateway_command(ex, cmd, req)
+    if gateway is not None:
+        return gateway
     faults = ex.engine.faults
     if cmd == "status":
         return ex.status()
@@ -89,15 +163,46 @@ def _execute(ex: "PaperExchange", req: dict) -> dict:
     raise ValueError(f"unknown command {cmd!r}")
 
 
+def _gateway_command(ex: "PaperExchange", cmd: Any, req: dict) -> dict | None:
+    """The gateway's life: restart, logout, login, farm, connectivity (None: not one of these)."""
+    if cmd == "restart":
+        seconds = float(req.get("seconds", ex.gateway.restart_seconds))
+        if seconds < 0:
+            raise ValueError("seconds must be >= 0")
+        return {"dropped": ex.go_down(str(req.get("reason", "a restart")), seconds)}
+    if cmd == "logout":
+        return {"dropped": ex.go_down("logged out: IB Gateway needs a login", None)}
+    if cmd == "login":
+        ex._spawn(ex.come_up())
+        return {}
+    if cmd == "farm":
+        ex.set_farm(str(req["name"]), bool(req.get("ok", True)))
+        return {}
+    if cmd == "connectivity":
+        ex.set_connectivity(bool(req.get("ok", True)), bool(req.get("data_lost", False)))
+        return {}
+    return None
+
+
 async def handle_admin(ex: "PaperExchange", reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Serve one admin connection (runs on the exchange's loop, so commands see a consistent state)."""
     try:
         while True:
-            line = await reader.readline()
-            if not line:
+            try:
+                line = await reader.readuntil(b"\n")
+            except asyncio.IncompleteReadError:
+                break
+            except asyncio.LimitOverrunError:
+                writer.write(b'{"ok": false, "error": "request line too long"}\n')
                 break
             try:
                 req = json.loads(line)
+                if not isinstance(req, dict) or not hmac.compare_digest(str(req.pop("token", "")),
+                                                                        ex.admin_token):
+                    writer.write(b'{"ok": false, "error": "admin token required (the exchange\'s admin-token '
+                                 b'file, or TRADEFLOW_PAPER_ADMIN_TOKEN)"}\n')
+                    await writer.drain()
+                    break
                 reply: dict[str, Any] = {"ok": True, **_execute(ex, req)}
             except Exception as exc:  # noqa: BLE001 - every failure goes back to the caller
                 reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
@@ -119,13 +224,16 @@ class AdminClient:
     Example: `AdminClient(port).set_clock(datetime(2026, 3, 2, 10, 0, tzinfo=NY))`.
     """
 
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0):
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0, token: str | None = None):
         self.host, self.port, self.timeout = host, port, timeout
+        self.token = token
 
     def call(self, cmd: str, **args: Any) -> dict:
-        """Send one command; returns the reply without `ok`. Raises AdminError, OSError."""
+        """Send one command; returns the reply without `ok`. The token is the one given, else `token_for(port)`.
+        Raises AdminError, OSError."""
+        token = self.token or token_for(self.port) or ""
         with socket.create_connection((self.host, self.port), timeout=self.timeout) as s:
-            s.sendall((json.dumps({"cmd": cmd, **args}, default=str) + "\n").encode())
+            s.sendall((json.dumps({"cmd": cmd, "token": token, **args}, default=str) + "\n").encode())
             buf = b""
             while not buf.endswith(b"\n"):
                 chunk = s.recv(65536)
@@ -177,3 +285,19 @@ class AdminClient:
 
     def clear_faults(self) -> dict:
         return self.call("clear_faults")
+
+    def restart(self, seconds: float) -> dict:
+        """Drop every connection and close the API port for `seconds` of exchange time (the daily restart)."""
+        return self.call("restart", seconds=seconds)
+
+    def logout(self) -> dict:
+        return self.call("logout")
+
+    def login(self) -> dict:
+        return self.call("login")
+
+    def farm(self, name: str, ok: bool) -> dict:
+        return self.call("farm", name=name, ok=ok)
+
+    def connectivity(self, ok: bool, data_lost: bool = False) -> dict:
+        return self.call("connectivity", ok=ok, data_lost=data_lost)

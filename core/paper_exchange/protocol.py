@@ -149,19 +149,49 @@ class OrderView:
     last_fill_price: float
     completed_time: str = ""
     completed_status: str = ""
+    parent_id: int = 0
+    oca_group: str = ""
+    oca_type: int = 0
+    good_till_date: str = ""
+    what_if: bool = False
+    margin: "OrderMargin | None" = None  # what-if replies: the order's margin impact
+    why_held: str = ""
+
+
+@dataclass(frozen=True)
+class OrderMargin:
+    """The OrderState of a what-if reply (USD): margin and equity with loan before, change, after; commission."""
+
+    init_before: float
+    maint_before: float
+    equity_before: float
+    init_change: float
+    maint_change: float
+    equity_change: float
+    init_after: float
+    maint_after: float
+    equity_after: float
+    commission: float
+    warning: str = ""
+
+    def fields(self) -> list[Any]:
+        """openOrder fields 87..100 (initMarginBefore .. warningText)."""
+        return [self.init_before, self.maint_before, self.equity_before, self.init_change, self.maint_change,
+                self.equity_change, self.init_after, self.maint_after, self.equity_after, self.commission,
+                "", "", "USD", self.warning]
 
 
 def open_order(sv: int, ins: Instrument, o: OrderView) -> list[Any]:
     """openOrder (5): 120 fields at sv 157, 128 at 170-176 for a plain order."""
     f: list[Any] = [5, o.order_id, *ins.c11(), o.action, o.quantity, o.order_type,
-                    o.lmt_price, o.aux_price, o.tif, "", o.account, "", 0, o.order_ref, o.client_id, o.perm_id,
-                    o.outside_rth, False, "", "", "",  # hidden, discretionaryAmt, goodAfterTime, sharesAllocation
-                    "", "", "", "", "", "", "",  # 31..37 faGroup, faMethod, faPct, faProfile, modelCode, GTD, rule80A
+                    o.lmt_price, o.aux_price, o.tif, o.oca_group, o.account, "", 0, o.order_ref, o.client_id,
+                    o.perm_id, o.outside_rth, False, "", "", "",  # hidden, discretionaryAmt, goodAfterTime, shAlloc
+                    "", "", "", "", "", o.good_till_date, "",  # 31..37 faGroup..modelCode, goodTillDate, rule80A
                     ]
     # f now ends at index 37 (rule80A); continue 38 percentOffset .. 63 deltaNeutralAuxPrice
     f += ["", "", "0", "", -1, "", "", "", "", "", "",  # 38..48
-          "", False, False, False, "", "", False, False, "",  # 49..57
-          0, 0, "", "", "", ""]  # 58 parentId .. 63
+          "", False, False, False, "", o.oca_type, False, False, "",  # 49..57 (54 ocaType)
+          o.parent_id, 0, "", "", "", ""]  # 58 parentId .. 63
     f += ["", "", "", "", "", "", ""]  # 64..70
     f += [0, 0, 0]  # 71..73 combo legs, order combo legs, smart combo params
     f += ["", "", ""]  # 74..76 scale
@@ -169,7 +199,8 @@ def open_order(sv: int, ins: Instrument, o: OrderView) -> list[Any]:
     f += [False, "", "", False]  # 78..81
     f += [0]  # 82 dncPresent
     f += [""]  # 83 algoStrategy
-    f += [False, False, o.status, "", "", "", "", "", "", "", "", "", "", "", "", "", "", False, False]  # 84..102
+    state = o.margin.fields() if o.margin else [""] * 14  # 87..100 OrderState margin fields
+    f += [False, o.what_if, o.status, *state, False, False]  # 84..102
     f += [0]  # 103 conditions
     f += ["", "", "", "", "", "", "", 0, "", "", "", "", False, False, False, False]  # 104..119
     if sv >= 159:
@@ -185,10 +216,10 @@ def open_order(sv: int, ins: Instrument, o: OrderView) -> list[Any]:
 
 def completed_order(sv: int, ins: Instrument, o: OrderView) -> list[Any]:
     """completedOrder (101): 92 fields at sv 157, 97 at 170-176."""
-    f: list[Any] = [101, *ins.c11(), o.action, o.quantity, o.order_type, o.lmt_price, o.aux_price, o.tif, "",
-                    o.account, "", 0, o.order_ref, o.perm_id, o.outside_rth, False, "", "",  # ..27
-                    "", "", "", "", "", "", "", "", "", "", "", -1,  # 28..39
-                    "", "", "", "", "", "", False, False, "", "", 0, "", "", "", ""]  # 40..54
+    f: list[Any] = [101, *ins.c11(), o.action, o.quantity, o.order_type, o.lmt_price, o.aux_price, o.tif,
+                    o.oca_group, o.account, "", 0, o.order_ref, o.perm_id, o.outside_rth, False, "", "",  # ..27
+                    "", "", "", "", "", o.good_till_date, "", "", "", "", "", -1,  # 28..39 (33 goodTillDate)
+                    "", "", "", "", "", "", False, False, "", o.oca_type, 0, "", "", "", ""]  # 40..54 (49 ocaType)
     f += ["", "", "", "", ""]  # 55..59
     f += [0, 0, 0]  # 60..62
     f += ["", "", ""]  # 63..65
@@ -206,8 +237,8 @@ def completed_order(sv: int, ins: Instrument, o: OrderView) -> list[Any]:
 
 def order_status(o: OrderView) -> list[Any]:
     """orderStatus (3), 12 fields."""
-    return [3, o.order_id, o.status, o.filled, o.quantity - o.filled, o.avg_fill_price, o.perm_id, 0,
-            o.last_fill_price, o.client_id, "", 0.0]
+    return [3, o.order_id, o.status, o.filled, o.quantity - o.filled, o.avg_fill_price, o.perm_id, o.parent_id,
+            o.last_fill_price, o.client_id, o.why_held, 0.0]
 
 
 @dataclass
@@ -228,13 +259,14 @@ class ExecView:
     order_ref: str
     commission: float
     realized_pnl: float
+    liquidation: bool = False
 
 
 def exec_details(req_id: int, ins: Instrument, e: ExecView) -> list[Any]:
     """execDetails (11): exactly 31 fields, no version field."""
     exch = "ISLAND" if ins.sec_type == "STK" else ins.exchange
     return [11, req_id, e.order_id, *ins.c11(), e.exec_id, e.time_str, e.account, exch, e.side, e.shares,
-            e.price, e.perm_id, e.client_id, 0, e.cum_qty, e.avg_price, e.order_ref, "", "", "", 1]
+            e.price, e.perm_id, e.client_id, 1 if e.liquidation else 0, e.cum_qty, e.avg_price, e.order_ref, "", "", "", 1]
 
 
 def commission_report(e: ExecView) -> list[Any]:
@@ -325,6 +357,47 @@ def tick_snapshot_end(req_id: int) -> list[Any]:
     return [57, 1, req_id]
 
 
+def historical_data_update(req_id: int, bar: tuple) -> list[Any]:
+    """historicalDataUpdate (90) of a keepUpToDate request: bar is (date_str, open, high, low, close, volume,
+    wap, count); the wire order is barCount, date, open, close, high, low, wap, volume."""
+    ds, o, h, l, c, v, wap, n = bar
+    return [90, req_id, n, ds, o, c, h, l, wap, v]
+
+
+def pnl(req_id: int, daily: float, unrealized: float, realized: float) -> list[Any]:
+    """pnl (94): the account's daily, unrealized and realized P&L (USD)."""
+    return [94, req_id, round(daily, 4), round(unrealized, 4), round(realized, 4)]
+
+
+def pnl_single(req_id: int, position: float, daily: float, unrealized: float, realized: float,
+               value: float) -> list[Any]:
+    """pnlSingle (95): one position's shares, daily/unrealized/realized P&L and market value (USD)."""
+    return [95, req_id, position, round(daily, 4), round(unrealized, 4), round(realized, 4), round(value, 4)]
+
+
+def head_timestamp(req_id: int, stamp: str) -> list[Any]:
+    """headTimestamp (88): the earliest bar's time."""
+    return [88, req_id, stamp]
+
+
+def symbol_samples(sv: int, req_id: int, found: list[Instrument]) -> list[Any]:
+    """symbolSamples (79) of reqMatchingSymbols; sv >= 176 adds description and issuerId."""
+    f: list[Any] = [79, req_id, len(found)]
+    for ins in found:
+        f += [ins.con_id, ins.symbol, ins.sec_type, ins.primary_exchange, ins.currency, 0]
+        if sv >= 176:
+            f += [ins.long_name or ins.symbol, ""]
+    return f
+
+
+def market_rule(rule_id: int, increments: list[tuple[float, float]]) -> list[Any]:
+    """marketRule (93): (lowEdge, increment) pairs."""
+    f: list[Any] = [93, rule_id, len(increments)]
+    for low, inc in increments:
+        f += [low, inc]
+    return f
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # client -> server parsing
 
@@ -348,7 +421,9 @@ class ContractRef:
 
 @dataclass
 class PlaceOrderRequest:
-    """The fields of placeOrder (3) the exchange acts on (non-BAG prefix; indices of the reference)."""
+    """The fields of placeOrder (3) the exchange acts on (indices of the reference, walked as
+    `Client.placeOrder` writes them). `unsupported` names a feature the exchange rejects (combo, conditions,
+    algo, ...) or is ''."""
 
     order_id: int
     contract: ContractRef
@@ -363,6 +438,12 @@ class PlaceOrderRequest:
     transmit: bool
     outside_rth: bool
     what_if: bool
+    parent_id: int = 0
+    oca_group: str = ""
+    oca_type: int = 0
+    good_till_date: str = ""
+    good_after_time: str = ""
+    unsupported: str = ""
 
 
 def _opt_float(s: str) -> float | None:
@@ -372,30 +453,62 @@ def _opt_float(s: str) -> float | None:
     return None if v >= UNSET_DOUBLE else v
 
 
+def _opt_int(s: str) -> int:
+    if s in ("", None):
+        return 0
+    v = int(float(s))
+    return 0 if v >= UNSET_INTEGER else v
+
+
 def parse_place_order(f: list[str], sv: int) -> PlaceOrderRequest:
-    """Parse placeOrder (3). `what_if` is read from its fixed offset from the end for plain orders (no
-    conditions, not PEG BENCH); conditional orders are rejected by the server before that matters."""
+    """Parse placeOrder (3) at server version `sv` by walking its sections in the order `Client.placeOrder`
+    writes them (combo legs, delta-neutral, scale, hedge, algo parameters) up to `whatIf`. Combos (BAG) and
+    conditions are not walked further: `unsupported` says so and the server rejects the order."""
+    unsupported = ""
     what_if = False
-    # tail after whatIf: orderMiscOptions, solicited, randomizeSize, randomizePrice, nConditions(0),
-    # 19 adjusted/mifid/... fields, then version-gated extras
-    extras = 0
-    if sv >= 158:
-        extras += 1
-    if sv >= 160:
-        extras += 1
-    if sv >= 162:
-        extras += 1
-    if sv >= 166:
-        extras += 1
-    if sv >= 169:
-        extras += 1
-    try:
-        idx = len(f) - (1 + 4 + 1 + 19 + extras)
-        what_if = f[idx] == "1"
-    except IndexError:  # pragma: no cover - malformed
-        pass
+    good_after = good_till = ""
+    oca_type = 0
+    i = 35
+    if f[4].upper() == "BAG":
+        unsupported = "combo (BAG) orders"
+    else:
+        try:
+            # 35 sharesAllocation, 36 discretionaryAmt, 37 goodAfterTime, 38 goodTillDate, 39..42 fa*, 43 modelCode,
+            # 44 shortSaleSlot, 45 designatedLocation, 46 exemptCode, 47 ocaType, ... 65 deltaNeutralOrderType
+            good_after, good_till, oca_type = f[37], f[38], _opt_int(f[47])
+            dn_type = f[65]
+            i = 67 + (8 if dn_type else 0)
+            # continuousUpdate, referencePriceType, trailStopPrice, trailingPercent, scaleInit, scaleSubs, scaleIncr
+            scale_incr = _opt_float(f[i + 6]) or 0.0
+            i += 7 + (7 if scale_incr > 0 else 0)
+            hedge_type = f[i + 3]  # scaleTable, activeStartTime, activeStopTime, hedgeType
+            i += 4 + (1 if hedge_type else 0)
+            i += 4  # optOutSmartRouting, clearingAccount, clearingIntent, notHeld
+            i += 4 if f[i] == "1" else 1  # deltaNeutralContract
+            algo = f[i]
+            i += 1
+            if algo:
+                unsupported = unsupported or f"algo orders ({algo})"
+                n = _opt_int(f[i])
+                i += 1 + 2 * n
+            what_if = f[i + 1] == "1"  # algoId, whatIf
+            if dn_type:
+                unsupported = unsupported or "delta-neutral orders"
+            if hedge_type:
+                unsupported = unsupported or "hedge orders"
+            if scale_incr > 0:
+                unsupported = unsupported or "scale orders"
+            k = i + 6  # orderMiscOptions, solicited, randomizeSize, randomizePrice
+            if f[18].upper() in ("PEG BENCH", "PEGBENCH"):
+                k += 5
+            if _opt_int(f[k]):
+                unsupported = unsupported or "conditional orders"
+        except (IndexError, ValueError):
+            unsupported = "a placeOrder message the exchange could not read"
     return PlaceOrderRequest(
         order_id=int(f[1]), contract=ContractRef.parse(f, 2), action=f[16].upper(),
         quantity=float(f[17] or 0), order_type=f[18].upper(), lmt_price=_opt_float(f[19]),
-        aux_price=_opt_float(f[20]), tif=f[21] or "DAY", account=f[23], order_ref=f[26],
-        transmit=f[27] != "0", outside_rth=f[33] == "1", what_if=what_if)
+        aux_price=_opt_float(f[20]), tif=(f[21] or "DAY").upper(), account=f[23], order_ref=f[26],
+        transmit=f[27] != "0", outside_rth=f[33] == "1", what_if=what_if, parent_id=_opt_int(f[28]),
+        oca_group=f[22], oca_type=oca_type, good_till_date=good_till, good_after_time=good_after,
+        unsupported=unsupported)

@@ -4,7 +4,8 @@
 client's range is intersected with the configured version): the handshake, startApi, every request ib_insync's
 `connect()` issues, and the requests the Broker uses (contract details, historical data, market data
 snapshots and streams, orders, cancels, executions, positions, account updates and summaries, completed
-orders, current time, ids, market data type). Unknown requests are logged at WARNING and ignored.
+orders, current time, ids, market data type, P&L, head timestamps, matching symbols, market rules). A request it
+does not implement is answered at once with the error IB would give (`UNSUPPORTED`); nothing goes unanswered.
 
 The admin interface (see `admin.py`) is JSON lines on a second loopback port. Use `start()`/`stop()` to run
 the exchange on a background thread (tests, sync code), or `await serve_forever()` on a loop of your own
@@ -19,11 +20,13 @@ import re
 import struct
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from datetime import time as dt_time
 from pathlib import Path
 from typing import Any
 
 from . import protocol as P
+from .admin import load_or_create_token
 from .clock import ExchangeClock
 from .engine import Engine, EngineConfig, Execution, Order, OrderError, exec_time_str
 from .market_data import NY, BadRequestError, MarketData
@@ -33,6 +36,55 @@ log = logging.getLogger("tradeflow.paper_exchange")
 KNOWN_CON_IDS = {"AAPL": 265598, "TSLA": 76792991, "SPY": 756733, "SMH": 225130744, "VIX": 13455763}
 INDICES = {"VIX": ("CBOE", "CBOE Volatility Index")}
 PRIMARY = {"SPY": "ARCA", "SMH": "NASDAQ"}
+
+MAX_MESSAGE_BYTES = 1 << 20
+"""A client message announcing more than this (1 MiB; a placeOrder is about 1 KiB) closes its connection."""
+MAX_CONNECTIONS = 32
+"""Client connections at once (TWS and IB Gateway take 32 API clients)."""
+HANDSHAKE_TIMEOUT = 10.0
+"""Real seconds a client has to send the magic, its version range and startApi."""
+
+FARMS = {"usfarm": (2104, 2103), "ushmds": (2106, 2105), "secdefnj": (2158, 2157)}
+"""Data farms: (code when OK, code when broken), as IB Gateway reports them."""
+FARM_TEXT = {
+    2104: "Market data farm connection is OK", 2103: "Market data farm connection is broken",
+    2106: "HMDS data farm connection is OK", 2105: "HMDS data farm connection is broken",
+    2158: "Sec-def data farm connection is OK", 2157: "Sec-def data farm connection is broken",
+    1100: "Connectivity between IB and Trader Workstation has been lost.",
+    1101: "Connectivity between IB and Trader Workstation has been restored - data lost.",
+    1102: "Connectivity between IB and Trader Workstation has been restored - data maintained.",
+}
+
+
+class MessageTooLarge(Exception):
+    """A client announced a message longer than MAX_MESSAGE_BYTES."""
+
+
+@dataclass
+class Gateway:
+    """The life of the IB Gateway the exchange stands in for.
+
+    up: whether the API port is open; down_until: exchange epoch seconds when it opens again (None while down:
+    until an explicit login); reason: why it is down. connected: whether the gateway reaches IB's servers
+    (1100 when lost, 1101/1102 when restored). farms: data farm -> OK. restart_time/restart_seconds: the daily
+    restart (New York wall time) and how long the port stays closed.
+    """
+
+    restart_time: dt_time | None = None
+    restart_seconds: float = 120.0
+    up: bool = True
+    down_until: int | None = None
+    reason: str = ""
+    connected: bool = True
+    farms: dict[str, bool] = field(default_factory=lambda: {f: True for f in FARMS})
+    restarts: int = 0
+
+    def as_dict(self) -> dict:
+        return {"up": self.up, "reason": self.reason, "down_until": self.down_until, "connected": self.connected,
+                "farms": dict(self.farms), "restarts": self.restarts,
+                "restart_time": self.restart_time.strftime("%H:%M") if self.restart_time else None,
+                "restart_seconds": self.restart_seconds}
+
 
 _MARKET_DATA_CACHE: dict[str, MarketData] = {}
 _CACHE_LOCK = threading.Lock()
@@ -71,10 +123,24 @@ class _Conn:
     summary_subs: dict[int, list[str]] = field(default_factory=dict)
     mkt_subs: dict[int, tuple[str, bool]] = field(default_factory=dict)  # reqId -> (symbol, delayed)
     last_ticks: dict[int, float] = field(default_factory=dict)
+    hist_subs: dict[int, "_BarSub"] = field(default_factory=dict)  # keepUpToDate historical requests
+    pnl_subs: dict[int, str | None] = field(default_factory=dict)  # reqId -> symbol (None: the account)
+    last_pnl: dict[int, tuple] = field(default_factory=dict)
 
     def send(self, fields: list[Any]) -> None:
         if not self.writer.is_closing():
             self.writer.write(P.frame(fields))
+
+
+@dataclass
+class _BarSub:
+    """A keepUpToDate historical request: symbol, bar size, duration, date format and the bars sent."""
+
+    symbol: str
+    bar_size: str
+    duration: str
+    fmt_date: str
+    sent: dict[int, tuple] = field(default_factory=dict)  # bar start -> row sent
 
 
 def _parse_end(s: str) -> float | None:
@@ -94,6 +160,50 @@ def _parse_end(s: str) -> float | None:
     return naive.replace(tzinfo=tz).timestamp()
 
 
+def _bar_row(b: tuple, bar_size: str, fmt_date: str) -> tuple:
+    """One bar of MarketData.history as historicalData writes it: (date, open, high, low, close, volume, wap,
+    count); daily bars dated YYYYMMDD, others 'YYYYMMDD HH:MM:SS America/New_York' or epoch (formatDate 2)."""
+    start, session, o, h, l, c, v = b
+    if bar_size == "1 day":
+        ds = str(session)
+    elif fmt_date == "2":
+        ds = str(start)
+    else:
+        ds = datetime.fromtimestamp(start, NY).strftime("%Y%m%d %H:%M:%S") + " America/New_York"
+    return (ds, o, h, l, c, v, round((h + l + c) / 3, 4), 1)
+
+
+NO_REPLY = {11, 13, 14, 23, 51, 53, 56, 57, 70, 75, 89, 90, 98, 101, 103}
+"""Cancel requests (and setServerLogLevel) to which IB sends nothing."""
+
+_NOT_FA = "Error validating request.-'vd' : cause - FA data operations ignored for non FA customers."
+UNSUPPORTED: dict[int, tuple[str, int | None, int, str]] = {
+    # msgId: (request, index of its reqId field, IB error code, IB's text ('' for the generic 321 text))
+    10: ("reqMktDepth", 2, 10089, "Requested market data requires additional subscription for API. Market depth "
+                                  "is not available from the paper exchange."),
+    97: ("reqTickByTickData", 1, 10089, "Requested market data requires additional subscription for API. "
+                                        "Tick-by-tick data is not available from the paper exchange."),
+    50: ("reqRealTimeBars", 2, 420, "Invalid Real-time Query:No market data permissions for real-time bars on the "
+                                    "paper exchange."),
+    52: ("reqFundamentalData", 2, 430, "We are sorry, but fundamentals data for the security specified is not "
+                                       "available."),
+    88: ("reqHistogramData", 1, 162, "Historical Market Data Service error message:histogram data is not "
+                                     "available from the paper exchange"),
+    96: ("reqHistoricalTicks", 1, 162, "Historical Market Data Service error message:historical ticks are not "
+                                       "available from the paper exchange"),
+    18: ("requestFA", None, 321, _NOT_FA), 19: ("replaceFA", 4, 321, _NOT_FA),
+    21: ("exerciseOptions", 2, 321, ""), 22: ("reqScannerSubscription", 1, 321, ""),
+    24: ("reqScannerParameters", None, 321, ""), 54: ("calculateImpliedVolatility", 2, 321, ""),
+    55: ("calculateOptionPrice", 2, 321, ""), 65: ("verifyRequest", None, 321, ""),
+    66: ("verifyMessage", None, 321, ""), 67: ("queryDisplayGroups", 2, 321, ""),
+    68: ("subscribeToGroupEvents", 2, 321, ""), 69: ("updateDisplayGroup", 2, 321, ""),
+    72: ("verifyAndAuthRequest", None, 321, ""), 73: ("verifyAndAuthMessage", None, 321, ""),
+    84: ("reqNewsArticle", 1, 321, ""), 100: ("reqWshMetaData", 1, 321, ""), 102: ("reqWshEventData", 1, 321, ""),
+}
+"""Requests the paper exchange does not implement: each is answered at once with the error IB gives an account
+without that data or permission (10089 / 420 / 430 / 162), or IB's 321 validation error."""
+
+
 class PaperExchange:
     """A TWS-API-speaking paper exchange.
 
@@ -107,11 +217,19 @@ class PaperExchange:
         config: account parameters (starting cash USD, max leverage, account id, commission schedule).
         realtime: whether live market data is "subscribed"; when false, live requests get IB error 354 and
             clients must ask for delayed data (reqMarketDataType 3).
+        admin_token: the admin port's token (default: the token file beside `state_file`, see admin.py).
+        restart_time / restart_seconds: the gateway's daily restart (New York wall time; None: never) and how
+            long (exchange seconds) the port stays closed then.
+        max_connections: client connections accepted at once (IB: 32); more are closed at once.
+        handshake_timeout: real seconds a client has to complete the handshake and startApi.
     """
 
     def __init__(self, data_dir: Path | str, *, start: datetime, speed: float | None = None, port: int = 0,
                  admin_port: int = 0, server_version: int = 176, state_file: Path | str | None = None,
-                 config: EngineConfig | None = None, realtime: bool = True, resume: bool = False):
+                 config: EngineConfig | None = None, realtime: bool = True, resume: bool = False,
+                 admin_token: str | None = None, restart_time: dt_time | None = None,
+                 restart_seconds: float = 120.0, max_connections: int = MAX_CONNECTIONS,
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT):
         if server_version not in P.SUPPORTED_SERVER_VERSIONS:
             raise ValueError(f"server_version must be one of {P.SUPPORTED_SERVER_VERSIONS}")
         self.market = shared_market_data(data_dir)
@@ -137,6 +255,12 @@ class PaperExchange:
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
         self._last_account_push = 0.0
+        self.admin_token = load_or_create_token(state_file, admin_token)
+        self.max_connections = max_connections
+        self.handshake_timeout = handshake_timeout
+        self.gateway = Gateway(restart_time=restart_time, restart_seconds=restart_seconds)
+        self._tws_server: asyncio.AbstractServer | None = None
+        self._last_clock = self.now()
 
     # --- lifecycle -------------------------------------------------------------------------------------------
 
@@ -147,14 +271,20 @@ class PaperExchange:
     def now(self) -> int:
         return int(self.clock.now())
 
-    async def _start_servers(self) -> None:
-        self._stopping = asyncio.Event()
+    async def _open_tws_port(self) -> None:
         srv = await asyncio.start_server(self._handle_client, self.host, self.port)
         self.port = srv.sockets[0].getsockname()[1]
-        from .admin import handle_admin
-        adm = await asyncio.start_server(lambda r, w: handle_admin(self, r, w), self.host, self.admin_port)
+        self._tws_server = srv
+
+    async def _start_servers(self) -> None:
+        self._stopping = asyncio.Event()
+        await self._open_tws_port()
+        from .admin import MAX_LINE, handle_admin, register_token
+        adm = await asyncio.start_server(lambda r, w: handle_admin(self, r, w), self.host, self.admin_port,
+                                         limit=MAX_LINE)
         self.admin_port = adm.sockets[0].getsockname()[1]
-        self._servers = [srv, adm]
+        register_token(self.admin_port, self.admin_token)
+        self._servers = [adm]
         self._spawn(self._ticker())
         self.engine.clock = self.now()
         log.info("paper exchange on %s:%d (admin %d), server version %d, account %s, clock %s", self.host,
@@ -180,6 +310,10 @@ class PaperExchange:
                 pass
 
     async def _shutdown(self) -> None:
+        from .admin import register_token
+        register_token(self.admin_port, None)
+        if self._tws_server is not None:
+            self._servers.append(self._tws_server)
         for s in self._servers:
             s.close()
         for c in list(self._conns):
@@ -233,13 +367,18 @@ class PaperExchange:
             await asyncio.sleep(0.05)
             if self.clock.speed:
                 self.on_clock_moved()
+            self._gateway_tick()
 
     def on_clock_moved(self) -> None:
         """Match open orders against the new clock and tell clients (called on the loop)."""
         now = self.now()
+        self._gateway_schedule(self._last_clock, now)
+        self._last_clock = now
         fills = self.engine.advance(now)
         self._publish_fills(fills, now)
         self._push_streams(now)
+        self._push_bar_updates(now)
+        self._push_pnl(now)
         # prices moved: re-send account values (a running clock at most once a real second)
         mono = asyncio.get_running_loop().time()
         if not fills and (not self.clock.speed or mono - self._last_account_push >= 1.0):
@@ -248,31 +387,55 @@ class PaperExchange:
 
     # --- connections -----------------------------------------------------------------------------------------
 
+    async def _handshake(self, conn: _Conn) -> bool:
+        """The magic, the version range and startApi; False when the client is refused (and to be closed)."""
+        reader, writer = conn.reader, conn.writer
+        magic = await reader.readexactly(4)
+        if magic != b"API\0":
+            log.warning("not a TWS API client (%r); closing", magic)
+            return False
+        body = await self._read_msg(reader)
+        m = re.match(r"v(\d+)(?:\.\.(\d+))?", body.decode(errors="replace"))
+        if not m:
+            log.warning("bad version range %r; closing", body)
+            return False
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        sv = min(hi, self.server_version)
+        if sv < lo or sv < P.MIN_CLIENT_VERSION:
+            log.warning("client versions %d..%d outside what the exchange speaks; closing", lo, hi)
+            return False
+        conn.sv = sv
+        conn.send(P.handshake(sv, self.clock.now_dt().strftime("%Y%m%d %H:%M:%S UTC")))
+        await writer.drain()
+        while conn.client_id is None:  # startApi (anything else first is ignored, as before)
+            fields = P.split_fields(await self._read_msg(reader))
+            if fields and self._dispatch(conn, fields) is False:
+                await writer.drain()  # the refusal (326) reaches the client before the close
+                return False
+            await writer.drain()
+        return True
+
     async def _handle_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = _Conn(reader, writer)
-        self._conns.append(conn)
         task = asyncio.current_task()
         if task:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        if len(self._conns) >= self.max_connections or not self.gateway.up:
+            log.warning("refused a connection: %s", "the gateway is down (%s)" % self.gateway.reason
+                        if not self.gateway.up else f"{self.max_connections} connections already")
+            writer.transport.abort()
+            return
+        self._conns.append(conn)
         try:
-            magic = await reader.readexactly(4)
-            if magic != b"API\0":
-                log.warning("not a TWS API client (%r); closing", magic)
+            try:
+                ok = await asyncio.wait_for(self._handshake(conn), self.handshake_timeout)
+            except asyncio.TimeoutError:
+                log.warning("handshake not completed within %g s; closing", self.handshake_timeout)
                 return
-            body = await self._read_msg(reader)
-            m = re.match(r"v(\d+)(?:\.\.(\d+))?", body.decode(errors="replace"))
-            if not m:
-                log.warning("bad version range %r; closing", body)
+            if not ok:
                 return
-            lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-            sv = min(hi, self.server_version)
-            if sv < lo or sv < P.MIN_CLIENT_VERSION:
-                log.warning("client versions %d..%d outside what the exchange speaks; closing", lo, hi)
-                return
-            conn.sv = sv
-            conn.send(P.handshake(sv, self.clock.now_dt().strftime("%Y%m%d %H:%M:%S UTC")))
-            await writer.drain()
+            self._greet(conn)
             while True:
                 body = await self._read_msg(reader)
                 fields = P.split_fields(body)
@@ -291,6 +454,8 @@ class PaperExchange:
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        except MessageTooLarge as exc:
+            log.warning("%s; closing the connection (client %s)", exc, conn.client_id)
         except asyncio.CancelledError:
             pass
         finally:
@@ -305,6 +470,8 @@ class PaperExchange:
     @staticmethod
     async def _read_msg(reader: asyncio.StreamReader) -> bytes:
         (n,) = struct.unpack(">I", await reader.readexactly(4))
+        if n > MAX_MESSAGE_BYTES:
+            raise MessageTooLarge(f"a message of {n} bytes announced (at most {MAX_MESSAGE_BYTES})")
         return await reader.readexactly(n)
 
     def drop_connections(self, client_id: int | None = None) -> int:
@@ -333,10 +500,22 @@ class PaperExchange:
             log.warning("request %d before startApi; ignored", msg_id)
             return True
         handler = self._handlers.get(msg_id)
-        if handler is None:
-            log.warning("unhandled request %d (%s); no reply sent", msg_id, "|".join(f[:6]))
+        if handler is not None:
+            return handler(self, conn, f) is not False
+        if msg_id in NO_REPLY:
             return True
-        return handler(self, conn, f) is not False
+        name, pos, code, text = UNSUPPORTED.get(msg_id, (f"message {msg_id}", None, 321, ""))
+        req_id = -1
+        if pos is not None and len(f) > pos:
+            try:
+                req_id = int(f[pos])
+            except ValueError:
+                req_id = -1
+        text = text or (f"Error validating request.-'{msg_id}' : cause - {name} is not supported by the paper "
+                        "exchange")
+        log.warning("request %s (%d) is not implemented: answered with IB error %d", name, msg_id, code)
+        conn.send(P.error(conn.sv, req_id, code, text))
+        return True
 
     def _start_api(self, conn: _Conn, f: list[str]) -> bool:
         client_id = int(f[2])
@@ -347,11 +526,126 @@ class PaperExchange:
         conn.client_id = client_id
         conn.send(P.managed_accounts([self.account]))
         conn.send(P.next_valid_id(self.engine.next_order_id))
-        conn.send(P.error(conn.sv, -1, 2104, "Market data farm connection is OK:usfarm"))
         return True
+
+    def _greet(self, conn: _Conn) -> None:
+        """What IB Gateway says after startApi: the state of IB's servers and of each data farm."""
+        if not self.gateway.connected:
+            conn.send(P.error(conn.sv, -1, 1100, FARM_TEXT[1100]))
+        for farm in FARMS:
+            code = FARMS[farm][0 if self.gateway.farms[farm] else 1]
+            conn.send(P.error(conn.sv, -1, code, f"{FARM_TEXT[code]}:{farm}"))
 
     def _req_ids(self, conn: _Conn, f: list[str]) -> None:
         conn.send(P.next_valid_id(self.engine.next_order_id))
+
+    def _req_managed_accounts(self, conn: _Conn, f: list[str]) -> None:
+        conn.send(P.managed_accounts([self.account]))
+
+    def _req_head_timestamp(self, conn: _Conn, f: list[str]) -> None:
+        req_id = int(f[1])
+        sym = self._symbol_of(P.ContractRef.parse(f, 2))
+        if sym is None:
+            conn.send(P.error(conn.sv, req_id, 200, "No security definition has been found for the request"))
+            return
+        series = self.market.get(sym)
+        first = min(int(x.start[0]) for x in series.series.values() if len(x))
+        fmt_date = f[17] if len(f) > 17 else "1"
+        stamp = str(first) if fmt_date == "2" else \
+            datetime.fromtimestamp(first, NY).strftime("%Y%m%d %H:%M:%S") + " America/New_York"
+        conn.send(P.head_timestamp(req_id, stamp))
+
+    def _req_matching_symbols(self, conn: _Conn, f: list[str]) -> None:
+        req_id, pattern = int(f[1]), f[2].upper().strip()
+        found = []
+        if pattern:
+            names = sorted({p.stem.upper() for k in ("5m", "1h", "daily")
+                            for p in (self.market.root / k).glob("*.csv")})
+            found = [instrument(n) for n in names if n.startswith(pattern)][:16]
+        conn.send(P.symbol_samples(conn.sv, req_id, found))
+
+    def _req_market_rule(self, conn: _Conn, f: list[str]) -> None:
+        rule = int(f[1])
+        if rule != 26:
+            conn.send(P.error(conn.sv, -1, 321, f"Error validating request.-'91' : cause - unknown market rule {rule}"))
+            return
+        conn.send(P.market_rule(26, [(0.0, 0.01)]))  # US stocks: 0.01 at every price >= 1 USD
+
+    def _req_sec_def_opt_params(self, conn: _Conn, f: list[str]) -> None:
+        conn.send([76, int(f[1])])  # no options are listed on the paper exchange: the End at once
+
+    def _req_soft_dollar_tiers(self, conn: _Conn, f: list[str]) -> None:
+        conn.send([77, int(f[1]), 0])
+
+    def _req_family_codes(self, conn: _Conn, f: list[str]) -> None:
+        conn.send([78, 1, self.account, ""])
+
+    def _req_mkt_depth_exchanges(self, conn: _Conn, f: list[str]) -> None:
+        conn.send([80, 0])
+
+    def _req_smart_components(self, conn: _Conn, f: list[str]) -> None:
+        conn.send([82, int(f[1]), 0])
+
+    def _req_news_providers(self, conn: _Conn, f: list[str]) -> None:
+        conn.send([85, 0])
+
+    def _req_historical_news(self, conn: _Conn, f: list[str]) -> None:
+        conn.send([87, int(f[1]), 0])  # historicalNewsEnd, hasMore false: no news providers subscribed
+
+    def _req_user_info(self, conn: _Conn, f: list[str]) -> None:
+        conn.send([107, int(f[1]), ""])
+
+    def _req_positions_multi(self, conn: _Conn, f: list[str]) -> None:
+        req_id = int(f[2])
+        for sym, pos in self.engine.positions.items():
+            if pos.quantity != 0:
+                conn.send([71, 1, req_id, self.account, *instrument(sym).c11(), pos.quantity,
+                           round(pos.avg_cost, 8), ""])
+        conn.send([72, 1, req_id])
+
+    # P&L ---------------------------------------------------------------------------------------------------
+
+    def _pnl_fields(self, req_id: int, sym: str | None, now: int) -> list:
+        v = self.engine.pnl(now, sym)
+        if sym is None:
+            return P.pnl(req_id, v["daily"], v["unrealized"], v["realized"])
+        return P.pnl_single(req_id, v["position"], v["daily"], v["unrealized"], v["realized"], v["value"])
+
+    def _req_pnl(self, conn: _Conn, f: list[str]) -> None:
+        req_id, account = int(f[1]), f[2]
+        if account and account != self.account:
+            conn.send(P.error(conn.sv, req_id, 321, f"Error validating request.-'92' : cause - unknown account "
+                                                    f"{account}"))
+            return
+        conn.pnl_subs[req_id] = None
+        self._send_pnl(conn, req_id, self.now(), force=True)
+
+    def _req_pnl_single(self, conn: _Conn, f: list[str]) -> None:
+        req_id, account, con_id = int(f[1]), f[2], int(f[4] or 0)
+        sym = next((s for s in self.engine.positions if instrument(s).con_id == con_id), None)
+        if sym is None:
+            sym = next((s for s, c in KNOWN_CON_IDS.items() if c == con_id and self.market.has(s)), None)
+        if sym is None or (account and account != self.account):
+            conn.send(P.error(conn.sv, req_id, 321, "Error validating request.-'94' : cause - no position or "
+                                                    f"contract {con_id} in account {account or self.account}"))
+            return
+        conn.pnl_subs[req_id] = sym
+        self._send_pnl(conn, req_id, self.now(), force=True)
+
+    def _send_pnl(self, conn: _Conn, req_id: int, now: int, force: bool = False) -> None:
+        fields = self._pnl_fields(req_id, conn.pnl_subs[req_id], now)
+        if force or conn.last_pnl.get(req_id) != tuple(fields):
+            conn.last_pnl[req_id] = tuple(fields)
+            conn.send(fields)
+
+    def _cancel_pnl(self, conn: _Conn, f: list[str]) -> None:
+        conn.pnl_subs.pop(int(f[1]), None)
+        conn.last_pnl.pop(int(f[1]), None)
+
+    def _push_pnl(self, now: int) -> None:
+        for conn in self._conns:
+            for req_id in list(conn.pnl_subs):
+                self._send_pnl(conn, req_id, now)
 
     def _req_current_time(self, conn: _Conn, f: list[str]) -> None:
         conn.send(P.current_time(self.now()))
@@ -383,6 +677,10 @@ class PaperExchange:
 
     def _req_contract_details(self, conn: _Conn, f: list[str]) -> None:
         req_id = int(f[2])
+        broken = self._farm_error("secdefnj")
+        if broken:
+            conn.send(P.error(conn.sv, req_id, 200, f"No security definition could be looked up: {broken}"))
+            return
         sym = self._symbol_of(P.ContractRef.parse(f, 3))
         if sym is None:
             conn.send(P.error(conn.sv, req_id, 200, "No security definition has been found for the request"))
@@ -400,9 +698,18 @@ class PaperExchange:
         if sym is None:
             conn.send(P.error(conn.sv, req_id, 200, "No security definition has been found for the request"))
             return
+        broken = self._farm_error("ushmds")
+        if broken:
+            conn.send(P.error(conn.sv, req_id, 162, f"Historical Market Data Service error message:{broken}"))
+            return
         if "history" in self.engine.faults.no_data.get(sym, ()):
             conn.send(P.error(conn.sv, req_id, 162, "Historical Market Data Service error message:HMDS query "
                                                     f"returned no data ({sym}: no_data fault)"))
+            return
+        keep = len(f) > 21 and f[21] == "1" and c.sec_type != "BAG"
+        if keep and end_s.strip():
+            conn.send(P.error(conn.sv, req_id, 321, "Error validating request.-'bP' : cause - End date not "
+                                                    "supported with live updates"))
             return
         now = self.now()
         try:
@@ -416,19 +723,33 @@ class PaperExchange:
             conn.send(P.error(conn.sv, req_id, 162, "Historical Market Data Service error message:HMDS query "
                                                     "returned no data"))
             return
-        daily = bar_size == "1 day"
-        out = []
-        for start, session, o, h, l, c_, v in bars:
-            if daily:
-                ds = str(session)
-            elif fmt_date == "2":
-                ds = str(start)
-            else:
-                ds = datetime.fromtimestamp(start, NY).strftime("%Y%m%d %H:%M:%S") + " America/New_York"
-            out.append((ds, o, h, l, c_, v, round((h + l + c_) / 3, 4), 1))
+        out = [_bar_row(b, bar_size, fmt_date) for b in bars]
         first = datetime.fromtimestamp(bars[0][0], NY).strftime("%Y%m%d %H:%M:%S")
         last = datetime.fromtimestamp(cutoff, NY).strftime("%Y%m%d %H:%M:%S")
         conn.send(P.historical_data(req_id, first, last, out))
+        if keep:
+            conn.hist_subs[req_id] = _BarSub(sym, bar_size, duration, fmt_date,
+                                             {b[0]: row for b, row in zip(bars, out)})
+
+    def _cancel_historical(self, conn: _Conn, f: list[str]) -> None:
+        conn.hist_subs.pop(int(f[2]), None)
+
+    def _push_bar_updates(self, now: int) -> None:
+        """keepUpToDate: send the bars that changed or began since the last update (historicalDataUpdate)."""
+        for conn in self._conns:
+            for req_id, sub in list(conn.hist_subs.items()):
+                try:
+                    bars = self.market.history(sub.symbol, sub.bar_size, now, sub.duration)
+                except BadRequestError:
+                    continue
+                last_sent = max(sub.sent) if sub.sent else 0
+                for b in bars:
+                    if b[0] < last_sent:
+                        continue
+                    row = _bar_row(b, sub.bar_size, sub.fmt_date)
+                    if sub.sent.get(b[0]) != row:
+                        sub.sent[b[0]] = row
+                        conn.send(P.historical_data_update(req_id, row))
 
     # market data -------------------------------------------------------------------------------------------
 
@@ -449,6 +770,10 @@ class PaperExchange:
         sym = self._symbol_of(c)
         if sym is None:
             conn.send(P.error(conn.sv, req_id, 200, "No security definition has been found for the request"))
+            return
+        broken = self._farm_error("usfarm")
+        if broken:
+            conn.send(P.error(conn.sv, req_id, 354, f"Requested market data is not available: {broken}"))
             return
         if "quotes" in self.engine.faults.no_data.get(sym, ()):
             conn.send(P.error(conn.sv, req_id, 354, f"Requested market data is not subscribed ({sym}: no_data "
@@ -496,7 +821,9 @@ class PaperExchange:
 
     # orders -----------------------------------------------------------------------------------------------------
 
-    def _view(self, o: Order) -> P.OrderView:
+    def _view(self, o: Order, margin: P.OrderMargin | None = None) -> P.OrderView:
+        held = self.engine.parent_of(o)
+        why = "child" if o.is_open and held is not None and held.status != "Filled" else ""
         return P.OrderView(
             order_id=o.order_id, client_id=o.client_id, perm_id=o.perm_id, action=o.action, quantity=o.quantity,
             order_type=o.order_type, lmt_price=o.lmt_price, aux_price=o.aux_price, tif=o.tif, account=o.account,
@@ -504,13 +831,15 @@ class PaperExchange:
             avg_fill_price=round(o.avg_fill_price, 8), last_fill_price=o.last_fill_price,
             completed_time=(datetime.fromtimestamp(o.completed_at, NY).strftime("%Y%m%d %H:%M:%S")
                             + " America/New_York") if o.completed_at else "",
-            completed_status=o.completed_status)
+            completed_status=o.completed_status, parent_id=o.parent_id, oca_group=o.oca_group,
+            oca_type=o.oca_type, good_till_date=o.good_till_date, why_held=why)
 
     def _exec_view(self, e: Execution) -> P.ExecView:
         return P.ExecView(exec_id=e.exec_id, order_id=e.order_id, client_id=e.client_id, perm_id=e.perm_id,
                           time_str=exec_time_str(e.time), account=e.account, side=e.side, shares=e.shares,
                           price=e.price, cum_qty=e.cum_qty, avg_price=round(e.avg_price, 8),
-                          order_ref=e.order_ref, commission=e.commission, realized_pnl=e.realized_pnl)
+                          order_ref=e.order_ref, commission=e.commission, realized_pnl=e.realized_pnl,
+                          liquidation=e.liquidation)
 
     def _send_order_state(self, conn: _Conn, o: Order) -> None:
         ins = instrument(o.symbol)
@@ -520,42 +849,85 @@ class PaperExchange:
     def _place_order(self, conn: _Conn, f: list[str]) -> None:
         req = P.parse_place_order(f, conn.sv)
         assert conn.client_id is not None
-        if req.what_if:
-            conn.send(P.error(conn.sv, req.order_id, 201, "Order rejected - reason: what-if orders are not "
-                                                          "supported by the paper exchange"))
+        if not self.gateway.connected:  # the order cannot reach IB
+            conn.send(P.error(conn.sv, req.order_id, 201, f"Order rejected - reason:{FARM_TEXT[1100]}"))
             return
         sym = self._symbol_of(req.contract) or req.contract.symbol.upper()
         now = self.now()
+        common = dict(symbol=sym, action=req.action, quantity=req.quantity, order_type=req.order_type,
+                      lmt_price=req.lmt_price, aux_price=req.aux_price, tif=req.tif, account=req.account,
+                      good_till_date=req.good_till_date, unsupported=req.unsupported)
         try:
-            o = self.engine.place(client_id=conn.client_id, order_id=req.order_id, symbol=sym, action=req.action,
-                                  quantity=req.quantity, order_type=req.order_type, lmt_price=req.lmt_price,
-                                  aux_price=req.aux_price, tif=req.tif, account=req.account,
-                                  order_ref=req.order_ref, outside_rth=req.outside_rth, now=now)
+            if req.what_if:
+                self._answer_what_if(conn, req, self.engine.what_if(now=now, **common))
+                return
+            o = self.engine.place(client_id=conn.client_id, order_id=req.order_id, order_ref=req.order_ref,
+                                  outside_rth=req.outside_rth, now=now, parent_id=req.parent_id,
+                                  transmit=req.transmit, oca_group=req.oca_group, oca_type=req.oca_type, **common)
         except OrderError as exc:
             conn.send(P.error(conn.sv, req.order_id, exc.code, exc.message))
+            if exc.code == 110:  # ib_insync/ib_async take 110 for a warning: the order's end is said separately
+                conn.send(P.order_status(P.OrderView(req.order_id, conn.client_id, 0, req.action, req.quantity,
+                                                     req.order_type, req.lmt_price, req.aux_price, req.tif,
+                                                     self.account, req.order_ref, req.outside_rth, "Cancelled",
+                                                     0, 0, 0)))
             return
+        if req.outside_rth and req.order_type == "MKT":
+            conn.send(P.error(conn.sv, req.order_id, 2109, "Order Event Warning:Attribute 'Outside Regular Trading "
+                                                           "Hours' is ignored based on the order type and "
+                                                           "destination. PlaceOrder is now being processed."))
         self._send_order_state(conn, o)
         self._publish_fills(self.engine.advance(now), now)
+
+    def _answer_what_if(self, conn: _Conn, req: P.PlaceOrderRequest, m) -> None:
+        """A what-if order: openOrder with whatIf set and the margin impact in its OrderState; nothing placed."""
+        margin = P.OrderMargin(
+            init_before=round(m.init_before, 2), maint_before=round(m.maint_before, 2),
+            equity_before=round(m.equity_before, 2), init_change=round(m.init_after - m.init_before, 2),
+            maint_change=round(m.maint_after - m.maint_before, 2),
+            equity_change=round(m.equity_after - m.equity_before, 2), init_after=round(m.init_after, 2),
+            maint_after=round(m.maint_after, 2), equity_after=round(m.equity_after, 2),
+            commission=round(m.commission, 4), warning=m.warning)
+        assert conn.client_id is not None
+        view = P.OrderView(req.order_id, conn.client_id, 0, req.action, req.quantity, req.order_type,
+                           req.lmt_price, req.aux_price, req.tif, self.account, req.order_ref, req.outside_rth,
+                           "PreSubmitted", 0, 0, 0, what_if=True, margin=margin, parent_id=req.parent_id,
+                           oca_group=req.oca_group, oca_type=req.oca_type, good_till_date=req.good_till_date)
+        conn.send(P.open_order(conn.sv, instrument(self._symbol_of(req.contract) or req.contract.symbol), view))
+
+    def _tell_owner(self, o: Order) -> None:
+        """openOrder + orderStatus of an order that changed without a fill (and 202 when it was cancelled)."""
+        owner = self._conn_of(o.client_id)
+        if owner is None:
+            return
+        self._send_order_state(owner, o)
+        if o.status == "Cancelled":
+            owner.send(P.error(owner.sv, o.order_id, 202, f"Order Canceled - reason:{o.completed_status}"))
 
     def _cancel_order(self, conn: _Conn, f: list[str]) -> None:
         order_id = int(f[2])
         assert conn.client_id is not None
+        now = self.now()
         try:
-            o = self.engine.cancel(conn.client_id, order_id, self.now())
+            o = self.engine.cancel(conn.client_id, order_id, now)
         except OrderError as exc:
             conn.send(P.error(conn.sv, order_id, exc.code, exc.message))
             return
         conn.send(P.order_status(self._view(o)))
         conn.send(P.error(conn.sv, order_id, 202, "Order Canceled - reason:"))
+        self._publish_fills([], now)
 
     def _global_cancel(self, conn: _Conn, f: list[str]) -> None:
         now = self.now()
         for o in self.engine.open_orders():
+            if not o.is_open:  # cancelled with its parent meanwhile
+                continue
             self.engine.cancel(o.client_id, o.order_id, now)
             owner = self._conn_of(o.client_id)
             if owner:
                 owner.send(P.order_status(self._view(o)))
                 owner.send(P.error(owner.sv, o.order_id, 202, "Order Canceled - reason:"))
+        self._publish_fills([], now)
 
     def _req_open_orders(self, conn: _Conn, f: list[str]) -> None:
         for o in self.engine.open_orders(conn.client_id):
@@ -573,9 +945,19 @@ class PaperExchange:
         conn.send(P.completed_orders_end())
 
     def _req_executions(self, conn: _Conn, f: list[str]) -> None:
+        """reqExecutions with its ExecutionFilter: clientId, account, time ('YYYYMMDD HH:MM:SS [zone]' or
+        'YYYYMMDD-HH:MM:SS' UTC: executions at or after it), symbol, secType, exchange, side."""
         req_id = int(f[2])
-        client_f, acct_f, sym_f, side_f = int(f[3] or 0), f[4], f[6].upper(), f[9].upper()
-        for e in self.engine.executions_on(self.now()):
+        client_f, acct_f, time_f, sym_f, side_f = int(f[3] or 0), f[4], f[5].strip(), f[6].upper(), f[9].upper()
+        since = None
+        if time_f:
+            try:
+                since = int(_parse_end(time_f))
+            except BadRequestError:
+                conn.send(P.error(conn.sv, req_id, 321, f"Error validating request.-'bL' : cause - invalid "
+                                                        f"ExecutionFilter time {time_f!r}"))
+                return
+        for e in self.engine.executions_on(self.now(), since):
             if client_f and e.client_id != client_f:
                 continue
             if acct_f and acct_f != e.account:
@@ -590,10 +972,12 @@ class PaperExchange:
         conn.send(P.exec_details_end(req_id))
 
     def _publish_fills(self, fills: list[tuple[Order, Execution]], now: int) -> None:
-        for o in self.engine.pop_expired():
-            owner = self._conn_of(o.client_id)
-            if owner is not None:
-                owner.send(P.order_status(self._view(o)))
+        """Tell clients about fills (execDetails, openOrder, orderStatus, commissionReport to the order's owner;
+        positions and portfolio to subscribers) and about orders changed without a fill."""
+        filled = {o.perm_id for o, _ in fills}
+        for o in self.engine.pop_changed():
+            if o.perm_id not in filled:
+                self._tell_owner(o)
         if not fills:
             return
         for o, e in fills:
@@ -629,9 +1013,7 @@ class PaperExchange:
     def _send_account_updates(self, conn: _Conn, now: int) -> None:
         for k, v, cur in self._account_pairs(now):
             conn.send(P.account_value(k, v, cur, self.account))
-        for sym, pos in self.engine.positions.items():
-            if pos.quantity == 0:
-                continue
+        for sym, pos in self.engine.positions.items():  # a closed position too: IB sends it with position 0
             p = self.engine.price(sym, now)
             conn.send(P.portfolio_value(instrument(sym), pos.quantity, p, pos.avg_cost,
                                         pos.quantity * (p - pos.avg_cost), pos.realized_pnl, self.account))
@@ -695,11 +1077,95 @@ class PaperExchange:
     _handlers = {
         1: _req_mkt_data, 2: _cancel_mkt_data, 3: _place_order, 4: _cancel_order, 5: _req_open_orders,
         6: _req_account_updates, 7: _req_executions, 8: _req_ids, 9: _req_contract_details,
-        15: _noop, 16: _req_all_open_orders, 20: _req_historical, 25: _noop, 49: _req_current_time,
+        12: _noop, 15: _noop, 16: _req_all_open_orders, 17: _req_managed_accounts, 20: _req_historical,
+        25: _cancel_historical, 49: _req_current_time, 74: _req_positions_multi, 78: _req_sec_def_opt_params,
+        79: _req_soft_dollar_tiers, 80: _req_family_codes, 81: _req_matching_symbols, 82: _req_mkt_depth_exchanges,
+        83: _req_smart_components, 85: _req_news_providers, 86: _req_historical_news, 87: _req_head_timestamp,
+        91: _req_market_rule, 92: _req_pnl, 93: _cancel_pnl, 94: _req_pnl_single, 95: _cancel_pnl,
+        104: _req_user_info,
         58: _global_cancel, 59: _req_market_data_type, 61: _req_positions, 62: _req_account_summary,
         63: _cancel_account_summary, 64: _cancel_positions, 71: _start_api, 76: _req_account_updates_multi,
         77: _cancel_account_updates_multi, 99: _req_completed_orders,
     }
+
+    # --- the gateway's life (admin.py and the daily restart) ------------------------------------------------
+
+    def go_down(self, reason: str, seconds: float | None) -> int:
+        """Drop every client connection and close the API port, for `seconds` of exchange time (None: until
+        `login()`). Orders, positions and the day's executions are kept. Returns the connections dropped."""
+        g = self.gateway
+        g.up, g.reason = False, reason
+        g.down_until = None if seconds is None else int(self.now() + seconds)
+        if self._tws_server is not None:
+            self._tws_server.close()
+            self._tws_server = None
+        self.engine.save()
+        n = self.drop_connections()
+        log.warning("gateway down (%s) until %s; %d connection(s) dropped", reason,
+                    "a login" if g.down_until is None else datetime.fromtimestamp(g.down_until, NY).isoformat(), n)
+        return n
+
+    async def come_up(self) -> None:
+        """Open the API port again (after a restart or a login)."""
+        g = self.gateway
+        if g.up:
+            return
+        await self._open_tws_port()
+        g.up, g.reason, g.down_until = True, "", None
+        log.info("gateway up again on %s:%d", self.host, self.port)
+
+    def _gateway_schedule(self, before: int, now: int) -> None:
+        """The daily restart: when the clock passes restart_time (New York) between `before` and `now`."""
+        g = self.gateway
+        if g.restart_time is None or now <= before:
+            return
+        day = datetime.fromtimestamp(before, NY).date()
+        while True:
+            at = int(datetime.combine(day, g.restart_time, NY).timestamp())
+            if at > now:
+                break
+            if at > before:
+                g.restarts += 1
+                self.go_down(f"the daily restart at {g.restart_time.strftime('%H:%M')} New York",
+                             g.restart_seconds - (now - at))
+            day += timedelta(days=1)
+
+    def _gateway_tick(self) -> None:
+        g = self.gateway
+        if not g.up and g.down_until is not None and self.now() >= g.down_until:
+            g.down_until = None  # once
+            self._spawn(self.come_up())
+
+    def broadcast(self, code: int, text: str) -> None:
+        for conn in self._conns:
+            if conn.client_id is not None:
+                conn.send(P.error(conn.sv, -1, code, text))
+
+    def set_farm(self, farm: str, ok: bool) -> None:
+        """Break or restore a data farm (usfarm quotes, ushmds history, secdefnj contracts) and tell clients."""
+        if farm not in FARMS:
+            raise ValueError(f"farm must be one of {', '.join(FARMS)}, not {farm!r}")
+        self.gateway.farms[farm] = ok
+        code = FARMS[farm][0 if ok else 1]
+        self.broadcast(code, f"{FARM_TEXT[code]}:{farm}")
+
+    def set_connectivity(self, ok: bool, data_lost: bool = False) -> None:
+        """IB's servers lost (1100) or restored (1101 data lost / 1102 data maintained)."""
+        self.gateway.connected = ok
+        code = 1100 if not ok else 1101 if data_lost else 1102
+        self.broadcast(code, FARM_TEXT[code])
+        if ok and data_lost:
+            for conn in self._conns:
+                conn.mkt_subs.clear()
+                conn.hist_subs.clear()
+
+    def _farm_error(self, farm: str) -> str | None:
+        g = self.gateway
+        if not g.connected:
+            return FARM_TEXT[1100]
+        if not g.farms[farm]:
+            return f"{FARM_TEXT[FARMS[farm][1]]}:{farm}"
+        return None
 
     # --- admin operations (called on the loop by admin.py) ---------------------------------------------------
 
@@ -716,5 +1182,6 @@ class PaperExchange:
                              "order_type": o.order_type, "order_ref": o.order_ref, "filled": o.filled}
                             for o in self.engine.open_orders()],
             "executions": len(self.engine.executions), "connections": self.connections(),
-            "server_version": self.server_version, "realtime": self.realtime,
+            "server_version": self.server_version, "realtime": self.realtime, "gateway": self.gateway.as_dict(),
+            "account_type": self.engine.config.account_type,
         }

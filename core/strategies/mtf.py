@@ -97,7 +97,7 @@ class MtfDecision:
         quantity: shares to buy or sell (0 for HOLD / NO_TRADE).
         code: a short machine-readable cause: 'entry', 'max_hold', 'exit_threshold', 'min_hold', 'hold',
             'below_entry', 'loss_limit', 'no_probability', 'no_price', 'too_small', 'blocked', 'closed', 'short',
-            'edge_gate'.
+            'edge_gate', 'margin' (flows/mtf_signal.py: IB's what-if leaves no share to buy).
         reason: one sentence with the numbers that decided.
     """
 
