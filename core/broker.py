@@ -149,6 +149,9 @@ class OrderRequest:
     `order_ref` identifies the order's intent and makes placing idempotent: placing a request whose order_ref
     is already among open orders or today's executions returns that order and sends nothing.
     `limit_price` is required for LMT, `stop_price` for STP (USD). `quantity` is whole shares > 0.
+    `oca_group`: IB's One-Cancels-All group name ('' for none) and `oca_type` its kind (IB: 1 cancels the other
+    orders of the group when one fills, 2 reduces their quantity by the shares filled, with block; 3 reduces without
+    block): a stop-loss and a take-profit of one position share a group.
     """
 
     symbol: str
@@ -159,6 +162,8 @@ class OrderRequest:
     limit_price: float | None = None
     stop_price: float | None = None
     tif: Literal["DAY", "GTC", "IOC", "FOK", "OPG"] = "DAY"
+    oca_group: str = ""
+    oca_type: int = 0
 
     def __post_init__(self) -> None:
         if not self.order_ref:
@@ -173,6 +178,9 @@ class OrderRequest:
             raise ValueError("a LMT order needs limit_price")
         if self.order_type == "STP" and not self.stop_price:
             raise ValueError("a STP order needs stop_price")
+        if self.oca_type not in (0, 1, 2, 3) or (self.oca_type and not self.oca_group):
+            raise ValueError(f"oca_type must be 0-3 and needs an oca_group, got {self.oca_type!r} "
+                             f"group {self.oca_group!r}")
 
 
 @dataclass(frozen=True)

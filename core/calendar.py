@@ -4,9 +4,11 @@ Sessions come from pandas-market-calendars (`NYSE`, its `schedule()` for open an
 early closes at 13:00 and special closures such as the national day of mourning on 2025-01-09 are its.
 All times returned here are timezone-aware in America/New_York.
 
-Event times per deployment (one per line of `tradeflow schedule`):
+Event times per deployment (one per line of `tradeflow schedule`) come from the registry of strategies and their
+deployments (`core.registry`: each entry's events relative to the session). The built-in ones:
 
 =================  ==============================================================================================
+preflight          09:00, half an hour before the open: the pre-open checklist
 equity-snapshot    at the open (09:30)
 mtf-signal         every 5 minutes from open + 5 min to the close inclusive: 78 on a full session, 42 on an early
                    close. Each is the END of a 5-minute bar (09:35 closes the 09:30 bar).
@@ -26,6 +28,7 @@ Nothing here reads the clock: every function takes dates or a timezone-aware `as
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from zoneinfo import ZoneInfo
@@ -37,11 +40,17 @@ NY = ZoneInfo("America/New_York")
 
 REGULAR_CLOSE = dt.time(16, 0)
 MTF_INTERVAL = dt.timedelta(minutes=5)
-RECONCILIATION_TIME = dt.time(17, 0)
-RETRAIN_TIME = dt.time(18, 0)
 
-DEPLOYMENTS = ("equity-snapshot", "mtf-signal", "ema-entry", "ema-update", "reconciliation", "retrain")
-"""The deployments whose event times the calendar gives, in the order of a session."""
+
+
+def __getattr__(name: str):
+    """`DEPLOYMENTS`: the names of the deployments that run (`core.registry.enabled_names`), in the order of a
+    session; read from the registry and TRADEFLOW_STRATEGIES when asked for."""
+    if name == "DEPLOYMENTS":
+        from core.registry import enabled_names
+
+        return enabled_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -166,12 +175,9 @@ def is_last_session_of_month(session: Session) -> bool:
     return next_session(session.date).date.month != session.date.month
 
 
-def _at(day: dt.date, when: dt.time) -> dt.datetime:
-    return dt.datetime.combine(day, when, tzinfo=NY)
-
-
 def session_events(
-    session: Session, entry_minutes_before_close: int = 5, is_month_end: bool | None = None
+    session: Session, entry_minutes_before_close: int = 5, is_month_end: bool | None = None,
+    deployments: Sequence[str] | None = None,
 ) -> list[Event]:
     """The events of every deployment on one session, sorted by time then deployment name.
 
@@ -179,18 +185,32 @@ def session_events(
         session: the session.
         entry_minutes_before_close: minutes before the close at which `ema-entry` fires (strategies.md: 5).
         is_month_end: whether this is the month's last session (computed when None).
+        deployments: which deployments (names in `core.registry`); default: those that run
+            (`core.registry.enabled_names`).
+
+    Raises:
+        ValueError: an unknown deployment, `entry_minutes_before_close` not positive.
     """
+    from core.registry import default_registry
+
     if entry_minutes_before_close <= 0:
         raise ValueError(f"entry_minutes_before_close must be positive, got {entry_minutes_before_close}")
-    events = [Event(session.open, "equity-snapshot")]
-    events += [Event(t, "mtf-signal") for t in session.bar_ends(MTF_INTERVAL)]
-    events.append(Event(session.close - dt.timedelta(minutes=entry_minutes_before_close), "ema-entry"))
-    events.append(Event(session.close, "ema-update"))
-    events.append(Event(_at(session.date, RECONCILIATION_TIME), "reconciliation"))
+    registry = default_registry()
+    names = _deployments(deployments)
     month_end = is_last_session_of_month(session) if is_month_end is None else is_month_end
-    if month_end:
-        events.append(Event(_at(session.date, RETRAIN_TIME), "retrain"))
+    values = {"ema_entry_minutes_before_close": entry_minutes_before_close}
+    events = [Event(t, name) for name in names for t in registry.deployment(name).times(session, month_end, values)]
     return sorted(events)
+
+
+def _deployments(deployments: Sequence[str] | None) -> tuple[str, ...]:
+    from core.registry import default_registry, enabled_names
+
+    if deployments is None:
+        return enabled_names()
+    for name in deployments:
+        default_registry().deployment(name)  # raises naming the known ones
+    return tuple(deployments)
 
 
 def event_times(
@@ -198,19 +218,20 @@ def event_times(
     end: dt.date | str,
     deployment: str | None = None,
     entry_minutes_before_close: int = 5,
+    deployments: Sequence[str] | None = None,
 ) -> list[Event]:
     """Every deployment's events on the sessions from `start` to `end` inclusive, sorted by time then name.
 
     Args:
         start, end: first and last date (New York), inclusive.
-        deployment: only this deployment's events (one of `DEPLOYMENTS`); all when None.
+        deployment: only this deployment's events (any deployment of the registry, running or not); when None,
+            those of `deployments` (default: the deployments that run).
         entry_minutes_before_close: see `session_events`.
 
     Raises:
         ValueError: an unknown deployment, malformed dates, or `end` before `start`.
     """
-    if deployment is not None and deployment not in DEPLOYMENTS:
-        raise ValueError(f"unknown deployment {deployment!r}; known: {', '.join(DEPLOYMENTS)}")
+    names = _deployments([deployment] if deployment is not None else deployments)
     days = sessions(start, end)
     if not days:
         return []
@@ -219,8 +240,5 @@ def event_times(
     events: list[Event] = []
     for i, s in enumerate(days):
         following = days[i + 1] if i + 1 < len(days) else after
-        for event in session_events(s, entry_minutes_before_close, following.date.month != s.date.month):
-            if deployment is None or event.deployment == deployment:
-                events.append(event)
+        events += session_events(s, entry_minutes_before_close, following.date.month != s.date.month, names)
     return sorted(events)
-

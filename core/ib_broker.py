@@ -518,7 +518,7 @@ class IBBroker(Broker):
         contract = self.contract(request.symbol)
         order = self._order(request)
         trade = self.ib.placeOrder(contract, order)
-        log.info("placed %s %s %s %s ref=%s as order %s", request.action, request.quantity, request.symbol,
+        log.debug("placed %s %s %s %s ref=%s as order %s", request.action, request.quantity, request.symbol,
                  request.order_type, request.order_ref, order.orderId)
         try:
             self._wait(lambda: trade.orderStatus.status in _ACKED, self.timeout,
@@ -549,6 +549,8 @@ class IBBroker(Broker):
             order.lmtPrice = float(request.limit_price)  # type: ignore[arg-type]
         if request.order_type == "STP":
             order.auxPrice = float(request.stop_price)  # type: ignore[arg-type]
+        if request.oca_group:
+            order.ocaGroup, order.ocaType = request.oca_group, request.oca_type or 1
         return order
 
     def what_if(self, request: OrderRequest) -> MarginImpact:

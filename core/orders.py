@@ -43,6 +43,8 @@ from core.order_status import OrderStatus
 
 log = logging.getLogger("tradeflow.orders")
 
+log = logging.getLogger(__name__)
+
 NOT_SENT = OrderStatus.CREATED
 """The journal status of an order recorded but not (yet known to be) acknowledged by the broker."""
 
@@ -168,6 +170,7 @@ class OrderGateway:
         """Raise TradingHaltedError naming `what` when trading is halted."""
         halt = self.kill_switch.current()
         if halt is not None:
+            log.warning("%s not sent: trading is halted (%s)", what, halt.describe())
             raise TradingHaltedError(f"{what} not sent: {halt.describe()} (`tradeflow resume` lifts it)")
 
     def submit(self, request: OrderRequest, *, strategy: str, intent: str, session: dt.date, as_of: dt.datetime,
@@ -217,17 +220,23 @@ class OrderGateway:
                 created(tx)
         if prior and prior[0][0] != NOT_SENT:
             status, order_id, perm_id = prior[0]
+            log.info("%s was sent before (%s, permId %s): nothing sent again", what, status, perm_id)
             return self._journaled(request, status, order_id, perm_id)
         if checked:
             self.check_halt(what)
+        log.info("sending %s", _order_words(request, strategy, intent))
         try:
             info = self.broker.place_order(request)
         except (OrderRejectedError, UnknownContractError) as exc:
+            log.error("%s rejected by the broker: %s", what, exc)
             when, why = self._now(), str(exc)
             self.write_or_keep(f"the rejection of {what}",
                                lambda tx: tx.record_order_status(request.order_ref, "Inactive", when, message=why))
             raise
         self.sent[request.order_ref] = what
+        log.info("order %s %s: %s (order id %s, permId %s)", request.order_ref,
+                 "found at the broker" if info.existing else "acknowledged", info.status, info.order_id,
+                 info.perm_id or "-")
         self.record_status(info)
         return info
 
@@ -297,12 +306,17 @@ class OrderGateway:
         def write(tx: JournalTx) -> None:
             nonlocal count
             for e in fills:
-                count += tx.record_execution(
+                new = tx.record_execution(
                     e.exec_id, symbol=e.symbol, side=side_of(e.side) if e.side in ("BUY", "SELL") else e.side,
                     shares=e.shares, price=e.price, exec_time=e.time, order_ref=e.order_ref or order_ref,
                     perm_id=e.perm_id or None, order_id=e.order_id or None, strategy=strategy,
                     commission=e.commission if e.commission else None,
                     realized_pnl=e.realized_pnl if e.realized_pnl else None, account=e.account)
+                count += new
+                if new:
+                    log.info("fill %s: %s %g %s at %.4f USD, orderRef %s, commission %s", e.exec_id, e.side,
+                             e.shares, e.symbol, e.price, e.order_ref or order_ref or "-",
+                             f"{e.commission:.2f} USD" if e.commission else "not yet reported")
 
         if fills:
             self.write_or_keep(f"{len(fills)} execution(s) of {order_ref or fills[0].order_ref} "
@@ -314,10 +328,19 @@ def _describe(request: OrderRequest, strategy: str, intent: str) -> str:
     return f"{request.action} {request.quantity} {request.symbol} ({strategy} {intent}, ref {request.order_ref})"
 
 
+def _order_words(request: OrderRequest, strategy: str, intent: str) -> str:
+    """An order as a trader reads it: 'BUY 120 SMH MKT DAY (ema entry), orderRef ema-SMH-20260306-entry'."""
+    price = (f" limit {request.limit_price:.2f}" if request.order_type == "LMT" else
+             f" stop {request.stop_price:.2f}" if request.order_type == "STP" else "")
+    return (f"{request.action} {request.quantity} {request.symbol} {request.order_type}{price} {request.tif} "
+            f"({strategy} {intent}), orderRef {request.order_ref}")
+
+
 def _check_breaks(tx, symbol: str, what: str) -> None:
     breaks = tx.open_breaks(symbol)
     if breaks:
         b = breaks[0]
+        log.warning("%s not sent: %s has an unresolved position break", what, symbol)
         raise PositionBreakError(
             f"{what} not sent: {symbol} has an unresolved position break since {b['detected_session']} (broker "
             f"{b['broker_quantity']:g} shares, journal {b['journal_quantity']:g}); settle it with "

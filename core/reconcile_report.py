@@ -1,17 +1,13 @@
-"""The reconciliation's report: text for `tradeflow reconcile`, markdown for the flow's Prefect artifact, and the
-equity curve with its drawdown as a PNG (matplotlib, Agg backend) for the artifact and the state directory.
+"""The reconciliation's report: text for `tradeflow reconcile` and markdown for the flow's Prefect artifact (its
+equity chart: core/charts.py).
 
 Amounts are USD, quantities shares, times New York.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 from collections.abc import Sequence
 from typing import Any
-
-import pandas as pd
 
 from core.calendar import NY
 from core.reconcile import ACCOUNT, Reconciliation
@@ -124,42 +120,3 @@ def format_markdown(result: Reconciliation) -> str:
     for title, body in _sections(result, markdown=True):
         parts += [f"#### {title}", body]
     return "\n\n".join(parts) + "\n"
-
-
-def equity_chart_png(curve: pd.DataFrame, title: str = "Equity (NetLiquidation) and drawdown") -> bytes:
-    """A PNG of the equity curve (USD) above its drawdown (%), from `v_equity_curve`'s columns `session`, `equity`,
-    `drawdown` (a fraction <= 0).
-
-    Raises:
-        ValueError: `curve` has no rows or lacks a column.
-    """
-    missing = {"session", "equity", "drawdown"} - set(curve.columns)
-    if missing or curve.empty:
-        raise ValueError(f"equity curve: no rows or missing columns {sorted(missing)}")
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    x = pd.to_datetime(curve["session"])
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 5), sharex=True, gridspec_kw={"height_ratios": [3, 1]},
-                                   constrained_layout=True)
-    ax1.plot(x, curve["equity"], color="tab:blue", lw=1.3, marker="o" if len(curve) < 30 else None, ms=3)
-    ax1.yaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:,.0f}"))
-    ax1.set_ylabel("equity, USD")
-    ax1.grid(True, alpha=0.3)
-    ax1.set_title(f"{title}, {x.iloc[0].date()} .. {x.iloc[-1].date()}: max drawdown "
-                  f"{-100 * float(curve['drawdown'].min()):.2f} %")
-    ax2.fill_between(x, 100 * curve["drawdown"].astype(float), 0, color="tab:red", alpha=0.5, lw=0, step="mid")
-    ax2.set_ylabel("drawdown, %")
-    ax2.grid(True, alpha=0.3)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def png_markdown(png: bytes, alt: str) -> str:
-    """Markdown showing `png` inline (a base64 data URI, which the Prefect UI renders in a markdown artifact)."""
-    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"

@@ -1,4 +1,5 @@
-"""The one settings object of the system, read from the environment and `.env`.
+"""The one settings object of the system, read from the environment and `.env` (in the project folder, or the
+file `TRADEFLOW_ENV_FILE` names).
 
 Every setting is documented in `.env.example`. Connection and mode settings use the names traders know from
 IB tooling (`IBKR_HOST`, `IBKR_PORT`, `IBKR_CLIENT_ID`, `TRADING_MODE`); everything else is prefixed
@@ -19,10 +20,10 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +58,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(
         env_prefix="TRADEFLOW_",
-        env_file=".env",
+        env_file=PROJECT_ROOT / ".env",
         env_file_encoding="utf-8",
         extra="ignore",
         populate_by_name=True,
@@ -98,6 +99,36 @@ class Settings(BaseSettings):
     )
     alert_url: SecretStr | None = Field(
         None, description="Apprise URL or webhook that failure notifications go to (secret: never logged)."
+    )
+    heartbeat_url: SecretStr | None = Field(
+        None, description="Dead-man's switch (healthchecks-style): every completed deployment run GETs it, "
+                          "every failed one GETs it + '/fail' (secret: never logged)."
+    )
+    late_alert_seconds: dict[str, float] = Field(
+        default={"default": 120.0, "ema-entry": 30.0, "mtf-signal": 30.0, "equity-snapshot": 30.0,
+                 "preflight": 60.0},
+        description="Per deployment (key 'default' for the others): a run not started this many seconds after "
+                    "its scheduled time notifies (once, until runs are picked up again), seconds, >= 25.",
+    )
+    alert_window_seconds: float = Field(
+        3600.0, gt=0, description="Runs of one deployment cancelled behind a running one notify once per window, s.")
+    daily_report: bool = Field(
+        True, description="After the evening reconciliation, one notification: P&L, equity, positions, breaks.")
+    fill_notifications: bool = Field(False, description="One notification per fill (sent by the reconciliation).")
+    preflight_min_free_mb: float = Field(
+        500.0, ge=0, description="preflight is red below this much free space in the state directory, MiB.")
+    preflight_max_model_age_days: float = Field(
+        45.0, gt=0, description="preflight is red when an MTF champion was trained longer ago than this, days.")
+    preflight_min_schedule_days: int = Field(
+        30, ge=0, description="preflight is red when the deployed schedules end within this many days.")
+    no_worker_alert_seconds: float = Field(
+        3600.0, ge=10, description="The tradeflow work pool without a ready worker notifies at most once in this "
+                                   "many seconds (the server sees a worker gone after 3 missed heartbeats).")
+
+    strategies: Annotated[list[str] | None, NoDecode] = Field(
+        None,
+        description="The strategies that run (comma-separated or a JSON list of names, `tradeflow strategies` lists "
+        "them); unset: every strategy enabled by default (account, ema, mtf). The account strategy always runs.",
     )
 
     # --- where things live ----------------------------------------------------------------------------------
@@ -226,6 +257,21 @@ class Settings(BaseSettings):
         "above the last bound its spread applies.",
     )
 
+    @field_validator("strategies", mode="before")
+    @classmethod
+    def _names(cls, value: object) -> object:
+        """TRADEFLOW_STRATEGIES as 'ema,mtf,signals' or '["ema", "mtf"]'; empty means unset."""
+        if isinstance(value, str):
+            text = value.strip()
+            if not text:
+                return None
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
     @field_validator("state_dir", "data_dir", "paper_state_file")
     @classmethod
     def _resolve(cls, path: Path | None) -> Path | None:
@@ -327,10 +373,26 @@ def _source_error(exc: SourceError) -> str:
     got = f" (got {raw!r})" if raw is not None else ""
     example = json.dumps(Settings.model_fields[field_name].default) if field_name in Settings.model_fields else "[]"
     return f"{name}: not valid JSON{got}: write it as JSON, e.g. {name}='{example}'"
+SECRET_FIELDS = frozenset({"alert_url", "tradeflow_alert_url", "heartbeat_url", "tradeflow_heartbeat_url"})
+"""Settings whose value is never echoed in an error message."""
+
+
+def late_alert_seconds_for(settings: "Settings", deployment: str) -> float:
+    """`late_alert_seconds` of `deployment` (its own key, else 'default', else 120), seconds."""
+    table = settings.late_alert_seconds
+    return float(table.get(deployment, table.get("default", 120.0)))
+
+
+def env_file() -> Path:
+    """The `.env` file the settings read: `TRADEFLOW_ENV_FILE` when set, else `.env` in the project folder
+    (never the current directory: a command run from elsewhere must act on the same state as the flows)."""
+    named = os.environ.get("TRADEFLOW_ENV_FILE")
+    return Path(named).expanduser() if named else PROJECT_ROOT / ".env"
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Read the settings from the environment and `.env` (overrides win, for tests and commands).
+    """Read the settings from the environment and the `.env` file of `env_file()` (the environment wins;
+    overrides win over both, for tests and commands).
 
     Raises:
         SettingsError: a value is wrong (not a number, out of bounds, not finite, not JSON where JSON is
@@ -341,7 +403,7 @@ def load_settings(**overrides: object) -> Settings:
     if unknown:
         raise SettingsError("invalid settings:\n  " + "\n  ".join(unknown))
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(_env_file=env_file(), **overrides)  # type: ignore[arg-type, call-arg]
     except SourceError as exc:
         raise SettingsError("invalid settings:\n  " + _source_error(exc)) from None
     except ValidationError as exc:
@@ -349,7 +411,7 @@ def load_settings(**overrides: object) -> Settings:
         for err in exc.errors():
             loc = err.get("loc") or ()
             name = _env_name(str(loc[0])) if loc else "settings"
-            secret = bool(loc) and str(loc[0]).lower() in {"alert_url", "tradeflow_alert_url"}
+            secret = bool(loc) and str(loc[0]).lower() in SECRET_FIELDS
             got = "" if secret or "input" not in err else f" (got {err['input']!r})"
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"{name}: {msg}{got}" if loc else msg)
@@ -360,3 +422,22 @@ def load_settings(**overrides: object) -> Settings:
 def get_settings() -> Settings:
     """The process's settings, read once. Tests that change the environment call `get_settings.cache_clear()`."""
     return load_settings()
+
+
+def settings_in_force(settings: Settings) -> list[tuple[str, str, str]]:
+    """(environment variable, value, where it came from) of every setting, secrets shown as `***` (set) or
+    empty. Where: 'environment', '.env' (the file of `env_file()`) or 'default'."""
+    from dotenv import dotenv_values
+
+    path = env_file()
+    in_file = {k.upper() for k in dotenv_values(path)} if path.is_file() else set()
+    env = {k.upper() for k in os.environ}
+    rows = []
+    for name in Settings.model_fields:
+        var = _env_name(name)
+        value = getattr(settings, name)
+        shown = ("***" if value.get_secret_value() else "") if isinstance(value, SecretStr) else (
+            "" if value is None else str(value))
+        where = "environment" if var in env else ".env" if var in in_file else "default"
+        rows.append((var, shown, where))
+    return rows

@@ -48,6 +48,7 @@ def register_controls(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_common(p)
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each fill (default 30)")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.set_defaults(handler=_flatten)
 
 
@@ -67,16 +68,32 @@ def _who(args: argparse.Namespace) -> str:
     return args.who or operator()
 
 
+def _show_in_ui(switch: Any, settings: Any) -> str:
+    """Mirror the halt file in the Prefect UI (Variable `tradeflow_kill_switch`); a line saying where."""
+    import os
+
+    api = os.environ.get("PREFECT_API_URL", "")  # not Prefect's profile: importing Prefect would slow the halt
+    if not api:
+        return "the Prefect UI was not told (PREFECT_API_URL is unset); the next flow run shows it there"
+    from deployments.processes import api_healthy
+    from tasks.ui import KILL_SWITCH_VARIABLE, sync_kill_switch
+
+    if not api_healthy(api) or sync_kill_switch(switch, settings.state_dir) is None:
+        return f"the Prefect UI could not be told (no Prefect API answered at {api}); the next flow run shows it there"
+    return f"the Prefect UI shows it (Variables: {KILL_SWITCH_VARIABLE})"
+
+
 def _halt(args: argparse.Namespace) -> int:
     from core.controls import HaltError, HaltNotJournaledError
 
-    _, journal, switch = _parts()
+    settings, journal, switch = _parts()
     try:
         info = switch.halt(journal, _who(args), args.reason, _now())
     except (HaltError, HaltNotJournaledError) as exc:  # the message says whether trading is halted
         print(f"tradeflow halt: {exc}", file=sys.stderr)
         return 1
-    print(f"{info.describe()}\nEvery order path now refuses new orders (checked when each order is sent). "
+    print(f"{info.describe()}\nhalt file {switch.path} (state dir {settings.state_dir}); {_show_in_ui(switch, settings)}"
+          "\nEvery order path now refuses new orders (checked when each order is sent). "
           "`tradeflow flatten --reason ...` closes positions; `tradeflow resume --reason ...` lifts the halt.")
     return 0
 
@@ -85,7 +102,7 @@ def _resume(args: argparse.Namespace) -> int:
     from core.controls import ResumeError
     from core.journal import UNAVAILABLE
 
-    _, journal, switch = _parts()
+    settings, journal, switch = _parts()
     try:
         was = switch.resume(journal, _who(args), args.reason, _now())
     except ResumeError as exc:
@@ -97,6 +114,7 @@ def _resume(args: argparse.Namespace) -> int:
         print(f"tradeflow resume: FAILED: {type(exc).__name__}: {exc}; {state}", file=sys.stderr)
         return 1
     print(f"resumed: lifted '{was.describe()}'" if was else "trading was not halted; the resume is journaled")
+    print(f"halt file {switch.path} removed (state dir {settings.state_dir}); {_show_in_ui(switch, settings)}")
     return 0
 
 
@@ -173,13 +191,23 @@ def flatten_account(broker: Any, journal: Any, switch: Any, *, who: str, reason:
 def _flatten(args: argparse.Namespace) -> int:
     from core.broker import BrokerError
     from core.ib_broker import IBBroker
-    from tasks.runtime import CLIENT_ID_OFFSETS
+    from tasks.runtime import client_id_offset
 
     settings, journal, switch = _parts()
     if switch.current() is None:
         print("note: trading is not halted, so the strategies may enter again; `tradeflow halt` stops them")
+    if not args.yes:
+        where = f"{settings.ibkr_host}:{settings.ibkr_port} ({settings.trading_mode})"
+        if not sys.stdin.isatty():
+            print(f"tradeflow flatten: this cancels every open order and closes every position at {where}; "
+                  "give --yes to confirm (no terminal to ask)", file=sys.stderr)
+            return 2
+        answer = input(f"Cancel every open order and close every position at {where}? Type 'yes': ")
+        if answer.strip().lower() != "yes":
+            print("not flattened: nothing was sent")
+            return 1
     try:
-        with IBBroker(client_id=settings.ibkr_client_id + CLIENT_ID_OFFSETS["operator"], settings=settings) as b:
+        with IBBroker(client_id=settings.ibkr_client_id + client_id_offset("operator"), settings=settings) as b:
             report = flatten_account(b, journal, switch, who=_who(args), reason=args.reason, at=_now(),
                                      fill_timeout=args.timeout)
     except BrokerError as exc:

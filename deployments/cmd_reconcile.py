@@ -51,10 +51,10 @@ def register_resolve(sub: argparse._SubParsersAction) -> None:
 def _broker():
     from core.ib_broker import IBBroker
     from core.settings import get_settings
-    from tasks.runtime import CLIENT_ID_OFFSETS
+    from tasks.runtime import client_id_offset
 
     settings = get_settings()
-    return IBBroker(client_id=settings.ibkr_client_id + CLIENT_ID_OFFSETS["operator"], settings=settings)
+    return IBBroker(client_id=settings.ibkr_client_id + client_id_offset("operator"), settings=settings)
 
 
 def _reconcile(args: argparse.Namespace) -> int:

@@ -18,6 +18,8 @@ def register_replay(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-train", action="store_true", help="do not train a missing model first")
     p.add_argument("--with-retrain", action="store_true",
                    help="also run retrain after the last session when no month ends in the range (tradeflow up does)")
+    p.add_argument("--deployments", nargs="+", metavar="NAME",
+                   help="only these deployments (default: those that run; `tradeflow strategies` lists them)")
     p.set_defaults(handler=_replay)
 
 
@@ -50,7 +52,7 @@ def _replay(args: argparse.Namespace) -> int:
         return 2
     t0 = time.monotonic()
     state = get_replay_flow()(start, end, args.mtf_every, None, not args.no_train, args.with_retrain,
-                             return_state=True)
+                             args.deployments, return_state=True)
     took = time.monotonic() - t0
     print(f"replay {start} .. {end}: {state.name} in {took:.0f} s" + ("" if state.is_completed() else
                                                                        f": {state.message}"))

@@ -53,6 +53,7 @@ def _up(args: argparse.Namespace) -> int:
             plan = plan_startup_replay(settings, args.replay_sessions)
         up.start_api()
         up.start_broker(replay_from=plan.clock_start if plan else None)
+        up.start_paper_services()
         up.deploy()
         up.start_worker()
         up.say(f"\ntradeflow is up ({time.monotonic() - t0:.0f} s). Prefect UI: {up.ui_url}\n"

@@ -45,6 +45,37 @@ def _schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def register_strategies(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "strategies",
+        help="list the registry: strategies, their deployments, events, client ids, tags, whether they run",
+        description="Every strategy the registry knows (built in, the project's strategies/ packages, installed "
+        "packages' `tradeflow.strategies` entry points) and each deployment's events relative to the session, "
+        "entrypoint, IB client id (IBKR_CLIENT_ID + offset), tags, and whether it runs (TRADEFLOW_STRATEGIES).",
+    )
+    p.set_defaults(handler=_strategies)
+
+
+def _strategies(args: argparse.Namespace) -> int:
+    from core.registry import default_registry
+    from core.settings import get_settings
+
+    settings = get_settings()
+    registry = default_registry()
+    try:
+        enabled = set(registry.enabled(settings.strategies))
+    except ValueError as exc:
+        print(f"tradeflow strategies: TRADEFLOW_STRATEGIES: {exc}", file=sys.stderr)
+        return 2
+    for s in registry.strategies:
+        print(f"{s.name} ({'runs' if s.name in enabled else 'off'}; {s.source}): {s.description}")
+        for d in s.deployments:
+            when = ", ".join(rule.describe() for rule in d.events)
+            print(f"  {d.name:<18} {when:<34} client id {settings.ibkr_client_id + d.client_id_offset:<4} "
+                  f"{'orders ' if d.sends_orders else ''}{d.entrypoint}  tags {','.join(d.all_tags)}")
+    return 0
+
+
 def register_sql(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sql",
@@ -131,10 +162,18 @@ from deployments.cmd_deploy import register_deploy  # noqa: E402
 from deployments.cmd_paper_clock import register_paper_clock  # noqa: E402
 from deployments.cmd_up import register_up  # noqa: E402
 from deployments.cmd_replay import register_replay  # noqa: E402
+from deployments.cmd_alerts import register_alerts  # noqa: E402
+from deployments.cmd_status import register_status  # noqa: E402
+from deployments.cmd_config import register_config  # noqa: E402
+from deployments.cmd_plot import register_plot  # noqa: E402
 from deployments.cmd_evaluate import register_evaluate  # noqa: E402
+
+from deployments.cmd_new_strategy import register_new_strategy  # noqa: E402
 
 REGISTRY += [
     register_schedule,
+    register_strategies,
+    register_new_strategy,
     register_sql,
     register_backtest,
     register_train,
@@ -148,5 +187,9 @@ REGISTRY += [
     register_controls,
     register_up,
     register_replay,
+    register_alerts,
     register_paper_clock,
+    register_status,
+    register_config,
+    register_plot,
 ]

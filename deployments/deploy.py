@@ -1,7 +1,8 @@
-"""The six deployments: what they are (entrypoint, parameters, schedules, concurrency), `prefect.yaml`, and
+"""The deployments (from the registry, `core.registry`): what they are (entrypoint, parameters, schedules, concurrency), `prefect.yaml`, and
 applying them to a Prefect server (`tradeflow deploy`).
 
-Where they run: a Prefect *process* work pool, `tradeflow` (`WORK_POOL`). `tradeflow deploy` registers the
+Where they run: a Prefect *process* work pool, `tradeflow` (`WORK_POOL`), each deployment on a work queue of its
+own named after it (so the queue's late-run count is the deployment's, which the late alert quotes). `tradeflow deploy` registers the
 deployments with their entrypoint strings only (nothing is imported: the flows' parameter schemas are read from
 their source files), and a process worker (`prefect worker start --pool tradeflow`, started by `tradeflow up`)
 runs each flow run as a separate process in the project folder, where it imports the flow by its entrypoint. The
@@ -27,38 +28,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.calendar import DEPLOYMENTS, NY
+from core.calendar import NY
 from core.settings import PROJECT_ROOT, Settings
 from deployments.schedules import ScheduleSpec, Window, all_schedules, window_for
 
 WORK_POOL = "tradeflow"
 """The Prefect process work pool the deployments run on."""
 
-ENTRYPOINTS = {
-    "equity-snapshot": "flows/equity_snapshot.py:equity_snapshot",
-    "mtf-signal": "flows/mtf_signal.py:mtf_signal",
-    "ema-entry": "flows/ema_entry.py:ema_entry",
-    "ema-update": "flows/ema_update.py:ema_update",
-    "reconciliation": "flows/reconciliation.py:reconciliation",
-    "retrain": "flows/retrain.py:retrain",
-}
-"""Entrypoint of each deployment (`path:function`, relative to the project folder)."""
 
-DESCRIPTIONS = {
-    "equity-snapshot": "At the open (09:30 New York): day-start equity (NetLiquidation) and positions; arms the "
-                       "day's equity stop.",
-    "mtf-signal": "Every 5 minutes from 09:35 to the close: MTF LSTM signals for the MTF symbols; enter, hold, "
-                  "exit; risk checks; the EMA daily stop's second line.",
-    "ema-entry": "5 minutes before the close (15:55; 12:55 on early closes): the EMA 25/125 decision on SMH, "
-                 "leverage by VIX.",
-    "ema-update": "At the close (16:00; 13:00 on early closes): fold the official close into the EMAs.",
-    "reconciliation": "17:00 every session: broker positions, orders and executions against the journal; "
-                      "breaks; daily P&L.",
-    "retrain": "18:00 on the last session of the month: train a challenger MTF model, promote it only if better.",
-}
 
-ORDER_FLOWS = frozenset({"mtf-signal", "ema-entry"})
-"""Deployments that send orders (tagged `orders`)."""
+def __getattr__(name: str):
+    """`ENTRYPOINTS` (name -> `path:function`), `DESCRIPTIONS` (name -> text) and `ORDER_FLOWS` (the names of
+    those that send orders) of the deployments that run, read from the registry (`core.registry`)."""
+    from core.registry import enabled_deployments
+
+    if name == "ENTRYPOINTS":
+        return {d.name: d.entrypoint for d in enabled_deployments()}
+    if name == "DESCRIPTIONS":
+        return {d.name: d.description for d in enabled_deployments()}
+    if name == "ORDER_FLOWS":
+        return frozenset(d.name for d in enabled_deployments() if d.sends_orders)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class MissingFlowError(RuntimeError):
@@ -99,31 +89,37 @@ class DeploymentSpec:
 
 
 def build_specs(settings: Settings, today: dt.date, entrypoints: dict[str, str] | None = None,
-                deployments: Sequence[str] = DEPLOYMENTS) -> tuple[Window, list[DeploymentSpec]]:
-    """The deployments for the generation window of `today` (New York date).
+                deployments: Sequence[str] | None = None) -> tuple[Window, list[DeploymentSpec]]:
+    """The deployments for the generation window of `today` (New York date), from their registry entries.
 
     Args:
-        settings: for the entry minute (ema_entry_minutes_before_close).
+        settings: for the entry minute (ema_entry_minutes_before_close) and which strategies run
+            (TRADEFLOW_STRATEGIES).
         today: the date whose month starts the window (`deployments.schedules.window_for`).
-        entrypoints: override of `ENTRYPOINTS` (tests).
-        deployments: which deployments (default all six).
+        entrypoints: override of the entries' entrypoints (tests).
+        deployments: which deployments (default: those that run, `core.registry.enabled_names(settings)`).
 
     Raises:
         deployments.schedules.ScheduleError: a schedule would not reproduce the calendar.
+        ValueError: an unknown deployment or strategy.
     """
+    from core.registry import default_registry, enabled_names
+
+    names = tuple(deployments) if deployments is not None else enabled_names(settings)
     window = window_for(today)
-    schedules = all_schedules(window, settings.ema_entry_minutes_before_close, deployments)
-    eps = {**ENTRYPOINTS, **(entrypoints or {})}
-    specs = [DeploymentSpec(name=d, entrypoint=eps[d], description=DESCRIPTIONS[d], schedules=tuple(schedules[d]),
-                            tags=("tradeflow", "orders") if d in ORDER_FLOWS else ("tradeflow",))
-             for d in deployments]
+    schedules = all_schedules(window, settings.ema_entry_minutes_before_close, names)
+    entries = [default_registry().deployment(d) for d in names]
+    eps = {**{e.name: e.entrypoint for e in entries}, **(entrypoints or {})}
+    specs = [DeploymentSpec(name=e.name, entrypoint=eps[e.name], description=e.description,
+                            schedules=tuple(schedules[e.name]), parameters=dict(e.parameters), tags=e.all_tags)
+             for e in entries]
     return window, specs
 
 
 # --- prefect.yaml ---------------------------------------------------------------------------------------------
 
 YAML_HEADER = """\
-# Prefect project file of tradeflow: the six deployments. GENERATED by `tradeflow deploy` (do not edit: the
+# Prefect project file of tradeflow: the seven deployments. GENERATED by `tradeflow deploy` (do not edit: the
 # next `tradeflow deploy` rewrites it). Schedules are generated from the NYSE calendar (core/calendar.py) for the
 # window below and checked against `tradeflow schedule` before they are written; see deployments/schedules.py
 # for the representation and why it stays valid (`tradeflow up` regenerates it every evening, `tradeflow deploy`
@@ -151,7 +147,7 @@ def prefect_yaml(specs: Sequence[DeploymentSpec], window: Window, active: bool =
                 "entrypoint": s.entrypoint,
                 "parameters": dict(s.parameters),
                 "tags": list(s.tags),
-                "work_pool": {"name": WORK_POOL, "work_queue_name": None, "job_variables": {}},
+                "work_pool": {"name": WORK_POOL, "work_queue_name": s.name, "job_variables": {}},
                 "concurrency_limit": {"limit": s.concurrency_limit, "collision_strategy": s.collision_strategy},
                 "schedules": [sch.to_yaml(active) for sch in s.schedules],
             }
@@ -246,6 +242,7 @@ def _current(existing: Any) -> dict[str, Any]:
         "parameters": existing.parameters,
         "tags": sorted(existing.tags),
         "work_pool_name": existing.work_pool_name,
+        "work_queue_name": existing.work_queue_name,
         "pull_steps": existing.pull_steps,
         "concurrency_limit": limit,
         "collision_strategy": options.collision_strategy.value if options else None,
@@ -264,6 +261,7 @@ def _desired(spec: DeploymentSpec, project_dir: Path, active: bool, schema: dict
         "parameters": dict(spec.parameters),
         "tags": sorted(spec.tags),
         "work_pool_name": work_pool,
+        "work_queue_name": spec.name,
         "pull_steps": _pull_steps(project_dir),
         "concurrency_limit": spec.concurrency_limit,
         "collision_strategy": spec.collision_strategy,
@@ -327,6 +325,7 @@ async def apply(specs: Sequence[DeploymentSpec], *, active: bool = True, project
         deployment_id = await client.create_deployment(
             flow_id=flow_id, name=spec.name, description=spec.description, entrypoint=spec.entrypoint,
             parameters=dict(spec.parameters), tags=list(spec.tags), work_pool_name=work_pool,
+            work_queue_name=spec.name,
             pull_steps=_pull_steps(project_dir), path=str(project_dir),
             schedules=[s.to_prefect(active) for s in spec.schedules],
             concurrency_limit=spec.concurrency_limit,
@@ -356,11 +355,15 @@ def schedule_ends(deployment: Any) -> dt.date | None:
     return min(ends) if ends else None
 
 
-async def deployed_ends(names: Sequence[str] = DEPLOYMENTS) -> dict[str, dt.date | None]:
-    """`schedule_ends` of each deployed deployment (None when it is not deployed or has no schedule)."""
+async def deployed_ends(names: Sequence[str] | None = None) -> dict[str, dt.date | None]:
+    """`schedule_ends` of each deployed deployment (None when it is not deployed or has no schedule); default:
+    the deployments that run (`core.registry.enabled_names`)."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
+    from core.registry import enabled_names
+
+    names = names if names is not None else enabled_names()
     out: dict[str, dt.date | None] = {}
     async with get_client() as client:
         for name in names:

@@ -1,14 +1,16 @@
 """`tradeflow replay`: run past sessions through the real flows, on the paper exchange's clock.
 
 One Prefect flow run, `replay`, walks the sessions from `--from` to `--to` (or the most recent `--sessions N` of
-the data) and, for every scheduled event of each session (`core.calendar.session_events`: the equity snapshot at
-the open, mtf-signal every 5 minutes, ema-entry before the close, ema-update at the close, reconciliation,
-retrain on the month's last session), in time order:
+the data) and, for every scheduled event of each session of the deployments that run (the registry,
+`core.registry`; `--deployments` for some of them; `core.calendar.session_events`: the equity snapshot at the
+open, mtf-signal every 5 minutes, ema-entry before the close, ema-update at the close, reconciliation, retrain on
+the month's last session, and any added strategy's), in time order:
 
 1. moves the paper exchange's clock to the event's time (admin `set_clock`: orders due by then fill first); for
-   `ema-update`, to the time the day's bar counts as final (`TRADEFLOW_EMA_CLOSE_SETTLE_SECONDS` after the close,
-   which a live run waits for on the broker's clock);
-2. calls the deployment's flow function, imported by its entrypoint (`deployments.deploy.ENTRYPOINTS`), with
+   an entry with a `replay_settle_setting` (`ema-update`), that many seconds later: the time the day's bar counts
+   as final (`TRADEFLOW_EMA_CLOSE_SETTLE_SECONDS` after the close, which a live run waits for on the broker's
+   clock);
+2. calls the deployment's flow function, imported by its registry entrypoint, with
    `as_of` = the event's time, as a subflow: each run shows in the UI under the replay run, writes its
    artifact, and journals like a scheduled run (lateness is measured on the exchange's clock, so it is on time).
 
@@ -17,8 +19,9 @@ the walk, when the model registry has no champion for an MTF symbol, it trains o
 before the first replayed session (no look-ahead), as `tradeflow train` does.
 
 The exchange's clock never goes back: a replay must start after the clock (a fresh account state, e.g. a new
-state directory, replays anything). `--mtf-every K` runs only every K-th mtf-signal event of a session (the
-09:35 one first), for a quicker look; by default all of them run, as the schedule does.
+state directory, replays anything). `--mtf-every K` runs only every K-th event of a session of the entries marked
+`replay_thinned` (mtf-signal: the 09:35 one first), for a quicker look; by default all of them run, as the
+schedule does.
 """
 
 from __future__ import annotations
@@ -139,18 +142,21 @@ def load_flow(deployment: str, entrypoint: str, project_dir: Path = PROJECT_ROOT
     return fn
 
 
-def _events(session: Session, settings: Settings, mtf_every: int) -> list[Any]:
-    events = session_events(session, settings.ema_entry_minutes_before_close)
-    out, mtf_index = [], 0
+def _events(session: Session, settings: Settings, mtf_every: int, names: tuple[str, ...]) -> list[Any]:
+    from core.registry import default_registry
+
+    registry = default_registry()
+    events = session_events(session, settings.ema_entry_minutes_before_close, deployments=names)
+    out, index = [], Counter()
     for e in events:
-        if e.deployment == "mtf-signal":
-            keep = mtf_index % mtf_every == 0
-            mtf_index += 1
+        if registry.deployment(e.deployment).replay_thinned:
+            keep = index[e.deployment] % mtf_every == 0
+            index[e.deployment] += 1
             if not keep:
                 continue
         out.append(e)
-    # ema-update moves the clock past its own time (see replay_sessions): what shares its time runs first
-    return sorted(out, key=lambda e: (e.time, e.deployment == "ema-update"))
+    # an entry that moves the clock past its own time (see replay_sessions) runs after what shares its time
+    return sorted(out, key=lambda e: (e.time, registry.deployment(e.deployment).replay_settle_setting is not None))
 
 
 def ensure_models(settings: Settings, before: dt.datetime, out=sys.stdout) -> list[str]:
@@ -180,10 +186,13 @@ def ensure_models(settings: Settings, before: dt.datetime, out=sys.stdout) -> li
 
 
 def replay_sessions(start: dt.date, end: dt.date, mtf_every: int = 1, entrypoints: dict[str, str] | None = None,
-                    train: bool = True, with_retrain: bool = False) -> dict[str, Any]:
+                    train: bool = True, with_retrain: bool = False,
+                    deployments: list[str] | None = None) -> dict[str, Any]:
     """The body of the `replay` flow (see the module docstring); returns counts per deployment and outcome.
-    `with_retrain`: when no month ends inside the range, run `retrain` once after the last session anyway (at
-    its 18:00), so that a short replay (`tradeflow up`'s) shows all six flows.
+    `with_retrain`: when no month ends inside the range, run each month-end deployment (`retrain`) once after
+    the last session anyway (at its time, 18:00), so that a short replay (`tradeflow up`'s) shows every flow.
+    `deployments`: only these (default: the deployments that run, `core.registry.enabled_names`); `train`
+    applies only when mtf-signal is among them.
 
     Raises:
         ReplayError: no session in the range, a missing flow, the exchange unreachable or its clock past the
@@ -191,11 +200,10 @@ def replay_sessions(start: dt.date, end: dt.date, mtf_every: int = 1, entrypoint
     """
     from prefect.artifacts import create_markdown_artifact
 
-    from core.calendar import DEPLOYMENTS
     from core.paper_exchange import AdminClient
+    from core.registry import default_registry, enabled_names
     from core.settings import get_settings
-    from deployments.deploy import ENTRYPOINTS
-    from tasks.runtime import flow_run
+    from tasks.runtime import LATE_STATE_NAME, flow_run
 
     settings = get_settings()
     if mtf_every < 1:
@@ -203,10 +211,16 @@ def replay_sessions(start: dt.date, end: dt.date, mtf_every: int = 1, entrypoint
     days = sessions(start, end)
     if not days:
         raise ReplayError(f"no NYSE session from {start} to {end}")
-    eps = {**ENTRYPOINTS, **(entrypoints or {})}
+    registry = default_registry()
+    try:
+        names = tuple(deployments) if deployments else enabled_names(settings)
+        entries = {name: registry.deployment(name) for name in names}
+    except ValueError as exc:
+        raise ReplayError(str(exc)) from None
+    eps = {**{name: e.entrypoint for name, e in entries.items()}, **(entrypoints or {})}
     missing = []
     flows = {}
-    for name in DEPLOYMENTS:
+    for name in names:
         try:
             flows[name] = load_flow(name, eps[name])
         except ReplayError as exc:
@@ -219,7 +233,7 @@ def replay_sessions(start: dt.date, end: dt.date, mtf_every: int = 1, entrypoint
     except OSError as exc:
         raise ReplayError(f"no paper exchange answers on its admin port 127.0.0.1:{settings.paper_admin_port} "
                           f"({exc}); start one (`tradeflow up` or `tradeflow paper-exchange`)") from None
-    first = _events(days[0], settings, mtf_every)[0].time
+    first = _events(days[0], settings, mtf_every, names)[0].time
     if clock > first:
         raise ReplayError(f"the paper exchange's clock is at {clock.isoformat()}, after the replay's first event "
                           f"{first.isoformat()}; it never goes back: replay later sessions, or start a fresh "
@@ -229,32 +243,34 @@ def replay_sessions(start: dt.date, end: dt.date, mtf_every: int = 1, entrypoint
     with flow_run(REPLAY, first) as run:
         # journaled with the replay's end (completed or failed): `tradeflow up` reads the range from there
         run.details = {"from": days[0].date.isoformat(), "to": days[-1].date.isoformat(), "mtf_every": mtf_every}
-        if train:
+        if train and any(e.strategy == "mtf" for e in entries.values()):  # its models, before the walk
             run.details["trained"] = ensure_models(settings, days[0].open)
+        month_end_rules = {name: rule for name, e in entries.items() for rule in e.events if rule.kind == "month_end"}
         for day in days:
-            events = _events(day, settings, mtf_every)
-            if with_retrain and day == days[-1] and not any(
-                    e.deployment == "retrain" for d in days for e in _events(d, settings, mtf_every)):
-                at = dt.datetime.combine(day.date, dt.time(18, 0), NY)  # retrain's time on a month's last session
-                events.append(Event(max(at, max(e.time for e in events) + dt.timedelta(minutes=1)), "retrain"))
+            events = _events(day, settings, mtf_every, names)
+            for name, rule in month_end_rules.items() if with_retrain and day == days[-1] else ():
+                if not any(e.deployment == name for d in days for e in _events(d, settings, mtf_every, names)):
+                    at = dt.datetime.combine(day.date, rule.time, NY)  # its time on a month's last session
+                    events.append(Event(max(at, max(e.time for e in events) + dt.timedelta(minutes=1)), name))
             for event in events:
                 at = event.time
-                if event.deployment == "ema-update":
+                settle = entries[event.deployment].replay_settle_setting
+                if settle:
                     # the exchange's clock stands still between events; ema-update waits on it until the day's
                     # bar is final (TRADEFLOW_EMA_CLOSE_SETTLE_SECONDS after the close), so move it there
-                    at += dt.timedelta(seconds=settings.ema_close_settle_seconds)
+                    at += dt.timedelta(seconds=float(getattr(settings, settle)))
                 admin.set_clock(at)
                 fn = flows[event.deployment].with_options(
                     flow_run_name=f"{event.deployment} {event.time.astimezone(NY):%Y-%m-%d %H:%M}")
                 state = fn(as_of=event.time, return_state=True)
-                outcome = ("completed" if state.is_completed() else
-                           "skipped" if state.is_cancelled() else "failed")
+                outcome = ("skipped" if state.name == LATE_STATE_NAME or state.is_cancelled() else
+                           "completed" if state.is_completed() else "failed")
                 tally[(event.deployment, outcome)] += 1
                 if outcome == "failed":
                     failures.append(f"{event.deployment} {event.time.isoformat()}: {state.message}")
                 print(f"{event.time.astimezone(NY):%Y-%m-%d %H:%M} {event.deployment:<16} {state.name}", flush=True)
         rows = [{"deployment": d, **{o: tally[(d, o)] for o in ("completed", "skipped", "failed")}}
-                for d in DEPLOYMENTS]
+                for d in names]
         table = "\n".join(f"| {r['deployment']} | {r['completed']} | {r['skipped']} | {r['failed']} |" for r in rows)
         summary = (f"### replay {days[0].date} .. {days[-1].date}\n\n{len(days)} session(s), every "
                    f"{'' if mtf_every == 1 else f'{mtf_every}th '}mtf-signal event\n\n"
@@ -270,11 +286,12 @@ def replay_sessions(start: dt.date, end: dt.date, mtf_every: int = 1, entrypoint
 def _replay_flow():
     from prefect import flow
 
-    @flow(name=REPLAY, description="Replays past sessions on the paper exchange's clock: every scheduled event as "
+    @flow(name=REPLAY, flow_run_name="replay {start} .. {end}", description="Replays past sessions on the paper exchange's clock: every scheduled event as "
                                    "a subflow with its as_of.")
     def replay(start: dt.date, end: dt.date, mtf_every: int = 1, entrypoints: dict[str, str] | None = None,
-               train: bool = True, with_retrain: bool = False) -> dict[str, Any]:
-        return replay_sessions(start, end, mtf_every, entrypoints, train, with_retrain)
+               train: bool = True, with_retrain: bool = False,
+               deployments: list[str] | None = None) -> dict[str, Any]:
+        return replay_sessions(start, end, mtf_every, entrypoints, train, with_retrain, deployments)
 
     return replay
 

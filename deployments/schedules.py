@@ -222,7 +222,7 @@ def deployment_schedules(deployment: str, window: Window, entry_minutes_before_c
     """The schedules of `deployment` for `window`, verified against the calendar (see the module docstring).
 
     Args:
-        deployment: one of `core.calendar.DEPLOYMENTS`.
+        deployment: a deployment of the registry (`core.registry`).
         window: the dates covered (`window_for(today)`).
         entry_minutes_before_close: settings.ema_entry_minutes_before_close (ema-entry's offset, minutes).
 
@@ -290,7 +290,9 @@ def verify(deployment: str, specs: Sequence[ScheduleSpec], window: Window, entry
 
 def all_schedules(window: Window, entry_minutes_before_close: int = 5,
                   deployments: Iterable[str] | None = None) -> dict[str, list[ScheduleSpec]]:
-    """`deployment_schedules` of every deployment (default: `core.calendar.DEPLOYMENTS`), by name."""
-    from core.calendar import DEPLOYMENTS
+    """`deployment_schedules` of every deployment (default: those that run, `core.registry.enabled_names`), by
+    name."""
+    from core.registry import enabled_names
 
-    return {d: deployment_schedules(d, window, entry_minutes_before_close) for d in (deployments or DEPLOYMENTS)}
+    return {d: deployment_schedules(d, window, entry_minutes_before_close)
+            for d in (deployments or enabled_names())}

@@ -133,6 +133,21 @@ class Up:
         self.say(f"broker: paper exchange on 127.0.0.1:{s.ibkr_port} (admin {s.paper_admin_port}), bars from "
                  f"{s.data_dir}, account state {s.paper_exchange_state_file}")
 
+    def start_paper_services(self) -> None:
+        """With the paper exchange: the processes the running strategies ask for (`Strategy.paper_services`, e.g.
+        the signals strategy's local signal source)."""
+        from core.registry import default_registry
+
+        if not self.paper:
+            return
+        registry = default_registry()
+        for name in registry.enabled(self.settings.strategies):
+            for label, args in registry.strategy(name).paper_services:
+                child = Child(label, [sys.executable, *args], self.logs / f"{label.replace(' ', '-')}.log",
+                              env=self.child_env(), cwd=PROJECT_ROOT).start()
+                self.children.append(child)
+                self.say(f"{label} for {name} (log {child.log_path})")
+
     def deploy(self) -> None:
         from deployments.cmd_deploy import deploy_all
 

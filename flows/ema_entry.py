@@ -49,10 +49,12 @@ from tasks.ema import (
     sync_fills,
 )
 from tasks.margin import fit_entry
+from tasks.run_policy import run_policy
 from tasks.runtime import FlowRun, flow_run
+from tasks.ui import run_name
 
 
-@flow(name="ema-entry")
+@flow(name="ema-entry", flow_run_name=run_name("ema-entry"), **run_policy("ema-entry"))
 def ema_entry(as_of: datetime | None = None) -> dict[str, Any] | Any:
     """The 15:55 (12:55) EMA decision and its orders. `as_of` (aware; default: the run's scheduled start) must be
     in the session's last `ema_entry_minutes_before_close` minutes. Returns a summary dict, or the SkippedLate

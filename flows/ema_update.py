@@ -45,10 +45,12 @@ from tasks.ema import (
     sync_fills,
     wait_final_close,
 )
+from tasks.run_policy import run_policy
 from tasks.runtime import FlowRun, flow_run
+from tasks.ui import ema_chart_or_none, run_name
 
 
-@flow(name="ema-update")
+@flow(name="ema-update", flow_run_name=run_name("ema-update"), **run_policy("ema-update"))
 def ema_update(as_of: datetime | None = None) -> dict[str, Any]:
     """Fold the session's official close into the EMAs; send the exit for the next open when the final signal is
     BEAR while long. `as_of` (aware; default: the run's scheduled start) must be at or after the session's
@@ -67,7 +69,8 @@ def ema_update(as_of: datetime | None = None) -> dict[str, Any]:
             if decision == "SELL":
                 summary.update(_send_exit(run, broker, gateway, qty, ref))
         report(run, f"ema-update {session.date}: {inputs.get('signal')}",
-               f"{inputs.get('signal')} close {inputs.get('close')}: {reason}", summary, inputs)
+               f"{inputs.get('signal')} close {inputs.get('close')}: {reason}", summary, inputs,
+               chart=ema_chart_or_none(run))
         return summary
 
 

@@ -35,10 +35,12 @@ from tasks.ema import (
     sync_fills,
     wait_for_ref_fill,
 )
+from tasks.run_policy import run_policy
 from tasks.runtime import flow_run
+from tasks.ui import run_name
 
 
-@flow(name="equity-snapshot")
+@flow(name="equity-snapshot", flow_run_name=run_name("equity-snapshot"), **run_policy("equity-snapshot"))
 def equity_snapshot(as_of: datetime | None = None) -> dict[str, Any] | Any:
     """Record the day-start equity and positions; arm the day's SMH stop. `as_of` (aware; default: the run's
     scheduled start) must fall in a session's regular hours. Returns a summary dict, or the SkippedLate state."""

@@ -56,12 +56,14 @@ from tasks.margin import fit_entry
 from tasks.mtf_signal import (BookState, Champion, ModelUnavailableError, SymbolView, edge_gates, journal_decision,
                               load_champions, mtf_order_ref, observe_symbol, read_book, runs_sessions, send_order,
                               view_inputs)
+from tasks.run_policy import run_policy
 from tasks.runtime import FlowRun, flow_run
+from tasks.ui import run_name
 
 DEPLOYMENT = "mtf-signal"
 
 
-@flow(name=DEPLOYMENT)
+@flow(name=DEPLOYMENT, flow_run_name=run_name(DEPLOYMENT), **run_policy(DEPLOYMENT))
 def mtf_signal(as_of: datetime | None = None, symbols: list[str] | None = None,
                fill_timeout_seconds: float = 10.0) -> dict[str, Any]:
     """One 5-minute run of the MTF strategy (module docstring).

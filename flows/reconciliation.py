@@ -21,9 +21,12 @@ from prefect import flow, task
 from prefect.cache_policies import NONE
 
 from core.reconcile import PositionBreaksFound
-from core.reconcile_report import equity_chart_png, format_markdown, png_markdown
-from tasks.reconcile import equity_curve, reconcile_account
+from core.reconcile_report import format_markdown
+from tasks.reconcile import reconcile_account
+from tasks.report import send_reports
+from tasks.run_policy import run_policy
 from tasks.runtime import flow_run
+from tasks.ui import publish_charts, run_name
 
 DEPLOYMENT = "reconciliation"
 
@@ -32,7 +35,7 @@ def _as_task(fn):
     return task(fn, name=fn.__name__.replace("_", "-"), cache_policy=NONE)
 
 
-@flow(name=DEPLOYMENT)
+@flow(name=DEPLOYMENT, flow_run_name=run_name(DEPLOYMENT), **run_policy(DEPLOYMENT))
 def reconciliation(as_of: datetime | None = None) -> dict[str, Any]:
     """Reconcile the account for the session of `as_of` (default: the run's scheduled start) and record its P&L.
 
@@ -47,7 +50,8 @@ def reconciliation(as_of: datetime | None = None) -> dict[str, Any]:
             result = reconcile_account(broker, run.journal, run.as_of, run_id=run.run_id, step=_as_task)
         run.publish(format_markdown(result), table=[{**t, "exec_time": t["exec_time"].isoformat()}
                                                     for t in result.trades])
-        _publish_equity_curve(run, result.day)
+        publish_charts(run, result.day)
+        send_reports(run, result, DEPLOYMENT)  # the daily report (and per-fill notices), breaks or not
         summary = result.summary()
         run.details = summary
         failure = result.failure
@@ -58,20 +62,3 @@ def reconciliation(as_of: datetime | None = None) -> dict[str, Any]:
             raise PositionBreaksFound(failure)
         return summary
 
-
-def _publish_equity_curve(run, day) -> None:
-    curve = equity_curve(run.journal, day)
-    if curve.empty:
-        return
-    png = equity_chart_png(curve)
-    reports = run.settings.state_dir / "reports"
-    reports.mkdir(parents=True, exist_ok=True)
-    path = reports / f"equity-{day}.png"
-    path.write_bytes(png)
-    from prefect.artifacts import create_markdown_artifact
-    from prefect.runtime import flow_run as current
-
-    if current.id is not None:
-        create_markdown_artifact(
-            markdown=f"### Equity and drawdown to {day}\n\n{png_markdown(png, f'equity curve to {day}')}\n\n"
-                     f"File: `{path}`\n", key=f"{DEPLOYMENT}-equity-curve", description=f"equity curve to {day}")

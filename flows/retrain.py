@@ -42,12 +42,14 @@ from models.mtf import TrainConfig
 from models.retrain import evaluation_month
 from models.walkforward import WalkForwardConfig
 from tasks.retrain import journal_retrain, retrain_one, update_bar_store
+from tasks.run_policy import run_policy
 from tasks.runtime import flow_run
+from tasks.ui import publish_retrain_chart, run_name
 
 DEPLOYMENT = "retrain"
 
 
-@flow(name=DEPLOYMENT)
+@flow(name=DEPLOYMENT, flow_run_name=run_name(DEPLOYMENT), **run_policy(DEPLOYMENT))
 def retrain(as_of: datetime | None = None, symbols: list[str] | None = None, history_months: int = 24,
             max_requests: int = 56, epochs: int | None = None, lstm_units: list[int] | None = None,
             min_auc_gain: float = PromotionRule.min_auc_gain,
@@ -100,6 +102,7 @@ def retrain(as_of: datetime | None = None, symbols: list[str] | None = None, his
                 continue
             journal_retrain(run, outcome, window)
             results.append(_result(outcome, updates[sym]))
+            publish_retrain_chart(run, outcome, window.label)
         run.details = {"window": window.label, "results": results, "failures": failures}
         run.outcome = "; ".join(f"{r['symbol']} promoted {r['challenger']}" if r["promoted"] else
                                 f"{r['symbol']} kept {r['champion']}" for r in results) or "nothing retrained"

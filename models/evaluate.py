@@ -234,7 +234,8 @@ def evaluate_window(predictor, bars: pd.DataFrame, start: pd.Timestamp, end: pd.
 
     Returns:
         {"classification": classification_metrics(...), "rules": SimResult dict, "buy_hold": SimResult dict,
-         "first": ISO, "last": ISO, "bars": int}.
+         "first": ISO, "last": ISO, "bars": int, "curve": {"y": labels 0/1, "p_up": P(up)} of the labelled
+         bars (for the ROC and calibration chart)}.
 
     Raises:
         ValueError: no bar in the window, or window rows still in the feature warm-up (too little history).
@@ -266,6 +267,7 @@ def evaluate_window(predictor, bars: pd.DataFrame, start: pd.Timestamp, end: pd.
         "first": idx[0].isoformat(),
         "last": idx[-1].isoformat(),
         "bars": int(len(rows)),
+        "curve": {"y": y[rows][labelled].astype(int).tolist(), "p_up": p[labelled].astype(float).tolist()},
     }
 
 

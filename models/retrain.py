@@ -169,3 +169,36 @@ def _overlaps(mv: ModelVersion, window: EvaluationMonth) -> bool:
     val = (mv.metadata.get("splits") or {}).get("val") or {}
     last = val.get("last")
     return bool(last) and dt.datetime.fromisoformat(last) >= window.start
+
+
+def latest_retrain_curves(registry: ModelRegistry, symbol: str, bars: pd.DataFrame, horizon: int,
+                          rules: RuleParams = RuleParams()) -> tuple[str, tuple[str, dict], tuple[str, dict] | None]:
+    """The last retrain of ``symbol`` evaluated again, for its chart (`tradeflow plot retrain`): the newest
+    challenger a retrain registered (its ``retrain`` metadata names the window) and the champion it was judged
+    against (the champion now, or the one it replaced when it was promoted), each evaluated on that window of
+    ``bars`` (hourly, aware index).
+
+    Returns:
+        (window label, (challenger version, curve), (champion version, curve) or None), a curve being
+        `evaluate_window`'s "curve" ({"y", "p_up"}).
+
+    Raises:
+        ValueError: no retrain registered a challenger for ``symbol``, or the bars do not cover its window.
+    """
+    retrained = [v for v in registry.list_versions(symbol) if v.metadata.get("retrain")]
+    if not retrained:
+        raise ValueError(f"no retrain has registered a challenger for {symbol} yet")
+    challenger = retrained[-1]
+    tag = challenger.metadata["retrain"]
+    window = evaluation_month(dt.datetime.fromisoformat(tag["as_of"]))
+    champion = registry.champion(symbol)
+    if champion is not None and champion.version == challenger.version:
+        champion = _previous_champion(registry, symbol)
+    evaluated = bars[bars.index < window.end]
+
+    def curve(mv: ModelVersion) -> dict:
+        return evaluate_window(registry.load_predictor(symbol, mv.version), evaluated, window.start, window.end,
+                               horizon, rules)["curve"]
+
+    return window.label, (challenger.version, curve(challenger)), (
+        (champion.version, curve(champion)) if champion is not None else None)

@@ -163,12 +163,36 @@ def follow_or_decide(run: FlowRun, decide: Callable[[], JournaledSignal]) -> tup
     return decide(), False
 
 
-def report(run: FlowRun, title: str, outcome: str, summary: dict[str, Any], table: dict[str, Any]) -> None:
-    """End of a flow: the outcome and summary journaled at completion (`flow_events`) and the run's artifact
-    (`title`, `outcome`, and `table` as rows of name and value)."""
+KEY_INPUTS = ("decision", "signal", "price", "close", "ema_fast", "ema_slow", "final_ema_fast", "final_ema_slow",
+              "vix_used", "vix_source", "leverage", "e0", "equity", "buying_power", "position_qty", "target_shares",
+              "shares", "filled", "fill_price", "order_ref", "stop", "exit", "entry")
+"""The inputs an EMA artifact shows under its sentence, in this order (the table artifact holds them all)."""
+
+
+def report(run: FlowRun, title: str, outcome: str, summary: dict[str, Any], table: dict[str, Any],
+           chart: bytes | None = None) -> None:
+    """End of a flow: the outcome and summary journaled at completion (`flow_events`) and the run's artifact:
+    `title`, the `outcome` sentence, the key inputs (`KEY_INPUTS` of `table` and `summary`), then `chart` (a
+    PNG) when given; every input of `table` as rows of name and value in the table artifact beside it."""
+    from core.charts import png_markdown
+
     run.outcome = outcome
     run.details = summary
-    run.publish(f"### {title}\n\n{outcome}\n", table=[{"name": k, "value": str(v)} for k, v in sorted(table.items())])
+    seen = {**table, **summary}
+    rows = [(k, seen[k]) for k in KEY_INPUTS if seen.get(k) not in (None, "", {})]
+    md = f"### {title}\n\n{outcome}\n\n| input | value |\n|---|---|\n" + "".join(
+        f"| {k} | {_cell(v)} |\n" for k, v in rows) + "\nEvery input: the table artifact beside this one.\n"
+    if chart is not None:
+        md += f"\n{png_markdown(chart, title)}\n"
+    run.publish(md, table=[{"name": k, "value": str(v)} for k, v in sorted(table.items())])
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.4f}".rstrip("0").rstrip(".")
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_cell(v)}" for k, v in value.items() if v not in (None, ""))[:200]
+    return str(value).replace("|", "/")
 
 
 def order_known(run: FlowRun, ref: str) -> bool:
@@ -184,6 +208,8 @@ def record_signal(run: FlowRun, strategy: str, decision: str, reason: str, *, si
     """Journal one decision of this run (once per strategy, symbol and as_of). With `keep_with`, a journal that
     cannot be written now does not raise: the gateway keeps the write (`OrderGateway.write_or_keep`)."""
     symbol, session = symbol_of(run), require_session(run).date
+    what = f"{decision} {quantity:g} {symbol}" if quantity else decision
+    log.info("decided (%s%s): %s: %s", strategy, f", signal {signal}" if signal else "", what, reason)
 
     def write(tx) -> bool:
         return tx.record_signal(strategy, symbol, run.as_of, session, decision, reason, signal=signal, price=price,
@@ -264,6 +290,9 @@ def read_market(run: FlowRun, broker: Broker) -> MarketRead:
     if account.net_liquidation <= 0:
         raise HalfKnownStateError(f"NetLiquidation {account.net_liquidation!r} USD is not positive: no decision")
     qty = position_qty(broker, symbol)
+    log.info("observed: %s %.2f USD, VIX %s (last close %s), NetLiquidation %s USD, BuyingPower %s USD, "
+             "%s position %d shares%s", symbol, price, _num(current), _num(last_close), f"{account.net_liquidation:,.2f}",
+             f"{account.buying_power:,.2f}", symbol, qty, f"; {'; '.join(notes)}" if notes else "")
     return MarketRead(price=price, quote={"bid": quote.bid, "ask": quote.ask, "last": quote.last,
                                           "close": quote.close, "delayed": quote.delayed},
                       vix=VixInfo(current=current, last_close=last_close, last_close_session=last_session),
@@ -273,6 +302,10 @@ def read_market(run: FlowRun, broker: Broker) -> MarketRead:
 # --------------------------------------------------------------------------------------------------------------
 # EMA state
 # --------------------------------------------------------------------------------------------------------------
+
+
+def _num(value: float | None) -> str:
+    return "unavailable" if value is None else f"{value:.2f}"
 
 
 def _daily_closes(broker: Broker, symbol: str, duration: str) -> pd.Series:
@@ -539,10 +572,13 @@ def await_fill(run: FlowRun, broker: Broker, gateway: OrderGateway, info: OrderI
     says so, and callers protect what was bought before failing."""
     error: BrokerError | None = None
     if not info.is_filled:
+        log.info("waiting up to %g s for the fill of %s", run.settings.ema_fill_timeout_seconds, info.order_ref)
         try:
             info = broker.wait_for_fill(info.order_id, run.settings.ema_fill_timeout_seconds)
         except (BrokerTimeoutError, OrderNotFilledError) as exc:
             error = exc
+            log.warning("%s did not fill: %s%s", info.order_ref, exc,
+                        "; cancelling it" if cancel_unfilled and isinstance(exc, BrokerTimeoutError) else "")
             if cancel_unfilled and isinstance(exc, BrokerTimeoutError):
                 info = broker.cancel_order(info.order_id)
                 gateway.record_status(info, message=f"not filled within {run.settings.ema_fill_timeout_seconds:g} "

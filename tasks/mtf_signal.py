@@ -207,6 +207,8 @@ def observe_symbol(run: FlowRun, broker: Broker, champion: Champion, cutoff: dt.
     try:
         upd: StoreUpdate = store.update(broker, sym, cutoff, run.as_of - HISTORY)
         view.store = {"requests": upd.requests, "added": upd.added, "note": upd.note}
+        log.info("%s hourly bars: %d new from %d broker request(s)%s", sym, upd.added, upd.requests,
+                 f" ({upd.note})" if upd.note else "")
         bars = complete_bars(store.load(sym), cutoff)
     except BarsError as exc:
         view.problem = view.failure = f"bar store damaged: {exc} (delete the file to rebuild it from the broker)"
@@ -270,6 +272,11 @@ def journal_decision(run: FlowRun, symbol: str, decision: MtfDecision, view: Sym
                      inputs: dict[str, Any], ref: str | None) -> None:
     """Record the decision (with every input) in `signals`, before any order is sent."""
     p = view.p_up if view else None
+    seen = "" if view is None else (
+        f"P(up) {p:.3f}" if p is not None else f"no P(up) ({view.problem})") + (
+        f", price {view.price:.2f}" if view.price else f", {view.price_problem}" if view.price_problem else "")
+    qty = f" {decision.quantity}" if decision.quantity else ""
+    log.info("%s: %s -> %s%s: %s", symbol, seen or "(no new observation)", decision.action, qty, decision.reason)
     with run.journal.transaction() as tx:
         tx.record_signal(STRATEGY, symbol, run.as_of, run.session.date, decision.action, decision.reason,
                          signal=None if p is None else ("UP" if p >= 0.5 else "DOWN"), probability=p,
@@ -297,6 +304,7 @@ def send_order(run: FlowRun, broker: Broker, gateway: OrderGateway, symbol: str,
             info = broker.wait_for_fill(info.order_id, fill_timeout)
         except BrokerTimeoutError:
             note = f"not filled within {fill_timeout:g} s; the next run records its fill"
+            log.warning("%s: %s", ref, note)
         except OrderNotFilledError as exc:
             note = str(exc)
     gateway.record_fills(info, STRATEGY)

@@ -8,7 +8,7 @@ A flow uses it like this (see `flows/`):
             with run.broker() as broker:                   # IBBroker, a client id of its own per deployment
                 late = run.refuse_if_late(broker, run.settings.late_run_max_minutes)
                 if late is not None:
-                    return late                            # a Cancelled state named "SkippedLate"
+                    return late                            # a Completed state named "SkippedLate"
                 gateway = run.gateway(broker)              # the one order path (core.orders)
                 ...
             run.publish(markdown)                          # the run's artifact in the Prefect UI
@@ -31,32 +31,44 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from prefect.states import Cancelled, State
+from prefect.states import Completed, State
 
+from core.broker import BrokerConnectionError, BrokerTimeoutError
 from core.calendar import NY, Session, session_for
 from core.controls import KillSwitch
+from core.heartbeat import ping
 from core.ib_broker import IBBroker
-from core.journal import Journal
+from core.journal import Journal, JournalError
 from core.orders import JournalBehindError, OrderGateway
 from core.settings import Settings, get_settings
+from tasks.ui import send_project_logs_to_prefect, sync_kill_switch
 
 log = logging.getLogger(__name__)
 
-CLIENT_ID_OFFSETS = {
-    "equity-snapshot": 10,
-    "mtf-signal": 20,
-    "ema-entry": 30,
-    "ema-update": 40,
-    "reconciliation": 50,
-    "retrain": 60,
-    "replay": 70,
-    "operator": 80,
-}
-"""Client id of each deployment's connection = IBKR_CLIENT_ID + offset, so that flows overlapping at 15:55-16:00
-never share an id (IB error 326); IBBroker still moves to the next id when one is taken."""
+
+
+def client_id_offset(connection: str) -> int:
+    """The client-id offset of a deployment (its registry entry, `core.registry`) or of the `replay` and
+    `operator` connections: client id = IBKR_CLIENT_ID + offset, so that flows overlapping at 15:55-16:00 never
+    share an id (IB error 326); IBBroker still moves to the next id when one is taken."""
+    from core.registry import default_registry
+
+    return default_registry().client_id_offset(connection)
 
 LATE_STATE_NAME = "SkippedLate"
-"""Name of the Cancelled state a flow ends in when it started too late to act (the alert automation matches it)."""
+"""Name of the Completed state a flow ends in when it started too late to act (`FlowRun.skip`; the skipped-late
+alert automation matches it)."""
+
+
+def _run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The Prefect run logger (its lines reach the run's Logs tab) inside a run, else this module's logger."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return log
 
 
 def resolve_as_of(as_of: dt.datetime | str | None) -> dt.datetime:
@@ -110,10 +122,10 @@ class FlowRun:
 
     @contextmanager
     def broker(self) -> Iterator[IBBroker]:
-        """A connected IBBroker with this deployment's client id (IBKR_CLIENT_ID + CLIENT_ID_OFFSETS);
+        """A connected IBBroker with this deployment's client id (IBKR_CLIENT_ID + `client_id_offset`);
         disconnected on exit. Raises BrokerConnectionError naming host and port."""
-        offset = CLIENT_ID_OFFSETS.get(self.deployment, 90)
-        broker = IBBroker(client_id=self.settings.ibkr_client_id + offset, settings=self.settings)
+        broker = IBBroker(client_id=self.settings.ibkr_client_id + client_id_offset(self.deployment),
+                          settings=self.settings)
         with broker:
             yield broker
 
@@ -134,14 +146,19 @@ class FlowRun:
         return "\n".join(g.behind_message(failure) for g in behind) if behind else None
 
     def skip(self, reason: str) -> State:
-        """End the run without acting: journal 'skipped' with `reason`, return a Cancelled state named
-        `SkippedLate` for the flow to return (the alert automation matches that name)."""
+        """End the run without acting: journal 'skipped' with `reason`, log it (the run's Logs tab), return a
+        Completed state named `SkippedLate` for the flow to return.
+
+        Completed, not Cancelled: the run did its job (refusing to trade late) and a returned Cancelled state
+        makes Prefect log "Engine execution exited with unexpected exception" and a CancelledRun traceback,
+        which reads as a crash. The name still tells it: the UI shows the state name, the event is
+        `prefect.flow-run.SkippedLate` (the skipped-late alert matches it), and `flow_events` says 'skipped'."""
         self.skipped = reason
         with self.journal.transaction() as tx:
             tx.record_flow_event(self.run_id, "skipped", self.deployment, self.as_of, outcome=reason)
-        log.warning("%s %s: %s", self.deployment, self.as_of.isoformat(), reason)
+        _run_logger().warning("%s %s skipped, nothing done: %s", self.deployment, self.as_of.isoformat(), reason)
         self.publish(f"### {self.deployment} skipped\n\n`as_of` {self.as_of.isoformat()}\n\n{reason}\n")
-        return Cancelled(name=LATE_STATE_NAME, message=reason)
+        return Completed(name=LATE_STATE_NAME, message=f"skipped: {reason}")
 
     def refuse_if_late(self, broker: IBBroker, max_minutes: float) -> State | None:
         """A `SkippedLate` state when the broker's clock is more than `max_minutes` past `as_of`, else None."""
@@ -172,7 +189,8 @@ class FlowRun:
 @contextmanager
 def flow_run(deployment: str, as_of: dt.datetime | str | None, settings: Settings | None = None) -> Iterator[FlowRun]:
     """Open a flow run's context: resolve `as_of`, journal 'started', and on exit 'completed' (with
-    `run.outcome`) or, when an exception escapes, 'failed' with the error (then re-raise it).
+    `run.outcome`) or, when an exception escapes, 'failed' with the error (then re-raise it). Either end pings
+    TRADEFLOW_HEARTBEAT_URL when set (a failure at URL/fail; `core.heartbeat`).
 
     Raises:
         core.orders.JournalBehindError: on exit, when the run's gateways still keep journal writes they could
@@ -180,18 +198,27 @@ def flow_run(deployment: str, as_of: dt.datetime | str | None, settings: Setting
             sent and what is held with or without its stop (the alert's first line), whether the run's body
             completed or failed."""
     settings = settings or get_settings()
+    send_project_logs_to_prefect(settings)
     when = resolve_as_of(as_of)
     run = FlowRun(deployment=deployment, as_of=when, run_id=current_run_id(), settings=settings,
                   journal=Journal(settings.journal_path, lock_timeout=settings.journal_lock_timeout_seconds),
                   session=session_for(when))
     with run.journal.transaction() as tx:
         tx.record_flow_event(run.run_id, "started", deployment, when)
+    _rearm_late_alert(deployment)
+    log.info("%s for %s", deployment, describe_when(when, run.session))
+    if not run.run_id.startswith("local-"):  # a Prefect run: its UI shows the kill switch as the file says
+        shown = sync_kill_switch(run.kill_switch, settings.state_dir)
+        if shown and shown.startswith("HALTED"):
+            log.warning("%s: orders will be refused", shown)
     try:
         yield run
     except BaseException as exc:
+        log.error("%s failed: %s: %s", deployment, type(exc).__name__, exc)
         behind = run.journal_behind(exc)
         if behind is not None:  # orders went out and the journal lacks some of it: say so first, above all else
             log.critical("%s", behind)
+            _heartbeat(settings, failed=True)
             raise JournalBehindError(behind) from exc
         try:
             with run.journal.transaction() as tx:
@@ -199,12 +226,80 @@ def flow_run(deployment: str, as_of: dt.datetime | str | None, settings: Setting
                                      details=run.details or None)
         except Exception:  # noqa: BLE001 - the original error matters more than the failure to journal it
             log.exception("could not journal the failure of %s", deployment)
+        if not isinstance(exc, RETRYABLE):
+            _no_more_retries(exc)
+        _heartbeat(settings, failed=True)
         raise
     behind = run.journal_behind()
     if behind is not None:
         log.critical("%s", behind)
+        _heartbeat(settings, failed=True)
         raise JournalBehindError(behind)
     if run.skipped is None:
         with run.journal.transaction() as tx:
             tx.record_flow_event(run.run_id, "completed", deployment, when, outcome=run.outcome or None,
                                  details=run.details or None)
+        log.info("%s done: %s", deployment, run.outcome or "completed")
+    _heartbeat(settings, failed=False)
+
+
+RETRYABLE = (BrokerConnectionError, BrokerTimeoutError, JournalError, TimeoutError)
+"""Failures a flow's retries (`tasks.run_policy`) are for: the broker unreachable or slow (a gateway restart),
+the journal held by another process. Any other failure (a decision: a position break, a red preflight item,
+half-known state) ends the run at once, whatever retries remain."""
+
+
+def _no_more_retries(exc: BaseException) -> None:
+    """Set this flow run's retries to those already used, so the server's retry rule lets the coming Failed
+    state stand (Prefect 3.8 flows have no retry condition). Logs, never raises."""
+    from prefect.runtime import flow_run as current
+
+    if current.id is None:
+        return
+    try:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.objects import FlowRunPolicy
+
+        with get_client(sync_client=True) as client:
+            fr = client.read_flow_run(current.id)
+            if not fr.empirical_policy.retries:
+                return
+            policy = fr.empirical_policy.model_copy(update={"retries": max(fr.run_count - 1, 0)})
+            client.update_flow_run(current.id, empirical_policy=FlowRunPolicy.model_validate(policy.model_dump()))
+        log.info("%s is not retried: a retry is for a broker or journal failure", type(exc).__name__)
+    except Exception as err:  # noqa: BLE001
+        log.warning("could not stop the retries of this run: %s", type(err).__name__)
+
+
+def _rearm_late_alert(deployment: str) -> None:
+    """In a deployment run: the runs-late alert of `deployment`, paused since it notified, is re-armed and says
+    the runs are picked up again (`deployments.alerts.rearm_after_outage`). Never fails the run."""
+    from prefect.runtime import deployment as current_deployment
+
+    if current_deployment.id is None:
+        return
+    try:
+        from prefect.client.orchestration import get_client
+
+        from deployments.alerts import rearm_after_outage
+
+        with get_client(sync_client=True) as client:
+            rearm_after_outage(deployment, client)
+    except Exception as exc:  # noqa: BLE001 - an alert's bookkeeping must not stop a trading run
+        log.warning("could not re-arm the late-run alert of %s: %s", deployment, type(exc).__name__)
+
+
+def _heartbeat(settings: Settings, failed: bool) -> None:
+    """The dead-man's switch (`core.heartbeat`): a ping when TRADEFLOW_HEARTBEAT_URL is set (never raises)."""
+    if settings.heartbeat_url is not None:
+        ping(settings.heartbeat_url.get_secret_value(), failed=failed)
+
+
+def describe_when(when: dt.datetime, session: Session | None) -> str:
+    """`as_of` for a person: '2026-03-06 15:55 New York, session 2026-03-06 (09:30-16:00)' (early close and no
+    session said as such)."""
+    at = f"{when.astimezone(NY):%Y-%m-%d %H:%M} New York"
+    if session is None:
+        return f"{at} (no NYSE session that day)"
+    early = ", early close" if session.early_close else ""
+    return f"{at}, session {session.date} ({session.open:%H:%M}-{session.close:%H:%M}{early})"

@@ -20,7 +20,7 @@ def alert_probe(as_of: datetime | None = None) -> dict:
 
 @flow(name="late-probe")
 def late_probe(as_of: datetime | None = None):
-    """Ends as the Cancelled state named SkippedLate, as an order flow started too late does."""
+    """Ends as the Completed state named SkippedLate, as an order flow started too late does."""
     with flow_run("late-probe", as_of) as run:
         return run.skip("started 12.0 minutes after its scheduled time (test)")
 
@@ -35,3 +35,17 @@ def stuck_probe(release: str) -> str:
     while not Path(release).exists() and time.monotonic() < deadline:
         time.sleep(0.2)  # polling the test's condition
     return "released"
+
+
+@flow(name="mtf-signal")
+def mtf_signal_probe(as_of: datetime | None = None):
+    """Stands in for mtf-signal in the late-run alert test: a run started after its time skips, as the real one."""
+    with flow_run("mtf-signal", as_of) as run:
+        return run.skip("started after its scheduled time (probe)")
+
+
+@flow(name="ema-entry")
+def ema_entry_probe(as_of: datetime | None = None):
+    """Stands in for ema-entry in the late-run alert test (see mtf_signal_probe)."""
+    with flow_run("ema-entry", as_of) as run:
+        return run.skip("started after its scheduled time (probe)")

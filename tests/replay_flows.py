@@ -1,4 +1,4 @@
-"""Stand-ins for the six flows, for replay tests (entrypoints `tests/replay_flows.py:<name>`): each is a real
+"""Stand-ins for the seven flows, for replay tests (entrypoints `tests/replay_flows.py:<name>`): each is a real
 Prefect flow using the real runtime and broker; it journals the broker's clock beside its as_of and publishes
 an artifact, so a test can see that the replay moved the exchange's clock to every event."""
 
@@ -26,6 +26,7 @@ def _probe(deployment: str):
     return probe
 
 
+preflight = _probe("preflight")
 equity_snapshot = _probe("equity-snapshot")
 mtf_signal = _probe("mtf-signal")
 ema_entry = _probe("ema-entry")
@@ -34,4 +35,4 @@ reconciliation = _probe("reconciliation")
 retrain = _probe("retrain")
 
 ENTRYPOINTS = {name: f"tests/replay_flows.py:{name.replace('-', '_')}"
-               for name in ("equity-snapshot", "mtf-signal", "ema-entry", "ema-update", "reconciliation", "retrain")}
+               for name in ("preflight", "equity-snapshot", "mtf-signal", "ema-entry", "ema-update", "reconciliation", "retrain")}

@@ -139,7 +139,7 @@ def test_schedule_command_prints_one_sorted_event_per_line(capsys):
     assert sum(1 for line in lines if line.startswith("mtf-signal 2026-11-27")) == 42
     parsed = [dt.datetime.fromisoformat(line.split(" ")[1]) for line in lines]
     assert parsed == sorted(parsed)
-    assert len(lines) == 3 * 78 + 42 + 4 * 4  # three full sessions, one early close, 4 other events each
+    assert len(lines) == 3 * 78 + 42 + 4 * 5  # three full sessions, one early close, 5 other events each
 
 
 def test_schedule_command_rejects_bad_dates(capsys):

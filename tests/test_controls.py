@@ -92,7 +92,7 @@ def test_flatten_cancels_and_closes_everything_while_halted(exchange, state_dir)
     assert {p: v.quantity for p, v in exchange.engine.positions.items() if v.quantity} == {"AAPL": 10, "TSLA": -5}
     assert tradeflow("halt", "--reason", "test: stop everything", "--who", "tester").returncode == 0
 
-    done = tradeflow("flatten", "--reason", "test: close it all", "--who", "tester")
+    done = tradeflow("flatten", "--reason", "test: close it all", "--who", "tester", "--yes")
     assert done.returncode == 0, done.stdout + done.stderr
     assert not exchange.engine.open_orders()
     assert not {p: v.quantity for p, v in exchange.engine.positions.items() if v.quantity}

@@ -394,12 +394,12 @@ def test_a_halt_keeps_yesterdays_stop_working(market):
 def test_a_late_entry_does_not_trade_and_says_why(market):
     m = market(at(2025, 5, 27, 15, 59))
     state = ema_entry(as_of=at(2025, 5, 27, 15, 55), return_state=True)
-    assert state.type == StateType.CANCELLED and state.name == "SkippedLate"
+    assert state.type == StateType.COMPLETED and state.name == "SkippedLate"
     assert not m.orders() and m.q("SELECT count(*) AS n FROM signals")["n"][0] == 0
     skipped = m.q("SELECT outcome FROM flow_events WHERE event = 'skipped' AND deployment = 'ema-entry'")
     assert "4.0 minutes after its scheduled time" in skipped["outcome"][0]
     late = equity_snapshot(as_of=at(2025, 5, 27, 9, 30), return_state=True)
-    assert late.type == StateType.CANCELLED and late.name == "SkippedLate"
+    assert late.type == StateType.COMPLETED and late.name == "SkippedLate"
 
 
 def test_no_price_means_no_stop_and_a_clear_failure(market):

@@ -24,12 +24,42 @@ def test_defaults_are_paper_on_the_tws_paper_port(monkeypatch, tmp_path):
 
 
 def test_environment_and_dotenv(monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / ".env").write_text("IBKR_PORT=4002\nTRADEFLOW_MTF_SYMBOLS=[\"AAPL\"]\nTRADEFLOW_STATE_DIR=rel/state\n")
+    env_file = tmp_path / "tradeflow.env"
+    env_file.write_text("IBKR_PORT=4002\nTRADEFLOW_MTF_SYMBOLS=[\"AAPL\"]\nTRADEFLOW_STATE_DIR=rel/state\n")
+    monkeypatch.setenv("TRADEFLOW_ENV_FILE", str(env_file))
     monkeypatch.setenv("IBKR_PORT", "4001")  # the environment wins over .env
     s = load_settings()
     assert s.ibkr_port == 4001 and s.mtf_symbols == ["AAPL"]
     assert s.state_dir == PROJECT_ROOT / "rel" / "state"  # relative to the project, not the working folder
+
+
+def test_a_dotenv_in_the_current_folder_is_not_read(monkeypatch, tmp_path):
+    """`tradeflow halt` run from another folder acts on the flows' state dir, not on one a stray .env names."""
+    from core.settings import env_file
+
+    monkeypatch.delenv("TRADEFLOW_ENV_FILE", raising=False)
+    monkeypatch.delenv("TRADEFLOW_STATE_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("TRADEFLOW_STATE_DIR=/somewhere/else\nIBKR_CLIENT_ID=99\n")
+    assert env_file() == PROJECT_ROOT / ".env"
+    s = load_settings()
+    assert s.state_dir != Path("/somewhere/else") and s.ibkr_client_id != 99
+
+
+def test_config_prints_the_settings_in_force_with_secrets_masked(monkeypatch, tmp_path, capsys):
+    env_file = tmp_path / "tradeflow.env"
+    env_file.write_text("IBKR_CLIENT_ID=7\n")
+    monkeypatch.setenv("TRADEFLOW_ENV_FILE", str(env_file))
+    monkeypatch.setenv("TRADEFLOW_ALERT_URL", "json://127.0.0.1:9/very-secret")
+    monkeypatch.setenv("IBKR_PORT", "4002")
+    assert main(["config"]) == 0
+    out = capsys.readouterr().out
+    assert f".env file: {env_file} (read)" in out and "very-secret" not in out
+    lines = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert lines["TRADEFLOW_ALERT_URL"].split()[1:] == ["***", "[environment]"]
+    assert lines["IBKR_CLIENT_ID"].split()[1:] == ["7", "[.env]"]
+    assert lines["IBKR_PORT"].split()[1:] == ["4002", "[environment]"]
+    assert lines["TRADEFLOW_EMA_FAST"].split()[1:] == ["25", "[default]"]
 
 
 @pytest.mark.parametrize(

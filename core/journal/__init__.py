@@ -20,6 +20,7 @@ from core.journal.base import JournalError
 from core.journal.schema import MIGRATIONS, SCHEMA_VERSION
 from core.journal.store import Journal
 from core.journal.tx import JournalTx
+from core.journal.views import *  # noqa: F401,F403 - the named reads of `tradeflow status` and the charts
 from core.order_status import OrderStatus
 
 TERMINAL_ORDER_STATUSES = OrderStatus.DONE

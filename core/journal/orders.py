@@ -235,6 +235,18 @@ class OrdersTx(TxBase):
             "SELECT symbol, signed_shares, price, coalesce(commission, 0), exec_time FROM v_fills"
             " WHERE strategy_name = ? ORDER BY exec_time, exec_id", [strategy]).fetchall()]
 
+    def strategy_fill_rows(self, strategy: str, symbol: str | None = None,
+                       session: dt.date | None = None) -> list[dict[str, Any]]:
+        """The executions of `strategy` (only `symbol`'s, only `session`'s (New York date) when given), in time
+        order: symbol, signed shares (+ bought, - sold), price (USD a share), commission (USD, None until
+        reported), session."""
+        rows = self.con.execute(
+            "SELECT symbol, signed_shares, price, commission, session FROM v_fills WHERE strategy_name = ?"
+            " AND (CAST(? AS VARCHAR) IS NULL OR symbol = ?) AND (CAST(? AS DATE) IS NULL OR session = ?)"
+            " ORDER BY exec_time, exec_id", [strategy, symbol, symbol, session, session]).fetchall()
+        return [{"symbol": r[0], "shares": float(r[1]), "price": float(r[2]), "commission": r[3], "session": r[4]}
+                for r in rows]
+
     def fills_before(self, end: dt.datetime) -> list[dict[str, Any]]:
         """Every execution before `end` (aware), oldest first, as dicts: strategy (the strategy's name, from the
         execution or its order), symbol, signed_shares, price (USD), commission (USD or None), exec_time,
