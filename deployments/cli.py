@@ -38,6 +38,9 @@ EXAMPLES = {
     "config": "tradeflow config | grep IBKR",
     "completion": "source <(tradeflow completion)",
     "plot": "tradeflow plot ema --out ema.png",
+    "alerts": "TRADEFLOW_ALERT_URL=json://127.0.0.1:8765/ tradeflow alerts test",
+    "strategies": "tradeflow strategies",
+    "new-strategy": "tradeflow new-strategy breakout",
 }
 """One example per command, shown at the end of its --help."""
 
