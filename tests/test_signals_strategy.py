@@ -206,7 +206,7 @@ def test_a_replayed_session_on_three_tickers(market, monkeypatch):
     assert breaks.empty
     # a rerun of the runs that reversed a position (allowed to start late) follows its journaled plan: it sends
     # nothing, and leaves every order as it was
-    monkeypatch.setenv("TRADEFLOW_LATE_RUN_MAX_MINUTES", "100000")
+    monkeypatch.setenv("TRADEFLOW_LATE_RUN_MAX_MINUTES", "390")
     get_settings.cache_clear()
     sent = {o.order_ref: (o.status, o.quantity) for o in exchange.engine.orders.values()}
     reversed_at = sorted({a for a, i in zip(decisions["as_of"], decisions["inputs"], strict=True)
