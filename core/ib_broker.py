@@ -135,7 +135,18 @@ class _Pacer:
         self.times.append(now)
 
 
-_historical_pacer = _Pacer(60, 600.0)
+_historical_pacers: dict[tuple[str, int], _Pacer] = {}
+_historical_pacers_lock = threading.Lock()
+
+
+def _historical_pacer(host: str, port: int) -> _Pacer:
+    """The process's one pacer for the gateway at host:port.
+
+    IB counts historical requests per gateway session (all its client ids), so every IBBroker in this process
+    that talks to the same gateway shares one window; a different gateway (another port) has its own.
+    """
+    with _historical_pacers_lock:
+        return _historical_pacers.setdefault((host, port), _Pacer(60, 600.0))
 
 
 class IBBroker(Broker):
@@ -169,7 +180,8 @@ class IBBroker(Broker):
         self.connect_attempts = max(1, connect_attempts)
         self.backoff = backoff
         self.max_client_ids = max_client_ids
-        self.pacer = _Pacer(*historical_pacing) if historical_pacing else _historical_pacer
+        self.pacer = (_Pacer(*historical_pacing) if historical_pacing
+                      else _historical_pacer(self.host, self.port))
         self.client_id: int | None = None
         self._account = account
         self._contracts: dict[str, object] = {}

@@ -27,6 +27,16 @@ def _fresh_settings():
     get_settings.cache_clear()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_pacing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts with empty historical-data pacers: production runs each flow in a process of its own,
+    so IBBroker's pacer (60 requests in 10 minutes per gateway, core/ib_broker.py) starts empty for each run;
+    tests run many flows in one process, and an ephemeral port can come back for another test's exchange."""
+    import core.ib_broker as ib_broker
+
+    monkeypatch.setattr(ib_broker, "_historical_pacers", {})
+
+
 @pytest.fixture
 def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     state = tmp_path / "state"

@@ -33,11 +33,6 @@ from core.paper_exchange import PaperExchange
 
 ROOT = Path(__file__).resolve().parents[1]
 
-OWN_PACING = pytest.mark.usefixtures("fresh_pacing")
-"""`pytestmark` of the fault test modules: every test has an empty historical-data pacer (`fresh_pacing`,
-tests/mtf_support.py, which the module imports): production runs each flow in a process of its own, and these
-tests run many flows in one, which would leave later tests waiting for IB's pacing."""
-
 MUTABLE_COLUMNS = {
     "orders": {"perm_id", "order_id", "status", "updated_at"},
     "executions": {"commission", "realized_pnl"},

@@ -1,13 +1,9 @@
-"""Helpers for the MTF flow tests: real registered models whose P(up) is known, and a clean pacing budget.
+"""Helpers for the MTF flow tests: real registered models whose P(up) is known.
 
 `constant_model`: a real Keras LSTM (built by `models.mtf.build_model`) whose final Dense layer has a zero kernel
 and the bias logit(p), so its P(up) is p for every input; registered through the real registry (model.keras,
 scaler, weights.npz, metadata) and read back by the signal flow through `ModelRegistry.load_predictor`, like any
 trained model. Building them imports TensorFlow once per test session (session fixture `model_templates`).
-
-`fresh_pacing`: production runs every flow in a process of its own, so IBBroker's historical-data pacer (60
-requests in 10 minutes, per process) starts empty for each run; tests run many flows in one process, so each
-test gets an empty pacer too.
 """
 
 from __future__ import annotations
@@ -93,13 +89,6 @@ def models(state_dir: Path, model_templates) -> Models:
         for sym in ("AAPL", "TSLA"):
             tx.record_model_allowance(sym, True, "tests", "constant-P(up) test models trade by design", CREATED)
     return Models(state_dir / "models", versions)
-
-
-@pytest.fixture
-def fresh_pacing(monkeypatch: pytest.MonkeyPatch) -> None:
-    import core.ib_broker as ib_broker
-
-    monkeypatch.setattr(ib_broker, "_historical_pacer", ib_broker._Pacer(60, 600.0))
 
 
 @pytest.fixture

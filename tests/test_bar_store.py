@@ -12,13 +12,13 @@ from core.calendar import NY
 from core.ib_broker import IBBroker
 from core.paper_exchange import AdminClient
 from tests.broker_support import START
-from tests.mtf_support import event_loop_for_ib, fresh_pacing  # noqa: F401
+from tests.mtf_support import event_loop_for_ib  # noqa: F401
 
 CLOCK = START + timedelta(minutes=5)  # 2026-03-02 10:05: the 09:30 hourly bar is in progress
 
 
 @pytest.fixture
-def broker(exchange, fresh_pacing, event_loop_for_ib):  # noqa: F811
+def broker(exchange, event_loop_for_ib):  # noqa: F811
     with IBBroker(client_id=62) as b:
         yield b
 

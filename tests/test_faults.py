@@ -29,7 +29,6 @@ from core.settings import get_settings
 from flows.ema_entry import ema_entry
 from flows.reconciliation import reconciliation
 from tests.fault_support import (
-    OWN_PACING,
     assert_nothing_lost,
     drop,
     flow_process,
@@ -38,10 +37,9 @@ from tests.fault_support import (
     on_request,
 )
 from tests.fault_workers import flow_of
-from tests.mtf_support import fresh_pacing, model_templates, models  # noqa: F401
+from tests.mtf_support import model_templates, models  # noqa: F401
 from tests.test_ib_broker_unit import closed_port
 
-pytestmark = OWN_PACING
 
 DAY = datetime(2026, 3, 2, tzinfo=NY).date()
 ENTRY = datetime(2026, 3, 2, 15, 55, tzinfo=NY)

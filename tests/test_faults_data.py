@@ -36,10 +36,9 @@ from core.strategies.ema import (
 )
 from flows.ema_entry import ema_entry
 from tests.broker_support import require_data
-from tests.fault_support import OWN_PACING, damaged_data_dir, serve_altered_history, start_exchange
-from tests.mtf_support import fresh_pacing, model_templates, models  # noqa: F401
+from tests.fault_support import damaged_data_dir, serve_altered_history, start_exchange
+from tests.mtf_support import model_templates, models  # noqa: F401
 
-pytestmark = OWN_PACING
 
 ENTRY = datetime(2026, 3, 2, 15, 55, tzinfo=NY)
 PREVIOUS = date(2026, 2, 27)

@@ -22,11 +22,8 @@ from core.paper_exchange import AdminClient
 from core.settings import get_settings
 from flows.reconciliation import reconciliation
 from tests.broker_support import wait_until
-from tests.fault_support import OWN_PACING
 from tests.fault_workers import flow_of
-from tests.mtf_support import fresh_pacing, model_templates, models  # noqa: F401
-
-pytestmark = OWN_PACING
+from tests.mtf_support import model_templates, models  # noqa: F401
 
 
 def at(hh: int, mm: int) -> datetime:

@@ -18,7 +18,7 @@ from core.calendar import NY
 from core.journal import Journal
 from core.paper_exchange import AdminClient
 from core.settings import get_settings
-from tests.mtf_support import fresh_pacing, model_templates, models  # noqa: F401
+from tests.mtf_support import model_templates, models  # noqa: F401
 
 DAY = datetime(2026, 3, 2, tzinfo=NY)
 
@@ -28,7 +28,7 @@ def at(hour: int, minute: int, day: datetime = DAY) -> datetime:
 
 
 @pytest.fixture
-def signal(exchange, prefect_harness, models, fresh_pacing):  # noqa: F811
+def signal(exchange, prefect_harness, models):  # noqa: F811
     """run(as_of, **params): move the exchange clock to as_of and run the flow for it."""
     from flows.mtf_signal import mtf_signal
 

@@ -20,10 +20,8 @@ from core.orders import JournalBehindError
 from core.paper_exchange import AdminClient
 from core.settings import get_settings
 from flows.ema_entry import ema_entry
-from tests.fault_support import OWN_PACING, on_order_accepted
-from tests.mtf_support import fresh_pacing  # noqa: F401  (OWN_PACING uses it)
+from tests.fault_support import on_order_accepted
 
-pytestmark = OWN_PACING
 
 ENTRY = datetime(2026, 3, 2, 15, 55, tzinfo=NY)
 ENTRY_REF = "ema-SMH-20260302-entry"

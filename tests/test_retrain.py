@@ -21,7 +21,7 @@ from core.settings import get_settings
 from models.registry import ModelRegistry
 from models.retrain import evaluation_month
 from tests.broker_support import START
-from tests.mtf_support import CREATED, event_loop_for_ib, fitted_model, fresh_pacing  # noqa: F401
+from tests.mtf_support import CREATED, event_loop_for_ib, fitted_model  # noqa: F401
 
 FEB = datetime(2026, 2, 1, tzinfo=NY)
 MAR = datetime(2026, 3, 1, tzinfo=NY)
@@ -39,7 +39,7 @@ def test_evaluation_month_is_the_last_month_whose_last_session_closed():
 
 
 @pytest.fixture
-def store(exchange, fresh_pacing, event_loop_for_ib):  # noqa: F811
+def store(exchange, event_loop_for_ib):  # noqa: F811
     """The bar store of both symbols, filled through the real IBBroker (13 months back from February)."""
     bs = BarStore(store_root(get_settings().state_dir))
     with IBBroker(client_id=61) as broker:

@@ -16,7 +16,7 @@ import pytest
 from models.gate import GateRule, edge_gate, evidence_from_metrics, evidence_metrics
 from models.mtf import TrainConfig
 from models.walkforward import WalkForwardConfig, block_bootstrap_auc, run_walk_forward, walk_forward_folds
-from tests.mtf_support import fresh_pacing, model_templates, models  # noqa: F401
+from tests.mtf_support import model_templates, models  # noqa: F401
 
 
 @pytest.mark.parametrize("n_rows, lookback, horizon, n_folds, embargo",
@@ -204,7 +204,7 @@ def _signal_rows():
 
 
 def test_a_null_model_journals_decisions_and_sends_no_order_until_allowed_or_proven(
-        exchange, prefect_harness, models, fresh_pacing):  # noqa: F811
+        exchange, prefect_harness, models):  # noqa: F811
     from datetime import datetime
 
     from core.calendar import NY
@@ -249,7 +249,7 @@ def test_a_null_model_journals_decisions_and_sends_no_order_until_allowed_or_pro
     assert out["edge_gate"]["AAPL"]["source"] == "operator"
 
 
-def test_a_proven_model_trades(exchange, prefect_harness, models, fresh_pacing):  # noqa: F811
+def test_a_proven_model_trades(exchange, prefect_harness, models):  # noqa: F811
     from datetime import datetime
 
     from core.calendar import NY
