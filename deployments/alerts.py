@@ -64,7 +64,10 @@ run the concurrency limit cancels goes Late -> Cancelled without Pending; it mus
 OLD_AUTOMATIONS = ("tradeflow: run failed, crashed or skipped late",)
 """Names earlier versions created; `ensure_alerts` deletes them."""
 
-SUBJECT = "tradeflow: {{ deployment.name }} run {{ flow_run.name }} {{ flow_run.state.name }}"
+SUBJECT = ("{% if 'ORDERS SENT' in (flow_run.state.message or '') %}ORDERS SENT, JOURNAL BEHIND: {% endif %}"
+           "tradeflow: {{ deployment.name }} run {{ flow_run.name }} {{ flow_run.state.name }}")
+"""A run's notice subject. A run that sent orders its journal could not record (core/orders.py's
+JournalBehindError, whose message starts "ORDERS SENT, JOURNAL BEHIND") says so first, where a phone shows it."""
 BODY = """\
 Deployment: {{ deployment.name }} (prefect deployment run '{{ flow.name }}/{{ deployment.name }}')
 Run: {{ flow_run.name }} ({{ flow_run.id }})
