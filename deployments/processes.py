@@ -111,14 +111,20 @@ class Child:
         except OSError:
             return ""
 
-    def stop(self, timeout: float = 20.0) -> int | None:
-        """Ask the whole process group to stop (`stop_signal`), wait up to `timeout` s, then SIGKILL the group.
-        Returns the exit code (None when never started)."""
+    def ask_to_stop(self) -> None:
+        """Send the whole process group `stop_signal` once, without waiting (see `stop_all`)."""
+        if self.alive():
+            _killpg(self.proc.pid, self.stop_signal)
+
+    def stop(self, timeout: float = 20.0, *, asked: bool = False) -> int | None:
+        """Ask the whole process group to stop (`stop_signal`; not again when `asked`), wait up to `timeout` s,
+        then SIGKILL the group. Returns the exit code (None when never started)."""
         if self.proc is None:
             return None
         pgid = self.proc.pid
         if self.proc.poll() is None:
-            _killpg(pgid, self.stop_signal)
+            if not asked:
+                _killpg(pgid, self.stop_signal)
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -130,6 +136,17 @@ class Child:
         except TimeoutError:
             _killpg(pgid, signal.SIGKILL)
         return self.proc.returncode
+
+
+def stop_all(children: Sequence[Child], timeout: float = 20.0) -> None:
+    """Stop `children` together: each is asked once, in the order given, then all are waited for within one
+    `timeout` (s), a child still running after it SIGKILLed with its group. Stopping them one after another
+    could take `timeout` s each (a Prefect worker and server under load each use most of it)."""
+    for child in children:
+        child.ask_to_stop()
+    deadline = time.monotonic() + timeout
+    for child in children:
+        child.stop(max(0.1, deadline - time.monotonic()), asked=True)
 
 
 def _killpg(pgid: int, sig: int) -> None:

@@ -35,7 +35,7 @@ from typing import Any
 
 from core.calendar import NY
 from core.settings import PROJECT_ROOT, Settings
-from deployments.processes import Child, LocalServer, api_healthy, port_open, wait_for, worker_argv
+from deployments.processes import Child, LocalServer, api_healthy, port_open, stop_all, wait_for, worker_argv
 
 REDEPLOY_AT = dt.time(20, 0)
 """New York time of the evening redeploy (no event between 18:00 and the next open)."""
@@ -177,10 +177,10 @@ class Up:
         ignored: the children are being stopped)."""
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for child in reversed(self.children):
-            if child.alive():
-                self.say(f"stopping {child.name} …")
-            child.stop()
+        running = [child for child in reversed(self.children) if child.alive()]
+        if running:
+            self.say(f"stopping {', '.join(child.name for child in running)} …")
+        stop_all(list(reversed(self.children)))
         self.children.clear()
 
     def watch(self, replay: Child | None) -> int:

@@ -12,6 +12,7 @@ is exported as `TRADEFLOW_STATE_DIR` for the test and any process it starts.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +36,21 @@ def _fresh_pacing(monkeypatch: pytest.MonkeyPatch) -> None:
     import core.ib_broker as ib_broker
 
     monkeypatch.setattr(ib_broker, "_historical_pacers", {})
+
+
+@pytest.fixture(autouse=True)
+def _retries_without_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flows run in a test retry as many times as tasks/run_policy.py says, without its minutes between attempts
+    (ema-update's and reconciliation's 120 s made a failing run's test last minutes). Flows a test runs in a
+    subprocess keep their delays."""
+    from prefect import Flow
+
+    for name, module in list(sys.modules.items()):
+        if module is None or not name.startswith(("flows.", "strategies.", "tests.")):
+            continue
+        for value in list(vars(module).values()):
+            if isinstance(value, Flow) and value.retries and value.retry_delay_seconds:
+                monkeypatch.setattr(value, "retry_delay_seconds", 0)
 
 
 @pytest.fixture

@@ -31,7 +31,6 @@ async def _ensure(url: str, ids: dict):
         return await ensure_alerts(url, ids, client)
 
 
-@pytest.mark.xfail(strict=False, reason="issue 12 open: counted 7 messages instead of 4 in one run after the throttling change; passed in another")
 def test_failing_late_and_cancelled_behind_a_stuck_run_each_notify_once_through_a_webhook_or_apprise(
         prefect_server, prefect_api, state_dir: Path, tmp_path: Path):
     from prefect.client.orchestration import get_client

@@ -100,8 +100,8 @@ def test_no_broker_action_changes_a_live_account_without_the_double_opt_in(live_
 def test_flatten_refuses_as_a_whole_before_cancelling_anything(live_exchange):
     _set_up_opted_in(live_exchange)
     before = _account_state(live_exchange)
-    done = subprocess.run([sys.executable, "-m", "deployments.cli", "flatten", "--reason", "test: stop it all",
-                           "--who", "tester"], env=dict(os.environ), cwd=PROJECT_ROOT, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "deployments.cli", "flatten", "--yes", "--reason",
+                           "test: stop it all", "--who", "tester"], env=dict(os.environ), cwd=PROJECT_ROOT, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 1
     assert "REFUSED tradeflow flatten" in done.stderr and f"TRADEFLOW_LIVE_ACCOUNT={LIVE}" in done.stderr

@@ -260,21 +260,22 @@ def test_a_halt_journals_the_decision_and_sends_nothing(signal, models, exchange
     assert journal().query("SELECT count(*) AS n FROM orders")["n"][0] == 0
 
 
-@pytest.mark.xfail(strict=False, reason="issue 19's bound refuses TRADEFLOW_MTF_POSITION_USD=1e9 at start; the test needs a smaller account to reach the cap")
 def test_an_entry_beyond_the_margin_is_sized_to_what_the_account_allows(signal, models, exchange,  # noqa: F811
                                                                         monkeypatch):
-    """A 1e9 USD position size would decide a 4,000,000-share buy: IB's what-if cuts it to what the margin
-    allows (Portfolio Margin, 15 %, on 1,000,000 USD), and the journal says so with the numbers."""
-    monkeypatch.setenv("TRADEFLOW_MTF_POSITION_USD", "1000000000")
+    """A 5,000,000 USD position size (the setting's bound) in a Reg T cash account of 1,000,000 USD: IB's what-if
+    cuts the buy to what the account can pay for (100 % of the position), and the journal says so with the
+    numbers."""
+    exchange.engine.config.account_type = "reg_t_cash"
+    monkeypatch.setenv("TRADEFLOW_MTF_POSITION_USD", "5000000")
     get_settings.cache_clear()
     models.champion("AAPL", 0.9)
     models.champion("TSLA", 0.1)
     out = signal(at(10, 5))
     aapl = next(r for r in out["decisions"] if r["symbol"] == "AAPL")
     price = exchange.engine.market.last_price("AAPL", int(at(10, 5).timestamp()))
-    assert aapl["decision"] == "BUY" and 0 < aapl["quantity"] * price <= 1_000_000 / 0.15
+    assert aapl["decision"] == "BUY" and 0 < aapl["quantity"] * price <= 1_000_000
     [row] = [s for s in signals() if s["symbol"] == "AAPL"]
-    assert row["inputs"]["margin_capped"] and row["inputs"]["margin_requested_shares"] == math.floor(1e9 / price)
+    assert row["inputs"]["margin_capped"] and row["inputs"]["margin_requested_shares"] == math.floor(5e6 / price)
     assert row["inputs"]["whatif_init_margin_after"] > row["inputs"]["whatif_equity_with_loan_after"]
     assert "sized down from" in row["reason"] and row["quantity"] == aapl["quantity"]
     [order] = exchange_orders(exchange)
