@@ -24,6 +24,8 @@ from zoneinfo import ZoneInfo
 
 import pandas as pd
 
+from core.order_status import OrderStatus
+
 NY = ZoneInfo("America/New_York")
 BARS_COLUMNS = ("open", "high", "low", "close", "volume")
 BarSize = Literal["5 mins", "1 hour", "1 day"]
@@ -208,11 +210,11 @@ class OrderInfo:
 
     @property
     def is_filled(self) -> bool:
-        return self.status == "Filled"
+        return self.status == OrderStatus.FILLED
 
     @property
     def is_done(self) -> bool:
-        return self.status in ("Filled", "Cancelled", "ApiCancelled", "Inactive")
+        return self.status in OrderStatus.DONE
 
 
 @dataclass(frozen=True)

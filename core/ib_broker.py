@@ -55,6 +55,7 @@ from core.broker import (
     UnknownContractError,
     empty_bars,
 )
+from core.order_status import OrderStatus
 from core.settings import Settings, get_settings
 
 
@@ -83,8 +84,8 @@ log = logging.getLogger("tradeflow.broker")
 INDICES = {"VIX": "CBOE"}
 """Symbols that are indices, with their exchange; everything else is a SMART/USD stock."""
 PAPER_ACCOUNT_PREFIX = "DU"
-_DONE = ("Filled", "Cancelled", "ApiCancelled", "Inactive")
-_ACKED = ("PreSubmitted", "Submitted", "Filled", "Cancelled", "ApiCancelled", "Inactive")
+_DONE = OrderStatus.DONE
+_ACKED = OrderStatus.ACKNOWLEDGED
 
 _ids_lock = threading.Lock()
 _ids_in_use: set[tuple[str, int, int]] = set()

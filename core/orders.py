@@ -39,12 +39,13 @@ from typing import Any
 from core.broker import Broker, Execution, OrderInfo, OrderRejectedError, OrderRequest, UnknownContractError
 from core.controls import KillSwitch
 from core.journal import UNAVAILABLE, Journal, JournalTx
+from core.order_status import OrderStatus
 
 log = logging.getLogger("tradeflow.orders")
 
 log = logging.getLogger(__name__)
 
-NOT_SENT = "Created"
+NOT_SENT = OrderStatus.CREATED
 """The journal status of an order recorded but not (yet known to be) acknowledged by the broker."""
 
 
@@ -205,8 +206,8 @@ class OrderGateway:
         def created(tx: JournalTx) -> None:
             if checked:
                 _check_breaks(tx, request.symbol, what)
-            prior[:] = tx.fetch("SELECT status, order_id, perm_id FROM orders WHERE order_ref = ?",
-                                [request.order_ref])
+            order = tx.order(request.order_ref)
+            prior[:] = [] if order is None else [(order["status"], order["order_id"], order["perm_id"])]
             tx.record_order(request.order_ref, strategy=strategy, symbol=request.symbol, intent=intent,
                             action=request.action, quantity=request.quantity, order_type=request.order_type,
                             session=session, as_of=as_of, limit_price=request.limit_price,
@@ -265,9 +266,7 @@ class OrderGateway:
     def journal_fills(self, order_ref: str) -> list[tuple[float, float, float | None]]:
         """(shares, price, commission) of the fills the journal holds for `order_ref`."""
         with self.journal.transaction() as tx:
-            return [tuple(r) for r in tx.fetch(
-                "SELECT shares, price, commission FROM executions WHERE order_ref = ? ORDER BY exec_time",
-                [order_ref])]
+            return tx.fills_of(order_ref)
 
     def record_status(self, info: OrderInfo, message: str | None = None, only_if_journaled: bool = False) -> None:
         """Journal the broker's view of an order: its ids and its current status (kept when the journal cannot

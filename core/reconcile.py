@@ -49,7 +49,7 @@ from typing import Any
 
 from core.broker import AccountValues, Execution, OrderInfo, Position
 from core.calendar import NY, session_on
-from core.journal import TERMINAL_ORDER_STATUSES
+from core.order_status import OrderStatus
 
 EXTERNAL = "external"
 """Strategy (and intent) of orders and executions this system did not send."""
@@ -107,7 +107,7 @@ class JournalOrder:
 
     @property
     def is_final(self) -> bool:
-        return self.status in TERMINAL_ORDER_STATUSES
+        return self.status in OrderStatus.DONE
 
 
 @dataclass(frozen=True)

@@ -147,6 +147,10 @@ class Settings(BaseSettings):
         60.0, gt=0, le=3600, description="How long a flow's journal write waits for the journal when another "
         "process holds it, seconds; after an order was sent the write is kept instead and the order path goes on."
     )
+    journal_idle_seconds: float = Field(
+        60.0, ge=0, le=86400, description="The journal's writer process (core/journal/server.py) exits after this "
+        "many seconds without a request; the next write starts it again; 0: it never exits by itself."
+    )
 
     # --- the paper exchange (`tradeflow paper-exchange`) -----------------------------------------------------
     paper_port: int = Field(7497, ge=0, le=65535, description="TWS API port on 127.0.0.1 (0: a free one).")

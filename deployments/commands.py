@@ -80,45 +80,76 @@ def register_sql(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sql",
         help="query the journal with SQL (read-only; never blocks a flow)",
-        description="Runs one read-only query on the journal's read snapshot, which every completed write "
-        "refreshes. Times show in America/New_York. For an interactive session use the DuckDB CLI on the "
-        "path that --path prints, with -readonly.",
+        description="Runs one read-only query on the journal's read snapshot, brought up to date first: it sees "
+        "every write completed before it started. Times show in America/New_York. Only the journal can be "
+        "read (no ATTACH, COPY, INSTALL/LOAD, files, or SET). For an interactive session use the DuckDB CLI "
+        "on the path that --path prints, with -readonly: it sees the journal as it was when it opened.",
     )
     p.add_argument("query", nargs="?", help='e.g. "SELECT * FROM v_daily_pnl"')
-    p.add_argument("--path", action="store_true", help="print the read snapshot's path and exit")
+    p.add_argument("--path", action="store_true", help="bring the read snapshot up to date, print its path, exit")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
     p.set_defaults(handler=_sql)
 
 
 def _sql(args: argparse.Namespace) -> int:
     import duckdb
-    import pandas as pd
 
-    from core.journal import Journal
+    from core.journal import Journal, JournalError
     from core.settings import get_settings
 
     journal = Journal(get_settings().journal_path)
-    if args.path:
-        if not journal.snapshot_path.exists():
-            journal.ensure()
-        print(journal.snapshot_path)
-        return 0
-    if not args.query:
+    if not args.path and not args.query:
         print("tradeflow sql: give a query, or --path", file=sys.stderr)
         return 2
     try:
-        frame = journal.query(args.query)
-    except duckdb.Error as exc:
+        if args.path:
+            journal.sync()
+            print(journal.snapshot_path)
+            return 0
+        with journal.reader(people=True) as con:
+            cur = con.execute(args.query)
+            columns = [d[0] for d in cur.description] if cur.description else []
+            rows = cur.fetchall() if columns else []
+    except JournalError as exc:
         print(f"tradeflow sql: {exc}", file=sys.stderr)
         return 1
-    if args.format == "csv":
-        frame.to_csv(sys.stdout, index=False)
-    elif args.format == "json":
-        sys.stdout.write(frame.to_json(orient="records", date_format="iso") + "\n")
-    else:
-        with pd.option_context("display.max_rows", 500, "display.max_columns", 50, "display.width", 200):
-            print(frame.to_string(index=False) if len(frame) else f"(no rows) columns: {', '.join(frame.columns)}")
+    except duckdb.Error as exc:
+        refused = isinstance(exc, duckdb.PermissionException) or any(
+            s in str(exc) for s in ("read-only", "configuration has been locked", "disabled by configuration"))
+        why = "refused: the journal is read-only here, and nothing outside it can be read or changed; " \
+            if refused else ""
+        print(f"tradeflow sql: {why}{exc}", file=sys.stderr)
+        return 1
+    _print_rows(columns, rows, args.format)
     return 0
+
+
+def _print_rows(columns: list[str], rows: list[tuple], fmt: str) -> None:
+    """A query's result on stdout: CSV, JSON records (times ISO 8601), or an aligned table."""
+    import csv
+    import json
+
+    if fmt == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
+    elif fmt == "json":
+        sys.stdout.write(json.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=_iso) + "\n")
+    elif not rows:
+        print(f"(no rows) columns: {', '.join(columns)}")
+    else:
+        shown = [[("NULL" if v is None else _iso(v) if hasattr(v, "isoformat") else str(v)) for v in r]
+                 for r in rows[:500]]
+        widths = [max(len(c), *(len(r[i]) for r in shown)) for i, c in enumerate(columns)]
+        print("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
+        for r in shown:
+            print("  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)))
+        if len(rows) > 500:
+            print(f"({len(rows)} rows, the first 500 shown; --format csv gives all)")
+
+
+def _iso(value: object) -> str:
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
 
 from deployments.cmd_backtest import register_backtest  # noqa: E402  (each module registers one command)

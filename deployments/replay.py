@@ -96,20 +96,12 @@ class ReplayPlan:
 
 def replays_journaled(journal_path: Path) -> list[tuple[str, str]]:
     """(from, to) of every replay the journal saw end (completed, or failed: e.g. stopped half way)."""
-    import json
-
     from core.journal import Journal
 
     if not journal_path.exists():
         return []
-    rows = Journal(journal_path).query(
-        "SELECT details FROM flow_events WHERE deployment = ? AND details IS NOT NULL",
-        [REPLAY])
-    out = []
-    for raw in rows["details"]:
-        d = json.loads(raw) if isinstance(raw, str) else raw
-        out.append((d.get("from"), d.get("to")))
-    return out
+    with Journal(journal_path).transaction() as tx:
+        return [(d.get("from"), d.get("to")) for d in tx.flow_event_details(REPLAY)]
 
 
 def plan_startup_replay(settings: Settings, n: int) -> ReplayPlan | None:

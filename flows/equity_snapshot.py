@@ -64,8 +64,7 @@ def equity_snapshot(as_of: datetime | None = None) -> dict[str, Any] | Any:
                                                 run_id=run.run_id)
                 tx.record_positions(run.as_of, {p.symbol: (p.quantity, p.avg_cost) for p in positions},
                                     account=account.account, run_id=run.run_id)
-                e0 = float(tx.fetch("SELECT net_liquidation FROM equity_snapshots WHERE session = ? AND "
-                                    "kind = 'day_start'", [session.date])[0][0])
+                e0 = tx.day_start_equity(session.date)
             summary: dict[str, Any] = {"session": str(session.date), "e0": e0, "snapshot_new": new,
                                        "positions": {p.symbol: p.quantity for p in positions}}
 
@@ -107,7 +106,4 @@ def equity_snapshot(as_of: datetime | None = None) -> dict[str, Any] | Any:
 def _pending_exit(run, previous: Any) -> tuple[str, float] | None:
     """(orderRef, shares) of the exit the previous session's ema-update sent for this open, if any."""
     with run.journal.transaction() as tx:
-        rows = tx.fetch("SELECT order_ref, quantity FROM orders WHERE strategy = 'ema' AND intent = 'exit-open' "
-                        "AND symbol = ? AND session = ? "
-                        "AND status NOT IN ('Inactive', 'Cancelled', 'ApiCancelled')", [symbol_of(run), previous])
-    return (rows[0][0], float(rows[0][1])) if rows else None
+        return tx.order_of(strategy="ema", intent="exit-open", symbol=symbol_of(run), session=previous)

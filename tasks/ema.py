@@ -30,7 +30,6 @@ Every order's row carries its `order_ref`, so `signals JOIN orders JOIN executio
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import math
 import time
@@ -55,6 +54,7 @@ from core.broker import (
 )
 from core.calendar import Session, previous_session, sessions
 from core.journal import UNAVAILABLE as JOURNAL_UNAVAILABLE
+from core.order_status import OrderStatus
 from core.orders import OrderGateway, order_ref
 from core.strategies.ema import (
     DailyClose,
@@ -131,9 +131,7 @@ def day_start_equity(run: FlowRun) -> float | None:
     if run.session is None:
         return None
     with run.journal.transaction() as tx:
-        rows = tx.fetch("SELECT net_liquidation FROM equity_snapshots WHERE session = ? AND kind = 'day_start'",
-                        [run.session.date])
-    return float(rows[0][0]) if rows else None
+        return tx.day_start_equity(run.session.date)
 
 
 @dataclass(frozen=True)
@@ -150,12 +148,10 @@ class JournaledSignal:
 def journaled_signal(run: FlowRun, strategy: str) -> JournaledSignal | None:
     """The `signals` row of `strategy` for this run's symbol and `as_of`, if a previous run wrote it."""
     with run.journal.transaction() as tx:
-        rows = tx.fetch("SELECT decision, quantity, order_ref, reason, inputs FROM signals "
-                        "WHERE strategy = ? AND symbol = ? AND as_of = ?", [strategy, symbol_of(run), run.as_of])
-    if not rows:
+        row = tx.signal(strategy, symbol_of(run), run.as_of)
+    if row is None:
         return None
-    decision, qty, ref, reason, inputs = rows[0]
-    return JournaledSignal(decision, int(qty or 0), ref, reason, json.loads(inputs) if inputs else {})
+    return JournaledSignal(row["decision"], int(row["quantity"] or 0), row["order_ref"], row["reason"], row["inputs"])
 
 
 def follow_or_decide(run: FlowRun, decide: Callable[[], JournaledSignal]) -> tuple[JournaledSignal, bool]:
@@ -203,7 +199,7 @@ def order_known(run: FlowRun, ref: str) -> bool:
     """Whether the journal holds an order with this orderRef (then the gateway, not a fresh decision, decides
     whether anything is sent)."""
     with run.journal.transaction() as tx:
-        return bool(tx.fetch("SELECT 1 FROM orders WHERE order_ref = ?", [ref]))
+        return tx.order(ref) is not None
 
 
 def record_signal(run: FlowRun, strategy: str, decision: str, reason: str, *, signal: str | None = None,
@@ -348,13 +344,12 @@ def stored_state(run: FlowRun, before: dt.date | None = None, on: dt.date | None
         HalfKnownStateError: the journal's spans differ from the settings' (TRADEFLOW_EMA_FAST/SLOW).
     """
     p = ema_params(run)
-    where, day = ("session = ?", on) if on is not None else ("session < ?", before)
     with run.journal.transaction() as tx:
-        rows = tx.fetch("SELECT session, close, ema_fast, ema_slow, closes_seen, fast_span, slow_span FROM ema_state "
-                        f"WHERE symbol = ? AND {where} ORDER BY session DESC LIMIT 1", [symbol_of(run), day])
-    if not rows:
+        row = tx.ema_state(symbol_of(run), on=on, before=None if on is not None else before)
+    if row is None:
         return None
-    session, close, fast, slow, seen, fs, ss = rows[0]
+    session, close, fast, slow, seen, fs, ss = (row[k] for k in ("session", "close", "ema_fast", "ema_slow",
+                                                                 "closes_seen", "fast_span", "slow_span"))
     if (fs, ss) != (p.fast, p.slow):
         raise HalfKnownStateError(f"the journal's EMA state uses spans {fs}/{ss}, the settings {p.fast}/{p.slow}: "
                                   "a state for other spans cannot be continued (restore the settings)")
@@ -606,11 +601,11 @@ def sync_fills(run: FlowRun, broker: Broker, gateway: OrderGateway) -> int:
         by_ref.setdefault(e.order_ref, []).append(e)
     with run.journal.transaction() as tx:
         for ref, got in by_ref.items():
-            row = tx.fetch("SELECT quantity FROM orders WHERE order_ref = ?", [ref])
+            order = tx.order(ref)
             shares = sum(e.shares for e in got)
-            if row and shares >= float(row[0][0]):
+            if order is not None and shares >= float(order["quantity"]):
                 last = max(e.time for e in got)
-                tx.record_order_status(ref, "Filled", last, filled=shares, remaining=0.0,
+                tx.record_order_status(ref, OrderStatus.FILLED, last, filled=shares, remaining=0.0,
                                        avg_fill_price=sum(e.shares * e.price for e in got) / shares,
                                        perm_id=got[0].perm_id or None)
     return new

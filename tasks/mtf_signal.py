@@ -20,7 +20,7 @@ from core.broker import (Broker, BrokerConnectionError, BrokerError, BrokerTimeo
                          OrderNotFilledError, OrderRequest)
 from core.calendar import Session, sessions
 from core.features import FEATURES, MIN_HISTORY_WEEKS, FeatureInputError, compute_features
-from core.journal import TERMINAL_ORDER_STATUSES
+from core.order_status import OrderStatus
 from core.orders import OrderBlockedError, OrderGateway, order_ref
 from core.strategies.mtf import Fill, MtfDecision, open_position
 from models.gate import GateRule, GateStatus, gate_status
@@ -128,36 +128,29 @@ def read_book(run: FlowRun, broker: Broker, gateway: OrderGateway) -> BookState:
         working.setdefault(o.symbol, []).append(o.order_ref)
     session = run.session
     with run.journal.transaction() as tx:
-        rows = tx.fetch("SELECT symbol, signed_shares, price, coalesce(commission, 0), exec_time FROM v_fills "
-                        "WHERE strategy_name = ? ORDER BY exec_time, exec_id", [STRATEGY])
+        rows = tx.strategy_fills(STRATEGY)
         breaks = {b["symbol"]: f"unresolved position break since {b['detected_session']} (broker "
                                f"{b['broker_quantity']:g} shares, journal {b['journal_quantity']:g}); "
                                f"`tradeflow resolve {b['symbol']} --note ...` lifts it"
                   for b in tx.open_breaks()}
-        earlier_rows = tx.fetch("SELECT symbol, decision, quantity, order_ref, reason, probability FROM signals "
-                                "WHERE strategy = ? AND as_of = ?", [STRATEGY, run.as_of])
-        latch = tx.fetch("SELECT count(*) FROM signals WHERE strategy = ? AND session = ? AND as_of < ? "
-                         "AND json_extract(inputs, '$.loss_limit_reached')::BOOLEAN",
-                         [STRATEGY, session.date, run.as_of])
+        earlier_rows = tx.signals_at(STRATEGY, run.as_of)
+        latch = tx.loss_limit_reached_before(STRATEGY, session.date, run.as_of)
     fills: dict[str, list[Fill]] = {}
     for sym, shares, price, commission, when in rows:
         if when <= run.as_of:  # a replay of an earlier as_of ignores later fills
-            fills.setdefault(sym, []).append(Fill(sym, float(shares), float(price), float(commission), when))
-    earlier = {r[0]: {"decision": r[1], "quantity": r[2], "order_ref": r[3], "reason": r[4], "p_up": r[5]}
-               for r in earlier_rows}
+            fills.setdefault(sym, []).append(Fill(sym, shares, price, commission, when))
+    earlier = {r["symbol"]: {"decision": r["decision"], "quantity": r["quantity"], "order_ref": r["order_ref"],
+                             "reason": r["reason"], "p_up": r["probability"]} for r in earlier_rows}
     return BookState(fills=fills, broker_positions=positions, working=working, breaks=breaks, earlier=earlier,
-                     limit_hit_earlier=bool(latch[0][0]), synced=synced)
+                     limit_hit_earlier=latch, synced=synced)
 
 
 def _sync(run: FlowRun, gateway: OrderGateway, execs: list[Execution], open_orders: list[OrderInfo]) -> int:
     """Journal the strategy's executions the journal lacks, and the statuses of its unfinished orders."""
     ids = [e.exec_id for e in execs]
     with run.journal.transaction() as tx:
-        known = {r[0] for r in tx.fetch(f"SELECT exec_id FROM executions WHERE exec_id IN "
-                                         f"({', '.join('?' for _ in ids)})", ids)} if ids else set()
-        unfinished = tx.fetch(
-            f"SELECT order_ref, quantity FROM orders WHERE strategy = ? AND status NOT IN "
-            f"({', '.join('?' for _ in TERMINAL_ORDER_STATUSES)})", [STRATEGY, *TERMINAL_ORDER_STATUSES])
+        known = tx.known_exec_ids(ids)
+        unfinished = tx.unfinished_orders(STRATEGY)
     new = [e for e in execs if e.exec_id not in known]
     if new:
         gateway.record_executions(new, STRATEGY)
@@ -171,8 +164,8 @@ def _sync(run: FlowRun, gateway: OrderGateway, execs: list[Execution], open_orde
         if done and filled >= quantity:
             avg = sum(e.shares * e.price for e in done) / filled
             with run.journal.transaction() as tx:
-                tx.record_order_status(ref, "Filled", max(e.time for e in done), filled=filled, remaining=0.0,
-                                       avg_fill_price=avg, perm_id=done[0].perm_id or None)
+                tx.record_order_status(ref, OrderStatus.FILLED, max(e.time for e in done), filled=filled,
+                                       remaining=0.0, avg_fill_price=avg, perm_id=done[0].perm_id or None)
     return len(new)
 
 

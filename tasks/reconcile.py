@@ -24,14 +24,16 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from core.broker import Broker
 from core.calendar import NY, previous_session, session_on
-from core.journal import TERMINAL_ORDER_STATUSES, Journal, JournalTx
+from core.journal import Journal, JournalTx
 from core.reconcile import (
     ACCOUNT,
     BrokerState,
@@ -108,12 +110,6 @@ def session_closes(broker: Broker, day: dt.date, symbols: set[str], previous: se
 # 2. the journal
 
 
-def _rows(tx: JournalTx, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-    cur = tx.con.execute(sql, list(params))
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-
-
 def _day_start(day: dt.date) -> dt.datetime:
     return dt.datetime.combine(day, dt.time(), NY)
 
@@ -124,21 +120,11 @@ def journal_state(tx: JournalTx, snapshot: BrokerState) -> JournalState:
                    | {o.perm_id for o in (*snapshot.open_orders, *snapshot.completed_orders) if o.perm_id})
     refs = sorted({e.order_ref for e in snapshot.executions if e.order_ref}
                   | {o.order_ref for o in (*snapshot.open_orders, *snapshot.completed_orders) if o.order_ref})
-    terminal = list(TERMINAL_ORDER_STATUSES)
-    orders = _rows(tx, """
-        SELECT o.order_ref, o.perm_id, o.order_id, o.strategy, o.symbol, o.action, o.quantity, o.status, o.external,
-               o.session, o.as_of, coalesce(sum(e.shares), 0) AS filled
-        FROM orders o LEFT JOIN executions e ON e.order_ref = o.order_ref
-        WHERE o.status NOT IN (SELECT unnest(?::VARCHAR[])) OR o.perm_id IN (SELECT unnest(?::BIGINT[]))
-           OR o.order_ref IN (SELECT unnest(?::VARCHAR[]))
-        GROUP BY ALL""", [terminal, perms, refs])
-    executions = _rows(tx, """
-        SELECT exec_id, symbol, side, shares, exec_time, commission, order_ref FROM executions
-        WHERE exec_id IN (SELECT unnest(?::VARCHAR[])) OR exec_time >= ?""",
-                       [sorted(e.exec_id for e in snapshot.executions), _day_start(snapshot.day)])
-    quantities = {r["symbol"]: float(r["quantity"]) for r in _rows(tx, "SELECT * FROM v_journal_positions")}
-    breaks = _rows(tx, "SELECT * FROM position_breaks WHERE resolved_at IS NULL OR detected_session = ?",
-                   [snapshot.day])
+    orders = tx.orders_to_reconcile(perms, refs)
+    executions = tx.executions_to_reconcile(sorted(e.exec_id for e in snapshot.executions),
+                                            _day_start(snapshot.day))
+    quantities = tx.journal_quantities()
+    breaks = tx.breaks_open_or_of(snapshot.day)
     return JournalState(
         orders=tuple(JournalOrder(
             order_ref=r["order_ref"], perm_id=r["perm_id"], order_id=r["order_id"], strategy=r["strategy"],
@@ -189,10 +175,9 @@ def apply_plan(tx: JournalTx, plan: Plan, *, as_of: dt.datetime, run_id: str | N
 def read_fills(tx: JournalTx, day: dt.date) -> list[Fill]:
     """Every journaled execution up to the end of `day` (New York), for the P&L."""
     end = _day_start(day + dt.timedelta(days=1))
-    return [Fill(strategy=r[0], symbol=r[1], shares=float(r[2]), price=float(r[3]), commission=float(r[4] or 0.0),
-                 time=r[5], exec_id=r[6])
-            for r in tx.fetch("SELECT strategy_name, symbol, signed_shares, price, commission, exec_time, exec_id"
-                              " FROM v_fills WHERE exec_time < ? ORDER BY exec_time, exec_id", [end])]
+    return [Fill(strategy=r["strategy"], symbol=r["symbol"], shares=float(r["signed_shares"]), price=float(r["price"]),
+                 commission=float(r["commission"] or 0.0), time=r["exec_time"], exec_id=r["exec_id"])
+            for r in tx.fills_before(end)]
 
 
 TRADE_COLUMNS = ("exec_id", "exec_time", "symbol", "side", "shares", "price", "commission", "realized_pnl",
@@ -212,19 +197,8 @@ def _ny(value: Any) -> Any:
 def day_rows(tx: JournalTx, day: dt.date) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The day's executions (TRADE_COLUMNS) and orders (ORDER_COLUMNS: the day's, any with a fill of the day,
     and any not final), as journaled."""
-    trades = _rows(tx, """
-        SELECT exec_id, exec_time, symbol, side, shares, price, commission, realized_pnl, order_ref, perm_id,
-               order_id, strategy_name AS strategy, external, account
-        FROM v_fills WHERE session = ? ORDER BY exec_time, exec_id""", [day])
-    orders = _rows(tx, """
-        SELECT o.order_ref, o.perm_id, o.order_id, o.strategy, o.symbol, o.intent, o.action, o.quantity,
-               o.order_type, o.limit_price, o.stop_price, o.status, coalesce(sum(e.shares), 0) AS filled,
-               sum(e.shares * e.price) / nullif(sum(e.shares), 0) AS avg_fill_price,
-               coalesce(sum(e.commission), 0) AS commission, o.external, o.session, o.as_of
-        FROM orders o LEFT JOIN executions e ON e.order_ref = o.order_ref
-        WHERE o.session = ? OR o.status NOT IN (SELECT unnest(?::VARCHAR[]))
-           OR o.order_ref IN (SELECT order_ref FROM v_fills WHERE session = ?)
-        GROUP BY ALL ORDER BY o.as_of, o.order_ref""", [day, list(TERMINAL_ORDER_STATUSES), day])
+    trades = tx.day_trades(day)
+    orders = tx.day_orders(day)
     return ([{k: _ny(r[k]) for k in TRADE_COLUMNS} for r in trades],
             [{k: _ny(r[k]) for k in ORDER_COLUMNS} for r in orders])
 
@@ -266,10 +240,13 @@ def record_day(journal: Journal, result: Reconciliation, run_id: str | None) -> 
 def previous_equity(journal: Journal, day: dt.date) -> float | None:
     """NetLiquidation (USD) at the end of the last session before `day` that has one, else `day`'s day-start."""
     with journal.transaction() as tx:
-        rows = tx.fetch("SELECT net_liquidation FROM equity_snapshots WHERE (session < ? AND kind = 'end_of_day')"
-                        " OR (session = ? AND kind = 'day_start')"
-                        " ORDER BY kind = 'end_of_day' DESC, session DESC LIMIT 1", [day, day])
-    return float(rows[0][0]) if rows else None
+        return tx.previous_equity(day)
+
+
+def equity_curve(journal: Journal, day: dt.date) -> pd.DataFrame:
+    """`v_equity_curve` up to session `day`: columns session, equity (USD), drawdown (a fraction <= 0)."""
+    with journal.transaction() as tx:
+        return pd.DataFrame(tx.equity_curve(until=day), columns=["session", "equity", "drawdown"])
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -97,3 +97,18 @@ def prefect_harness(prefect_server) -> Iterator[str]:
             os.environ["PREFECT_API_URL"] = before
 
 pytest_plugins = ["tests.prefect_support"]  # the session's real Prefect server (`prefect_server`, `prefect_api`)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _short_lived_journal_writers():
+    """Each test's journal writer (`core.journal.server`) exits 5 s after its last request, not 60 s, so that the
+    many temporary journals of a session do not keep a writer process each."""
+    import os
+
+    old = os.environ.get("TRADEFLOW_JOURNAL_IDLE_SECONDS")
+    os.environ["TRADEFLOW_JOURNAL_IDLE_SECONDS"] = "5"
+    yield
+    if old is None:
+        os.environ.pop("TRADEFLOW_JOURNAL_IDLE_SECONDS", None)
+    else:
+        os.environ["TRADEFLOW_JOURNAL_IDLE_SECONDS"] = old

@@ -61,11 +61,12 @@ from pathlib import Path
 import numpy as np
 
 from core.calendar import session_on
+from core.order_status import OrderStatus
 
 from . import margin as M
 from .market_data import NY, MarketData, UnknownSymbolError, ny_date_of
 
-TERMINAL = ("Filled", "Cancelled", "ApiCancelled", "Inactive")
+TERMINAL = OrderStatus.DONE
 TIFS = ("DAY", "GTC", "IOC", "FOK", "OPG", "GTD")
 MIN_TICK = 0.01
 """minTick of every contract the exchange serves (USD); prices must be multiples of it (IB error 110)."""

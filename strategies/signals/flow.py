@@ -62,8 +62,8 @@ def signals(as_of: datetime | None = None) -> dict[str, Any] | Any:
             incoming = fetch_signals(cfg.api_url, key, cfg.symbols, run.as_of, cfg.api_timeout_seconds)
             marks = {s: mark(broker.current_price(s), s) for s in cfg.symbols}
             with run.journal.transaction() as tx:
-                fills = {s: tx.strategy_fills(STRATEGY, s) for s in cfg.symbols}
-                today = tx.strategy_fills(STRATEGY, session=run.session.date)
+                fills = {s: tx.strategy_fill_rows(STRATEGY, s) for s in cfg.symbols}
+                today = tx.strategy_fill_rows(STRATEGY, session=run.session.date)
                 earlier = tx.session_decisions(STRATEGY, run.session.date)
             positions = {s: position_from_fills(f) for s, f in fills.items()}
             pnl = session_pnl(today, marks)
