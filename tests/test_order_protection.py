@@ -28,19 +28,37 @@ ENTRY_REF = "ema-SMH-20260302-entry"
 STOP_REF = "ema-SMH-20260302-entry-stop"
 
 HOLD = ("import duckdb, sys\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.readline()\n"
         "con = duckdb.connect(sys.argv[1])\n"
         "print('held', flush=True)\n"
         "sys.stdin.read()\n")
 
 
 class JournalHolder:
-    """Another process with the live journal open (DuckDB's file lock), until `release()`."""
+    """Another process that takes the live journal's DuckDB file lock on `hold()`, until `release()`.
+
+    The process is started (Python and DuckDB imported) before the lock is wanted: started inside the exchange's
+    order callback, on a loaded machine, it outlasts the client's 15 s wait for the order's acknowledgement.
+    `hold()` first stops the journal's writer process, which holds the file while it runs (issue 14): a person's
+    DuckDB CLI gets the live file only between writers (after the writer crashed or exited idle), and then every
+    write fails until the person lets go, which is what the order path must survive."""
 
     def __init__(self, path) -> None:
+        self.path = path
         self.proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline().strip()
-        assert line == "held", f"the journal holder did not start: {line!r}"
+        assert line == "ready", f"the journal holder did not start: {line!r}"
+        self.held = False
+
+    def hold(self) -> None:
+        Journal(self.path).stop_writer()
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline().strip()
+        assert line == "held", f"the journal holder could not take the file: {line!r}"
+        self.held = True
 
     def release(self) -> None:
         if self.proc.poll() is None:
@@ -51,19 +69,17 @@ class JournalHolder:
 @pytest.fixture
 def held_journal(exchange, prefect_harness, monkeypatch):
     """Sets the exchange clock to 15:55 and, when the exchange accepts `ENTRY_REF`, holds the journal. Yields the
-    list of holders (released at the end whatever happens)."""
+    holder (released at the end whatever happens); `holder.held` says whether it took the file."""
     monkeypatch.setenv("TRADEFLOW_JOURNAL_LOCK_TIMEOUT_SECONDS", "2")
     monkeypatch.setenv("TRADEFLOW_EMA_FILL_TIMEOUT_SECONDS", "10")
     get_settings.cache_clear()
     AdminClient(exchange.admin_port).set_clock(ENTRY)
-    holders: list[JournalHolder] = []
-    on_order_accepted(exchange, monkeypatch, ENTRY_REF,
-                      lambda order: holders.append(JournalHolder(get_settings().journal_path)))
+    holder = JournalHolder(get_settings().journal_path)
+    on_order_accepted(exchange, monkeypatch, ENTRY_REF, lambda order: holder.hold())
     try:
-        yield holders
+        yield holder
     finally:
-        for h in holders:
-            h.release()
+        holder.release()
 
 
 def _stops(exchange) -> list:
@@ -72,7 +88,7 @@ def _stops(exchange) -> list:
 
 def test_a_journal_held_after_the_entry_was_sent_still_leaves_the_position_with_its_stop(exchange, held_journal):
     state = ema_entry(as_of=ENTRY, return_state=True)
-    assert held_journal, "the journal was never held: the entry did not reach the exchange"
+    assert held_journal.held, "the journal was never held: the entry did not reach the exchange"
     assert state.is_failed()
     exc = state.result(raise_on_failure=False)
     assert isinstance(exc, JournalBehindError)
@@ -88,8 +104,7 @@ def test_a_journal_held_after_the_entry_was_sent_still_leaves_the_position_with_
     assert "could not be written" in str(exc) and "execution(s) of " + ENTRY_REF in str(exc)
     assert "JournalBehindError: ORDERS SENT, JOURNAL BEHIND" in state.message
 
-    for h in held_journal:  # the person closes the CLI
-        h.release()
+    held_journal.release()  # the person closes the CLI
     j = Journal(get_settings().journal_path)
     assert j.query("SELECT status FROM orders WHERE order_ref = ?", [ENTRY_REF])["status"][0] == "Created"
     again = ema_entry(as_of=ENTRY, return_state=True)  # a rerun with the same as_of journals it, sends nothing
@@ -103,12 +118,11 @@ def test_a_journal_held_after_the_entry_was_sent_still_leaves_the_position_with_
 
 def test_writes_kept_while_the_journal_was_held_are_written_when_it_is_back(exchange, held_journal, monkeypatch):
     def release(order) -> None:  # the person closes the CLI once the stop is at the exchange
-        for h in held_journal:
-            h.release()
+        held_journal.release()
 
     on_order_accepted(exchange, monkeypatch, STOP_REF, release)
     state = ema_entry(as_of=ENTRY, return_state=True)
-    assert held_journal
+    assert held_journal.held
     assert state.is_completed(), state.message
     held = exchange.engine.positions["SMH"].quantity
     assert [s.order_ref for s in _stops(exchange)] == [STOP_REF]
