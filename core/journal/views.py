@@ -5,8 +5,10 @@ a value), read through `Journal.query`, so it sees every write completed before 
 from __future__ import annotations
 
 import datetime as dt
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:  # only annotations: `tradeflow sql` imports the journal without pandas (start-up time)
+    import pandas as pd
 
 from core.journal.store import Journal
 
