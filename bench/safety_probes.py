@@ -228,35 +228,6 @@ def p1f(box):
     return ("handled" if ok and "LiveTradingRefused" in state.message else "unclear" if ok else "silently_wrong"), ev
 
 
-class ReadyHolder:
-    """tests.test_order_protection.JournalHolder's DuckDB file lock, with the process started (Python and DuckDB
-    imported) before the lock is wanted (on a loaded machine a start-up inside the exchange's order callback
-    outlasts the client's 15 s acknowledgement wait), and taken once the journal's writer has exited (it holds the
-    file while it runs, so a person's CLI can hold it only between writers: after a crash, an idle exit)."""
-
-    SCRIPT = ("import duckdb, sys\nprint('ready', flush=True)\nsys.stdin.readline()\n"
-              "con = duckdb.connect(sys.argv[1])\nprint('held', flush=True)\nsys.stdin.read()\n")
-
-    def __init__(self, path) -> None:
-        self.path = path
-        self.proc = subprocess.Popen([sys.executable, "-c", self.SCRIPT, str(path)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout.readline().strip() == "ready"
-
-    def hold(self) -> str:
-        from core.journal import Journal
-
-        Journal(self.path).stop_writer()  # the writer holds the file while it runs (issue 14): it has exited
-        self.proc.stdin.write("go\n")
-        self.proc.stdin.flush()
-        return self.proc.stdout.readline().strip()
-
-    def release(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            self.proc.wait(30)
-
-
 # ---- finding 2: no entry without its stop -------------------------------------------------------------------
 @probe("2a journal held after the entry was sent", "ema-entry at 15:55 with another process taking the journal's "
        "file lock the moment the exchange accepts the entry")
@@ -264,14 +235,14 @@ def p2a(box):
     from core.paper_exchange import AdminClient
     from flows.ema_entry import ema_entry
     from tests.fault_support import on_order_accepted
-    from tests.test_order_protection import ENTRY, ENTRY_REF, _stops
+    from tests.test_order_protection import ENTRY, ENTRY_REF, JournalHolder, _stops
 
     ex = box.exchange()
     box.mp.setenv("TRADEFLOW_JOURNAL_LOCK_TIMEOUT_SECONDS", "2")
     box.mp.setenv("TRADEFLOW_EMA_FILL_TIMEOUT_SECONDS", "10")
     get_settings.cache_clear()
     AdminClient(ex.admin_port).set_clock(ENTRY)
-    holder = ReadyHolder(get_settings().journal_path)  # started now: taking the lock later costs no start-up
+    holder = JournalHolder(get_settings().journal_path)  # started now: taking the lock later costs no start-up
     holders: list = []
     box.cleanup.append(holder.release)
     on_order_accepted(ex, box.mp, ENTRY_REF, lambda o: holders.append(holder.hold()))
@@ -296,7 +267,7 @@ def p2b(box):
     from flows.equity_snapshot import equity_snapshot
     from tests.fault_support import on_order_accepted
     from tests.test_ema_flows import at
-    from tests.test_order_protection import _stops
+    from tests.test_order_protection import JournalHolder, _stops
 
     box.mp.setenv("TRADEFLOW_EMA_FILL_TIMEOUT_SECONDS", "10")
     box.mp.setenv("TRADEFLOW_JOURNAL_LOCK_TIMEOUT_SECONDS", "2")
@@ -304,7 +275,7 @@ def p2b(box):
     ema_entry(as_of=at(2025, 5, 27, 15, 55))
     from core.paper_exchange import AdminClient
     AdminClient(ex.admin_port).set_clock(at(2025, 5, 28, 9, 30))
-    holder = ReadyHolder(get_settings().journal_path)
+    holder = JournalHolder(get_settings().journal_path)
     box.cleanup.append(holder.release)
     seen: list = []
     on_order_accepted(ex, box.mp, "ema-SMH-20250528-stop",
@@ -589,6 +560,7 @@ def p6g(box):
     box.journal.ensure()
     box.journal.stop_writer()
     holder = JournalHolder(box.journal.path)
+    holder.hold()
     try:
         ev = _halt(box, box.state)
     finally:

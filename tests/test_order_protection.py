@@ -52,13 +52,15 @@ class JournalHolder:
         assert line == "ready", f"the journal holder did not start: {line!r}"
         self.held = False
 
-    def hold(self) -> None:
+    def hold(self) -> str:
+        """Stop the writer, take the file; returns the holder's answer ("held")."""
         Journal(self.path).stop_writer()
         self.proc.stdin.write("go\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline().strip()
         assert line == "held", f"the journal holder could not take the file: {line!r}"
         self.held = True
+        return line
 
     def release(self) -> None:
         if self.proc.poll() is None:
