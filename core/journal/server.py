@@ -160,8 +160,19 @@ def copy_snapshot(files: JournalFiles, stamp: dict[str, int], seq: int) -> None:
     _write_json(files.snapshot_meta, {**stamp, "seq": seq, "refreshed_at": time.time()})
 
 
+def _fatal(exc: BaseException) -> bool:
+    """Whether DuckDB gave up on the open database (a checkpoint failing on a full disk is one): after that every
+    statement fails ("database has been invalidated ... must be restarted") until the file is opened again."""
+    text = str(exc)
+    return isinstance(exc, duckdb.FatalException) or "FATAL Error" in text or "has been invalidated" in text
+
+
 class Writer:
-    """The open journal and the state the connection handlers share (one instance a server process)."""
+    """The open journal and the state the connection handlers share (one instance a server process).
+
+    A fatal DuckDB error (`_fatal`) stops the writer: the request that met it fails, and the next client starts a
+    fresh writer, which opens the file again (its WAL holds every commit), rather than this one answering every
+    later request with the same error."""
 
     def __init__(self, files: JournalFiles, idle: float):
         self.files = files
@@ -200,6 +211,7 @@ class Writer:
             copy_snapshot(self.files, stamp, seq)
         except (OSError, duckdb.Error) as exc:
             log.error("read snapshot not refreshed: %s", exc)
+            self.check_fatal(exc)
             with self.state:
                 self.snapshot_error = f"the read snapshot could not be refreshed: {exc}"
                 self.attempts += 1
@@ -209,6 +221,13 @@ class Writer:
             self.snapshot_seq, self.snapshot_error = seq, None
             self.attempts += 1
             self.state.notify_all()
+
+    def check_fatal(self, exc: BaseException) -> None:
+        """Stop this writer when `exc` is fatal to the open database (class docstring)."""
+        if _fatal(exc):
+            log.error("the journal's database is invalidated (%s): this writer exits, the next client starts a "
+                      "fresh one", exc)
+            self.stopping.set()
 
     def snapshot_loop(self) -> None:
         while not self.stopping.is_set():
@@ -225,6 +244,7 @@ class Writer:
                 self._refresh_once()
             except Exception as exc:  # a checkpoint failed: retried at the next commit; sync reports it
                 log.exception("read snapshot refresh failed")
+                self.check_fatal(exc)
                 with self.state:
                     self.snapshot_error = f"the read snapshot could not be refreshed: {exc}"
                     self.attempts += 1
@@ -276,7 +296,10 @@ class Writer:
     def close(self) -> None:
         """Close the file (DuckDB checkpoints it) and refresh the snapshot from the closed file."""
         with self.tx_lock:
-            self.con.close()
+            try:
+                self.con.close()
+            except duckdb.Error as exc:  # an invalidated database: its WAL is read again by the next writer
+                log.error("journal closed with an error: %s", exc)
             try:
                 if self.files.path.exists():
                     copy_snapshot(self.files, self.files.live_stamp(), self.commit_seq)
@@ -342,6 +365,7 @@ class Handler(socketserver.StreamRequestHandler):
                         raise JournalError(f"unknown request {op!r}")
                 except (duckdb.Error, JournalError, ValueError, TypeError, KeyError) as exc:
                     self._fail(exc)
+                    writer.check_fatal(exc)
         except (ConnectionError, OSError):
             pass
         finally:
