@@ -126,8 +126,9 @@ class Settings(BaseSettings):
     preflight_min_schedule_days: int = Field(
         30, ge=0, description="preflight is red when the deployed schedules end within this many days.")
     no_worker_alert_seconds: float = Field(
-        3600.0, ge=10, description="The tradeflow work pool without a ready worker notifies at most once in this "
-                                   "many seconds (the server sees a worker gone after 3 missed heartbeats).")
+        120.0, ge=10, description="The tradeflow work pool without a ready worker this long notifies, once per "
+                                  "outage, seconds (counted from the server's not-ready mark, itself 3 missed "
+                                  "worker heartbeats, 90 s, after the worker went).")
 
     strategies: Annotated[list[str] | None, NoDecode] = Field(
         None,

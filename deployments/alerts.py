@@ -8,13 +8,17 @@ process, or every worker, is gone:
   (`prefect.flow-run.Failed`), *TimedOut* (the flow's timeout, a Failed state of that name) or *Crashed*
   (`prefect.flow-run.Crashed`: its process died, which an `on_failure` hook would never see). One per run.
 - `tradeflow: <deployment> runs late` (one per deployment): the server's late-runs service marks a Scheduled run
-  *Late* `PREFECT_SERVER_SERVICES_LATE_RUNS_AFTER_SECONDS` (15 s) after its scheduled time; a Proactive trigger
-  then waits for a run of the deployment to go *Pending* (a worker took it) for the rest of the deployment's
-  `TRADEFLOW_LATE_ALERT_SECONDS` and, when none does, notifies with the number of the deployment's runs that are
-  Late at that moment (each deployment has a work queue of its own in the pool, so the queue's `late_runs_count`
-  counts that deployment's; a Prefect automation cannot count events). The notification pauses its own
-  automation: one message per outage, however many runs go late. The deployment's next run that starts
-  (`tasks.runtime.flow_run` -> `rearm_after_outage`) resumes it and sends one "runs are being picked up again".
+  *Late* `PREFECT_SERVER_SERVICES_LATE_RUNS_AFTER_SECONDS` (15 s) after its scheduled time. A Proactive trigger
+  (`after` Late, `expect` a run taken or ended, `for_each` the deployment) opens one bucket per deployment at the
+  first Late mark (further Late marks fall into the open bucket) and, when no run of the deployment is taken within
+  the rest of the deployment's `TRADEFLOW_LATE_ALERT_SECONDS`, notifies with the number of the deployment's runs
+  that are Late at that moment (each deployment has a work queue of its own in the pool, so the queue's
+  `late_runs_count` counts that deployment's; a Prefect automation cannot count events). `for_each` matters:
+  Prefect evaluates a Proactive trigger without `for_each` on a bucket it opens itself every `within` (its
+  `proactive_evaluation` ignores `after` then), so it would fire every `within` with no run Late at all. The
+  notification pauses its own automation: one message per outage, however many runs go late. The deployment's
+  next run that starts (`tasks.runtime.flow_run` -> `rearm_after_outage`) rewrites it enabled and sends one "runs
+  are being picked up again" (see `late_automation` for why not a ResumeAutomation action).
 - `tradeflow: run skipped late` and `tradeflow: run cancelled, the previous one still running`: a run that ended
   *SkippedLate* (started more than TRADEFLOW_LATE_RUN_MAX_MINUTES late by the broker's clock) or was cancelled by
   the deployment's concurrency limit (message "Deployment concurrency limit reached."). After an outage a worker
@@ -22,9 +26,9 @@ process, or every worker, is gone:
   both notify at most once per deployment per `TRADEFLOW_ALERT_WINDOW_SECONDS` (a Reactive trigger, threshold 1,
   `for_each` the deployment: Prefect ignores the bucket's further events until the window ends).
 - `tradeflow: no worker in the tradeflow pool`: the pool goes *not ready* (`prefect.work-pool.not-ready`: the
-  server's foreman saw no worker heartbeat for 3 heartbeat intervals, 90 s by default). The server repeats that
-  event while the pool has no worker, so it notifies at most once per `TRADEFLOW_NO_WORKER_ALERT_SECONDS`
-  (a Reactive trigger, threshold 1, that window).
+  server's foreman saw no worker heartbeat for 3 heartbeat intervals, 90 s by default, and emits it once, when
+  the pool goes from ready to not ready) and does not go *ready* again within `TRADEFLOW_NO_WORKER_ALERT_SECONDS`
+  (a Proactive trigger, `after` not-ready, `expect` ready): one notification per outage.
 
 Where it goes: `TRADEFLOW_ALERT_URL` (a secret: stored in a secret field of the block, never printed or logged).
 - An URL Apprise knows (`slack://...`, `https://hooks.slack.com/...`, `mailto://...`, `tgram://...`,
@@ -100,9 +104,10 @@ cancels the rest of the backlog; see
 """
 NO_WORKER_SUBJECT = "tradeflow: no worker in the work pool {pool}"
 NO_WORKER_BODY = """\
-The work pool '{pool}' has no ready worker (since {{{{ event.occurred }}}}; the server counts a worker gone after
-three missed heartbeats, 90 s by default): no scheduled run starts. Start one: `tradeflow up`, or
-`prefect worker start --pool {pool}` in the project folder. (Not repeated within {window}.)
+The work pool '{pool}' has had no ready worker for {seconds:g} s (marked not ready at {{{{ event.occurred }}}}; the
+server counts a worker gone after three missed heartbeats, 90 s by default): no scheduled run starts. Start one:
+`tradeflow up`, or `prefect worker start --pool {pool}` in the project folder. (Once per outage: the next notice
+needs a worker to come back and go again.)
 """
 
 
@@ -167,14 +172,14 @@ class AlertTimes:
     Attributes:
         late_seconds: deployment name -> seconds after its scheduled time a run not started notifies (>= 25).
         window_seconds: the throttle window of skipped and concurrency-cancelled runs, seconds.
-        no_worker_seconds: the no-worker notification repeats at most once in this many seconds.
+        no_worker_seconds: the pool without a ready worker this long (from its not-ready mark) notifies, seconds.
         late_run_max_minutes: TRADEFLOW_LATE_RUN_MAX_MINUTES, quoted in the late message.
         work_pool: the pool whose workers are watched.
     """
 
     late_seconds: Mapping[str, float]
     window_seconds: float = 3600.0
-    no_worker_seconds: float = 3600.0
+    no_worker_seconds: float = 120.0
     late_run_max_minutes: float = 3.0
     work_pool: str = "tradeflow"
 
@@ -205,7 +210,6 @@ def automations(deployment_ids: Mapping[str, str], block_id: Any, times: AlertTi
     failed or crashed (one per run), skipped late and cancelled behind a running one (one per deployment and
     window), and, with `work_pool_id`, no worker in the pool."""
     from prefect.automations import AutomationCore, EventTrigger, Posture, SendNotification
-    from prefect.events.actions import PauseAutomation
 
     related = {"prefect.resource.role": "deployment",
                "prefect.resource.id": [f"prefect.deployment.{i}" for i in deployment_ids.values()]}
@@ -247,26 +251,31 @@ def automations(deployment_ids: Mapping[str, str], block_id: Any, times: AlertTi
     if work_pool_id is not None:
         out.append(AutomationCore(
             name=NO_WORKER_AUTOMATION,
-            description=f"Notify {BLOCK_NAME} when the work pool {times.work_pool} has no ready worker, at most "
-                        f"once in {_window(times.no_worker_seconds)} (the server repeats the pool's not-ready "
-                        "event while it has no worker).",
+            description=f"Notify {BLOCK_NAME} once when the work pool {times.work_pool} has had no ready worker for "
+                        f"{times.no_worker_seconds:g} s (from the server's not-ready mark, without a ready one).",
             trigger=EventTrigger(
-                expect={"prefect.work-pool.not-ready"},
-                match={"prefect.resource.id": f"prefect.work-pool.{work_pool_id}"}, posture=Posture.Reactive,
-                threshold=1, within=times.no_worker_seconds),
+                after={"prefect.work-pool.not-ready"}, expect={"prefect.work-pool.ready"},
+                match={"prefect.resource.id": f"prefect.work-pool.{work_pool_id}"},
+                for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
+                within=times.no_worker_seconds),
             actions=[SendNotification(
                 block_document_id=block_id, subject=NO_WORKER_SUBJECT.format(pool=times.work_pool),
-                body=NO_WORKER_BODY.format(pool=times.work_pool, window=_window(times.no_worker_seconds)))]))
+                body=NO_WORKER_BODY.format(pool=times.work_pool, seconds=times.no_worker_seconds))]))
     return out
 
 
 def late_automation(deployment: str, deployment_id: str, block_id: Any, times: AlertTimes,
                     late_id: Any = None) -> Any:
-    """The runs-late automation of one deployment (Proactive: a Late run and no run of the deployment Pending
-    within the rest of its late seconds). Its notification pauses it (`late_id`, once created, is given): one
-    message per outage; `rearm_after_outage`, called by the deployment's next run, resumes it and says the runs
-    are picked up again. (Prefect 3.8's automation update stores a ResumeAutomation action as a pause, so the
-    re-arming cannot be another automation's action.)"""
+    """The runs-late automation of one deployment (Proactive, one bucket per deployment: a Late run and no run of
+    the deployment taken within the rest of its late seconds). Its notification pauses it (`late_id`, once
+    created, is given): one message per outage; `rearm_after_outage`, called by the deployment's next run,
+    rewrites it enabled and says the runs are picked up again.
+
+    Why not a second automation that resumes it on the next Pending run: a resumed automation keeps its trigger
+    id, so a bucket a Late mark opened between the firing and the pause being applied (the actions run after the
+    firing, and the server marks a backlog Late in batches) is still there, expired, and fires at once on resume.
+    A rewrite (PUT) gives the trigger a new id, which no bucket has. (Also, Prefect 3.8's client sends an update
+    with `exclude_unset`, so a ResumeAutomation whose `type` was left at its default arrives as a pause.)"""
     from prefect.automations import AutomationCore, EventTrigger, Posture, SendNotification
     from prefect.events.actions import PauseAutomation
 
@@ -280,7 +289,8 @@ def late_automation(deployment: str, deployment_id: str, block_id: Any, times: A
                     "their scheduled time; paused until its next run starts.",
         trigger=EventTrigger(
             after={"prefect.flow-run.Late"}, expect=TAKEN_EVENTS,
-            match={"prefect.resource.id": "prefect.flow-run.*"}, match_related=related, posture=Posture.Proactive,
+            match={"prefect.resource.id": "prefect.flow-run.*"}, match_related=related,
+            for_each={"related:deployment:prefect.resource.id"}, posture=Posture.Proactive,
             threshold=1, within=max(seconds - SERVER_LATE_AFTER_SECONDS, 10.0)),
         actions=[SendNotification(block_document_id=block_id, subject=LATE_SUBJECT.format(**fmt),
                                   body=LATE_BODY.format(**fmt)),
@@ -350,8 +360,7 @@ async def _delete_named(client: Any, names: Any) -> None:
 async def ensure_alerts(url: str | None, deployment_ids: Mapping[str, str], client: Any,
                         times: AlertTimes | None = None) -> AlertsResult:
     """Create or update the notification block and the automations; with no `url`, delete them (a notification
-    nobody receives is not an alert). Updating puts every late automation back to armed (and its
-    picked-up-again one paused).
+    nobody receives is not an alert). Updating puts every late automation back to armed.
 
     Args:
         url: the secret TRADEFLOW_ALERT_URL value (None: not set).

@@ -203,9 +203,9 @@ def flow_run(deployment: str, as_of: dt.datetime | str | None, settings: Setting
     run = FlowRun(deployment=deployment, as_of=when, run_id=current_run_id(), settings=settings,
                   journal=Journal(settings.journal_path, lock_timeout=settings.journal_lock_timeout_seconds),
                   session=session_for(when))
+    _rearm_late_alert(deployment)  # first: a worker took this run, whatever the journal then does
     with run.journal.transaction() as tx:
         tx.record_flow_event(run.run_id, "started", deployment, when)
-    _rearm_late_alert(deployment)
     log.info("%s for %s", deployment, describe_when(when, run.session))
     if not run.run_id.startswith("local-"):  # a Prefect run: its UI shows the kill switch as the file says
         shown = sync_kill_switch(run.kill_switch, settings.state_dir)
