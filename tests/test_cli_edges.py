@@ -33,6 +33,7 @@ def test_halt_with_the_journal_held_halts_and_says_the_journal_lacks_it(state_di
     journal = Journal(get_settings().journal_path)
     journal.ensure()
     holder = JournalHolder(journal.path)
+    holder.hold()  # the writer stopped, another process holds the live file
     try:
         assert main(["halt", "--reason", "test: journal held", "--who", "tester"]) == 1
         err = capsys.readouterr().err
