@@ -121,12 +121,20 @@ class _Exchange:
 
 
 def _copy_journal(src: Path, dst: Path) -> None:
+    """Make dst's journal a copy of src's. Each journal's writer process is stopped first (it holds its file open
+    and checkpoints it as it exits), so the copy is the whole file and the next run starts a writer on it."""
+    from core.journal import Journal
+    from core.journal.server import JournalFiles
+
     dst.mkdir(parents=True, exist_ok=True)
-    for name in ("journal.duckdb", "journal.read.duckdb"):
-        target = dst / name
+    for folder in (src, dst):
+        if (folder / "journal.duckdb").exists():
+            Journal(folder / "journal.duckdb").stop_writer()
+    files = JournalFiles(dst / "journal.duckdb")
+    for target in (files.path, files.wal, files.snapshot, files.snapshot_meta):
         target.unlink(missing_ok=True)
-        if (src / name).exists():
-            shutil.copyfile(src / name, target)
+    if (src / "journal.duckdb").exists():
+        shutil.copyfile(src / "journal.duckdb", files.path)
 
 
 def _wait_final(client, run_id, timeout: float) -> Any:

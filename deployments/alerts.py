@@ -323,6 +323,30 @@ def _rearm(client: Any, name: str) -> bool:
     return True
 
 
+async def save_block(url: str, client: Any) -> Any:
+    """Save `url`'s notification block as `tradeflow-alerts` and delete a block of the other type by that name
+    (left by an earlier TRADEFLOW_ALERT_URL of the other kind), so that `load_block` (the daily report) and the
+    automations send to the same, current target. Returns the block document id.
+
+    Raises:
+        AlertConfigError: see `notification_block`.
+    """
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock, SlackWebhook
+    from prefect.exceptions import ObjectNotFound
+
+    block = notification_block(url)
+    block_id = await block.asave(BLOCK_NAME, overwrite=True, client=client)
+    for cls in (SlackWebhook, CustomWebhookNotificationBlock):
+        if isinstance(block, cls):
+            continue
+        try:
+            stale = await client.read_block_document_by_name(BLOCK_NAME, cls.get_block_type_slug())
+        except ObjectNotFound:
+            continue
+        await client.delete_block_document(stale.id)
+    return block_id
+
+
 def load_block() -> Any:
     """The saved `tradeflow-alerts` block (whichever of the two block types `notification_block` made).
 
@@ -383,8 +407,7 @@ async def ensure_alerts(url: str | None, deployment_ids: Mapping[str, str], clie
         await _delete_named(client, [FAILED_AUTOMATION, SKIPPED_AUTOMATION, STUCK_AUTOMATION, NO_WORKER_AUTOMATION,
                                      *pair_names])
         return AlertsResult(None, {})
-    block = notification_block(url)
-    block_id = await block.asave(BLOCK_NAME, overwrite=True, client=client)
+    block_id = await save_block(url, client)
     try:
         pool_id = str((await client.read_work_pool(times.work_pool)).id)
     except ObjectNotFound:

@@ -87,7 +87,7 @@ def test_schedule_to_action_tiny(tmp_path):
     f = res["figures"]
     assert f["ema_entry_runs"] == 1 and f["ema_entry_process_to_action_p50_s"] > 0
     assert sum(f[f"ema_entry_{k}_share"] for k in ("pickup", "python_prefect", "flow_imports", "engine", "broker",
-                                                   "decision", "journal", "other")) == pytest.approx(1.0)
+                                                   "decision", "journal", "other")) == pytest.approx(1.0, abs=1e-3)
 
 
 @pytest.mark.needs_data

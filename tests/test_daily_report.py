@@ -18,7 +18,8 @@ from core.journal import Journal
 from core.orders import OrderGateway
 from core.paper_exchange import AdminClient
 from core.settings import get_settings
-from deployments.alerts import BLOCK_NAME, notification_block
+from deployments.alerts import save_block
+from deployments.deploy import run
 from deployments.processes import wait_for
 from tests.alert_support import Receiver
 from tests.broker_support import START
@@ -29,6 +30,13 @@ DAY = START.date()
 EVENING = dt.datetime(2026, 3, 2, 17, 0, tzinfo=NY)
 
 
+async def _saved(url: str):
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        return await save_block(url, client)
+
+
 def _at(hour: int, minute: int = 0) -> dt.datetime:
     return dt.datetime.combine(DAY, dt.time(hour, minute), NY)
 
@@ -37,7 +45,7 @@ def test_the_report_after_a_traded_session_carries_the_journal_pnl(exchange, pre
     from flows.reconciliation import reconciliation
 
     receiver = Receiver()
-    notification_block(receiver.url).save(BLOCK_NAME, overwrite=True)
+    run(_saved(receiver.url))  # the session's server may hold an Apprise block of that name from another test
     monkeypatch.setenv("TRADEFLOW_FILL_NOTIFICATIONS", "true")
     get_settings.cache_clear()
     settings = get_settings()
