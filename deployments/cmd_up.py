@@ -42,6 +42,9 @@ def _up(args: argparse.Namespace) -> int:
             print(f"tradeflow up: {exc}", file=sys.stderr)
             return 1
     signal.signal(signal.SIGTERM, _sigterm)
+    # a process started in the background by a non-interactive shell (`cmd &`, as CI scripts and test runners
+    # start theirs) inherits SIGINT ignored, and Python then raises no KeyboardInterrupt: Ctrl+C / SIGINT must stop
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     up = Up(settings)
     t0 = time.monotonic()
     code = 0
