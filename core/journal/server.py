@@ -157,7 +157,7 @@ def copy_snapshot(files: JournalFiles, stamp: dict[str, int], seq: int) -> None:
     finally:
         if tmp.is_file():
             tmp.unlink()
-    _write_json(files.snapshot_meta, {**stamp, "seq": seq, "refreshed_at": time.time()})
+    _write_json(files.snapshot_meta, {**stamp, "seq": seq})
 
 
 def _fatal(exc: BaseException) -> bool:
