@@ -89,8 +89,4 @@ def _up(args: argparse.Namespace) -> int:
     finally:
         up.stop()
     up.say("tradeflow up: stopped")
-    # every child is stopped and this process holds nothing to keep: exit now, not after the Prefect client's
-    # in-process services (events, API logs) have tried, at interpreter exit, to drain to the server just stopped
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    return code
