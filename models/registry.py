@@ -50,7 +50,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime
@@ -149,15 +148,20 @@ class ModelRegistry:
         with self.journal.transaction() as tx:
             return [self._version(r) for r in tx.model_versions_of(sym)]
 
+    @staticmethod
+    def _registered(tx: Any, sym: str, version: str) -> dict[str, Any]:
+        """The journal's row of a version, read in `tx`. Raises RegistryError when it is not registered."""
+        row = tx.model_version_of(sym, version)
+        if row is None:
+            raise RegistryError(f"{sym} has no version {version!r} (see `tradeflow models list`)")
+        return row
+
     def get(self, symbol: str, version: str) -> ModelVersion:
         """One version. Raises RegistryError when it is not registered."""
         sym = self._symbol(symbol)
         self._ensure_imported()
         with self.journal.transaction() as tx:
-            row = tx.model_version_of(sym, version)
-        if row is None:
-            raise RegistryError(f"{sym} has no version {version!r} (see `tradeflow models list`)")
-        return self._version(row)
+            return self._version(self._registered(tx, sym, version))
 
     def register(self, symbol: str, model: Any, scaler: Any, weights: dict[str, np.ndarray],
                  metadata: dict[str, Any], as_of: datetime) -> ModelVersion:
@@ -254,9 +258,7 @@ class ModelRegistry:
         sym = self._symbol(symbol)
         self._ensure_imported()
         with self.journal.transaction() as tx:
-            row = tx.model_version_of(sym, version)
-            if row is None:
-                raise RegistryError(f"{sym} has no version {version!r} (see `tradeflow models list`)")
+            row = self._registered(tx, sym, version)
             ptr = tx.model_champion_of(sym) or {"version": None, "history": []}
             if ptr["version"] != version:
                 self._check_expected(sym, ptr["version"], expected, f"promoted to {version}")
@@ -340,8 +342,7 @@ class ModelRegistry:
         sym = self._symbol(mv.symbol)
         content = json.dumps(evidence, indent=2, sort_keys=True, default=_json_default).encode()
         with self.journal.transaction() as tx:
-            if tx.model_version_of(sym, mv.version) is None:
-                raise RegistryError(f"{sym} has no version {mv.version!r}: its evidence cannot be stored")
+            self._registered(tx, sym, mv.version)
             tx.put_model_file(sym, mv.version, EVIDENCE_FILE, content)
         self._cache(sym, mv.version, {EVIDENCE_FILE: content})
         return self._folder(sym, mv.version) / EVIDENCE_FILE
