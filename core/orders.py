@@ -257,8 +257,8 @@ class OrderGateway:
         once, through the gates of `submit` for every leg: the live guard; the halt, checked before the journal
         records anything and again right before sending; the symbol's position breaks; each leg journaled
         `Created` (with its `intents`, one transaction) before anything is sent; then `Broker.place_bracket`
-        (IB's parentId/transmit pattern). Each leg's acknowledgement is journaled; the children's first status
-        names their link (the entry's orderRef, orderId and permId, the OCA group). Returns the broker's view of
+        (IB's parentId/transmit pattern). Each leg's acknowledgement is journaled, and the children's link to their
+        parent (`order_links`: the entry's orderRef, orderId and permId, the OCA group). Returns the broker's view of
         the legs (`existing=True` on a leg sent before).
 
         A rerun sends nothing the journal holds as sent: when every leg is, the broker is not asked; otherwise
@@ -302,19 +302,25 @@ class OrderGateway:
 
             self.write_or_keep(f"the rejection of {what}", refused)
             raise
-        link = (f"bracket child of {entry.order_ref} (parentId {info.parent_id}, permId "
-                f"{info.entry.perm_id or '-'}), OCA group {bracket.stop_loss.oca_group}")
         for leg, intent, got in zip(bracket.legs, intents, info.legs, strict=True):
             self.sent[leg.order_ref] = _describe(leg, strategy, intent)
             log.info("order %s %s: %s (order id %s, permId %s)", leg.order_ref,
                      "found at the broker" if got.existing else "acknowledged", got.status, got.order_id,
                      got.perm_id or "-")
-            self.record_status(got, message=None if leg is entry else link)
+            self.record_status(got)
+
+        def links(tx: JournalTx) -> None:
+            for child in (bracket.stop_loss, bracket.take_profit):
+                tx.record_order_link(child.order_ref, parent_ref=entry.order_ref, parent_order_id=info.parent_id,
+                                     parent_perm_id=info.entry.perm_id, oca_group=child.oca_group)
+
+        self.write_or_keep(f"the links of {bracket.stop_loss.order_ref} and {bracket.take_profit.order_ref} to "
+                           f"their parent {entry.order_ref} (order {info.parent_id})", links)
         return info
 
     def modify_quantity(self, info: OrderInfo, quantity: int, *, strategy: str, why: str) -> OrderInfo:
         """Change the total quantity of the working order `info` (a bracket child kept in step with its position)
-        to `quantity` shares, and journal the change as a status of the order with `why`. Passes a halt and a
+        to `quantity` shares, and journal the change (`order_changes`, with `why`). Passes a halt and a
         break: it only ever keeps a position's stop-loss and take-profit covering what is held. Nothing is sent
         for an order already of that quantity or ended. Raises the broker's errors (`Broker.modify_quantity`)."""
         what = f"{info.order_ref} ({strategy}) to {quantity} shares"
@@ -322,7 +328,12 @@ class OrderGateway:
         if info.is_done or float(info.quantity) == float(quantity):
             return info
         got = self.broker.modify_quantity(info.order_id, quantity)
-        self.record_status(got, message=f"quantity {info.quantity:g} -> {got.quantity:g} shares: {why}")
+        when = self._now()
+        self.write_or_keep(f"the change of {info.order_ref} from {info.quantity:g} to {got.quantity:g} shares",
+                           lambda tx: tx.record_order_change(info.order_ref, quantity_before=info.quantity,
+                                                             quantity_after=got.quantity, event_time=when,
+                                                             reason=why))
+        self.record_status(got)
         return got
 
     def check_sendable(self, request: OrderRequest, *, strategy: str, intent: str) -> None:
