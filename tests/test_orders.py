@@ -143,7 +143,8 @@ def test_a_bracket_is_journaled_leg_by_leg_linked_sent_once_and_kept_in_step(par
         assert got.quantity == 15 and _at_exchange(exchange, ref).quantity == 15
         assert _at_exchange(exchange, ref).parent_id == entry.order_id
     assert gateway.modify_quantity(got, 15, strategy="signals", why="again") == got  # nothing sent
-    changes = journal.query("SELECT quantity_before, quantity_after, reason FROM order_changes WHERE order_ref = 'b1-sl'")
+    changes = journal.query("SELECT quantity_before, quantity_after, reason FROM order_changes "
+                            "WHERE order_ref = 'b1-sl'")
     assert changes.values.tolist() == [[10, 15, "scale-in b1-scale"]]
 
 

@@ -290,3 +290,38 @@ def test_a_bracket_entry_a_scale_in_changing_its_children_and_a_partly_filled_en
         assert [(ex[r].status, ex[r].quantity, ex[r].oca_group) for r in (t.protect_stop, t.protect_target)] == \
             [("Submitted", 5, t.protect_oca)] * 2
     assert {s: p.quantity for s, p in exchange.engine.positions.items() if p.quantity} == {"AAPL": 15, "TSLA": 5}
+
+
+def test_a_rerun_of_a_scale_in_changes_and_places_nothing_once_the_pair_has_moved_on(exchange):
+    from dataclasses import asdict
+
+    from core.ib_broker import IBBroker
+    from core.journal import Journal
+    from core.settings import get_settings
+    from strategies.signals.rules import Step
+    from strategies.signals.steps import Refs, execute
+    from tasks.runtime import FlowRun
+    from tests.broker_support import START
+
+    settings = get_settings()
+    journal = Journal(settings.journal_path)
+    first = FlowRun("signals", START, "t-0", settings, journal, session_on(START.date()))
+    later = FlowRun("signals", START + dt.timedelta(minutes=15), "t-15", settings, journal, first.session)
+    scale = [asdict(Step("scale_in", "BUY", 5, 1.0, 9999.0))]
+    with IBBroker(client_id=62, settings=settings) as broker:
+        execute(first, broker, first.gateway(broker), "AAPL", [asdict(Step("open", "BUY", 10, 1.0, 9999.0))], 0,
+                None, 10)
+        refs = Refs.of("AAPL", START)
+        pair = Bracket(refs.stop, refs.target, 10, 1.0, 9999.0)
+        execute(later, broker, later.gateway(broker), "AAPL", scale, 10, pair, 10)
+        again = execute(later, broker, later.gateway(broker), "AAPL", scale, 10, pair, 10, rerun=True)
+        assert "changed before by this run" in again[0]
+        working = {o.order_ref: o for o in broker.open_orders()}
+        for ref in (refs.stop, refs.target):  # the pair moves on (the operator, another run): a rerun leaves it
+            broker.cancel_order(working[ref].order_id)
+        before = {o.order_ref: (o.status, o.quantity) for o in exchange.engine.orders.values()}
+        with journal.transaction() as tx:
+            tx.con.execute("DELETE FROM order_changes")  # even without the record of its own change
+        again = execute(later, broker, later.gateway(broker), "AAPL", scale, 10, pair, 10, rerun=True)
+        assert "left to the next run" in again[0]
+        assert {o.order_ref: (o.status, o.quantity) for o in exchange.engine.orders.values()} == before

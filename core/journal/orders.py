@@ -160,6 +160,11 @@ class OrdersTx(TxBase):
             [order_ref, _finite(quantity_before, "quantity_before"), _finite(quantity_after, "quantity_after"),
              reason, _aware(event_time, "event_time")])
 
+    def order_changes_of(self, order_ref: str) -> list[dict[str, Any]]:
+        """The quantity changes recorded for `order_ref` (`order_changes` rows as dicts), oldest first."""
+        return self._rows("SELECT * FROM order_changes WHERE order_ref = ? ORDER BY event_time, recorded_at",
+                          [order_ref])
+
     def record_execution(
         self,
         exec_id: str,

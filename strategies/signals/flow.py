@@ -93,6 +93,7 @@ def _ticker(run, broker, gateway, symbol, signal, price, positions, open_orders,
     """Decide (or follow the journaled decision of this as_of) and act for one ticker."""
     with run.journal.transaction() as tx:
         journaled = tx.decision(STRATEGY, symbol, run.as_of)
+    rerun = journaled is not None
     if journaled is None:
         position, avg_cost = positions[symbol]
         atr = math.nan
@@ -114,7 +115,7 @@ def _ticker(run, broker, gateway, symbol, signal, price, positions, open_orders,
     inputs = journaled["inputs"]
     pair = Bracket(**inputs["bracket"]) if inputs.get("bracket") else None
     done = execute(run, broker, gateway, symbol, inputs["plan"]["steps"], int(inputs["position"]), pair,
-                   cfg.fill_timeout_seconds)
+                   cfg.fill_timeout_seconds, rerun)
     return {"decision": journaled["decision"], "reason": journaled["reason"], "done": done}
 
 

@@ -183,14 +183,26 @@ def _open(run: FlowRun, broker: Broker, gateway: OrderGateway, symbol: str, step
 
 
 def _resize(run: FlowRun, broker: Broker, gateway: OrderGateway, symbol: str, pair: Bracket | None, position: int,
-            stop: float, target: float, refs: Refs, why: str) -> str:
+            stop: float, target: float, refs: Refs, why: str, rerun: bool) -> str:
     """Keep the working stop-loss and take-profit of `pair` covering the `position`'s shares: each child's total
     quantity changed to what it has filled plus the position's shares (IB's modify: the orders keep their refs,
     their parent and their OCA group). When the pair no longer works (or there is none), the position gets a pair
-    of its own at `stop` / `target` (`_protect`). Returns one line saying what was done."""
+    of its own at `stop` / `target` (`_protect`). Returns one line saying what was done.
+
+    `why` names this run's step: a change journaled with it (`order_changes`) was made by an earlier try of the same
+    run, which a `rerun` does not repeat. A rerun changes the pair only while it is as the decision saw it, and
+    never places one: the position may have changed since, and the next run resizes from what is then held."""
     shares = abs(position)
+    refs_of_pair = (pair.stop_ref, pair.target_ref) if pair else ()
+    with run.journal.transaction() as tx:
+        before = [c for ref in refs_of_pair for c in tx.order_changes_of(ref) if c["reason"] == why]
+    if before:
+        return f"{' and '.join(refs_of_pair)} changed before by this run ({why}): nothing sent"
     working = {o.order_ref: o for o in broker.open_orders()}
-    legs = [working.get(ref) for ref in ((pair.stop_ref, pair.target_ref) if pair else ())]
+    legs = [working.get(ref) for ref in refs_of_pair]
+    if rerun and not (legs and all(legs) and all(leg.remaining == pair.quantity for leg in legs)):
+        return (f"a rerun: the pair {' and '.join(refs_of_pair) or '-'} is not as the decision saw it: left to the "
+                "next run")
     if legs and all(legs):
         for leg in legs:
             gateway.modify_quantity(leg, int(leg.filled) + shares, strategy=STRATEGY, why=why)
@@ -221,10 +233,11 @@ def linked_orders(steps: list[Step] | tuple[Step, ...], refs: Refs, pair: Bracke
 
 
 def execute(run: FlowRun, broker: Broker, gateway: OrderGateway, symbol: str, steps: list[dict[str, Any]],
-            position: int, pair: Bracket | None, timeout: float) -> list[str]:
+            position: int, pair: Bracket | None, timeout: float, rerun: bool = False) -> list[str]:
     """Carry out a plan's steps (as journaled: dicts of `rules.Step`) in order, from the `position` and `pair` the
-    decision saw (as journaled: a rerun follows them, not the state its first run left); returns what was done, one
-    line a step. Idempotent by orderRef: a rerun of the same as_of sends nothing twice.
+    decision saw (as journaled: a `rerun` follows them, not the state its first run left); returns what was done,
+    one line a step. Idempotent by orderRef: a rerun of the same as_of sends nothing twice (and changes a pair only
+    as `_resize` says).
 
     Raises:
         SignalsStepError, core.orders.OrderBlockedError, core.broker.BrokerError.
@@ -261,12 +274,13 @@ def execute(run: FlowRun, broker: Broker, gateway: OrderGateway, symbol: str, st
                 after = position + int(filled_now if step.action == "BUY" else -filled_now)
                 if filled_now and after:
                     said = _resize(run, broker, gateway, symbol, pair, after, step.stop, step.target, refs,
-                                   f"scale-in {refs.scale}")
+                                   f"scale-in {refs.scale}", rerun)
             position = after
             done.append(f"scale_in: {step.action} {shares} ({refs.scale}); {said}")
         elif step.kind == "resize":
             said = _resize(run, broker, gateway, symbol, pair, (1 if position > 0 else -1) * step.quantity, step.stop,
-                           step.target, refs, "kept in step with the position")
+                           step.target, refs, f"kept in step with the position by {refs.close.removesuffix('-close')}",
+                           rerun)
             done.append(f"resize: {said}")
         else:
             raise ValueError(f"unknown step {step.kind!r}")
