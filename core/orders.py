@@ -228,10 +228,7 @@ class OrderGateway:
         try:
             info = self.broker.place_order(request)
         except (OrderRejectedError, UnknownContractError) as exc:
-            log.error("%s rejected by the broker: %s", what, exc)
-            when, why = self._now(), str(exc)
-            self.write_or_keep(f"the rejection of {what}",
-                               lambda tx: tx.record_order_status(request.order_ref, "Inactive", when, message=why))
+            self._record_refusal(what, [request.order_ref], exc)
             raise
         self.sent[request.order_ref] = what
         log.info("order %s %s: %s (order id %s, permId %s)", request.order_ref,
@@ -239,6 +236,18 @@ class OrderGateway:
                  info.perm_id or "-")
         self.record_status(info)
         return info
+
+    def _record_refusal(self, what: str, refs: list[str], exc: Exception) -> None:
+        """Journal the broker's refusal of the orders `refs` (final status Inactive with IB's message; kept when the
+        journal cannot take it: `write_or_keep`)."""
+        log.error("%s rejected by the broker: %s", what, exc)
+        when, why = self._now(), str(exc)
+
+        def write(tx: JournalTx) -> None:
+            for ref in refs:
+                tx.record_order_status(ref, "Inactive", when, message=why)
+
+        self.write_or_keep(f"the rejection of {what}", write)
 
     def _record_created(self, tx: JournalTx, request: OrderRequest, strategy: str, intent: str, session: dt.date,
                         as_of: dt.datetime) -> list[tuple]:
@@ -292,15 +301,8 @@ class OrderGateway:
         try:
             info = self.broker.place_bracket(bracket)
         except (OrderRejectedError, UnknownContractError) as exc:
-            log.error("%s rejected by the broker: %s", what, exc)
-            when, why = self._now(), str(exc)
-
-            def refused(tx: JournalTx) -> None:
-                for leg in bracket.legs:
-                    if tx.order(leg.order_ref)["status"] == NOT_SENT:
-                        tx.record_order_status(leg.order_ref, "Inactive", when, message=why)
-
-            self.write_or_keep(f"the rejection of {what}", refused)
+            self._record_refusal(what, [leg.order_ref for leg, p in zip(bracket.legs, priors, strict=True)
+                                        if not p or p[0][0] == NOT_SENT], exc)
             raise
         for leg, intent, got in zip(bracket.legs, intents, info.legs, strict=True):
             self.sent[leg.order_ref] = _describe(leg, strategy, intent)

@@ -173,3 +173,16 @@ def test_a_halt_stops_a_bracket_before_any_leg_is_journaled(parts, exchange):  #
     assert journal.query("SELECT count(*) AS n FROM orders")["n"][0] == 0
     with pytest.raises(ValueError, match="other side"):
         BracketRequest(_buy("x-e"), _buy("x-sl"), _buy("x-tp"))
+
+
+def test_a_refused_bracket_is_journaled_inactive_leg_by_leg(parts, exchange):  # noqa: F811
+    from core.broker import OrderRejectedError
+    from core.paper_exchange import AdminClient
+
+    _, journal, _, gateway = parts
+    AdminClient(exchange.admin_port).reject_next(201, "Order rejected - reason:testing")
+    with pytest.raises(OrderRejectedError, match="testing"):
+        gateway.submit_bracket(_bracket("b4"), strategy="signals", session=DAY, as_of=AS_OF)
+    rows = journal.query("SELECT order_ref, status FROM orders WHERE order_ref LIKE 'b4-%' ORDER BY order_ref")
+    assert rows.values.tolist() == [["b4-entry", "Inactive"], ["b4-sl", "Inactive"], ["b4-tp", "Inactive"]]
+    assert not [o for o in exchange.engine.orders.values() if o.is_open]
