@@ -153,7 +153,8 @@ def _open(run: FlowRun, broker: Broker, gateway: OrderGateway, symbol: str, step
     said).
 
     An entry filled in part when the wait ends: its rest is cancelled (and IB cancels the held children with it),
-    the filled shares get a pair of their own (`_protect`), and SignalsStepError says so.
+    the filled shares get a pair of their own (`_protect`), and SignalsStepError says so. An entry not filled at
+    all is left working (its children protect it when it fills) and SignalsStepError says so.
 
     Raises:
         SignalsStepError: the margin allows no share; the entry not (completely) filled in time.
@@ -172,13 +173,15 @@ def _open(run: FlowRun, broker: Broker, gateway: OrderGateway, symbol: str, step
         return _filled(broker, gateway, placed.entry, timeout), said
     except SignalsStepError:
         filled_now = int(sum(e.shares for e in broker.executions() if e.order_ref == refs.entry))
-        if filled_now:
-            working = {o.order_ref: o for o in broker.open_orders()}
-            if refs.entry in working:  # its children go with it (IB's bracket)
-                gateway.record_status(broker.cancel_order(working[refs.entry].order_id),
-                                      message=f"the rest cancelled after {filled_now} shares filled")
-            _protect(run, gateway, symbol, 1 if step.action == "BUY" else -1, filled_now, step.stop, step.target,
-                     refs)
+        if not filled_now:  # still working: its children protect it once it fills
+            raise
+        working = {o.order_ref: o for o in broker.open_orders()}
+        if refs.entry in working:  # its children go with it (IB's bracket)
+            final = broker.cancel_order(working[refs.entry].order_id)
+            gateway.record_status(final, message=f"the rest cancelled after {filled_now} shares filled")
+            if final.is_filled:  # the rest filled first: the bracket stands whole
+                return _filled(broker, gateway, final, timeout), said
+        _protect(run, gateway, symbol, 1 if step.action == "BUY" else -1, filled_now, step.stop, step.target, refs)
         raise
 
 
