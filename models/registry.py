@@ -2,7 +2,7 @@
 
 The journal is the registry's truth, because it is what every host reaches (`core.journal`; "Beyond one box",
 issue #15): a version trained on one host is the champion every host loads. Its tables (journal schema migration
-7, written and read by `core.journal.models`):
+8, written and read by `core.journal.models`):
 
     model_versions          one row a version: symbol, version (v0001, v0002 ... numbered per symbol), metadata
     model_files             the version's files as BLOBs, each with its size and sha256:
