@@ -11,7 +11,9 @@ process, or every worker, is gone:
   *Late* `PREFECT_SERVER_SERVICES_LATE_RUNS_AFTER_SECONDS` (15 s) after its scheduled time. A Proactive trigger
   (`after` Late, `expect` a run taken or ended, `for_each` the deployment) opens one bucket per deployment at the
   first Late mark (further Late marks fall into the open bucket) and, when no run of the deployment is taken within
-  the rest of the deployment's `TRADEFLOW_LATE_ALERT_SECONDS`, notifies with the number of the deployment's runs
+  the rest of the deployment's `TRADEFLOW_LATE_ALERT_SECONDS` (Prefect evaluates a Proactive trigger again
+  `within` after its last evaluation unless one of its buckets ends sooner, so a bucket opened in between fires
+  between its end and one `within` later: N to N + `within` - 15 s after the run's time), notifies with the number of the deployment's runs
   that are Late at that moment (each deployment has a work queue of its own in the pool, so the queue's
   `late_runs_count` counts that deployment's; a Prefect automation cannot count events). `for_each` matters:
   Prefect evaluates a Proactive trigger without `for_each` on a bucket it opens itself every `within` (its
@@ -60,7 +62,8 @@ CONCURRENCY_MESSAGE = "Deployment concurrency limit reached."
 """The message Prefect's server gives a run cancelled by a deployment concurrency limit (CANCEL_NEW)."""
 SERVER_LATE_AFTER_SECONDS = 15.0
 """PREFECT_SERVER_SERVICES_LATE_RUNS_AFTER_SECONDS (Prefect's default, which `tradeflow up` keeps): a Scheduled
-run is marked Late this long after its scheduled time (the service loops every 5 s)."""
+run is marked Late this long after its scheduled time (the service loops every second on `tradeflow up`'s server:
+`deployments.processes.alert_services_env`)."""
 TAKEN_EVENTS = {f"prefect.flow-run.{name}" for name in (
     "Pending", "Running", "Cancelling", "Cancelled", "Completed", "Failed", "Crashed", "TimedOut", "SkippedLate")}
 """A run of the deployment was taken (or ended) after a Late mark: the late alert waits for one of these. A backlog

@@ -49,8 +49,6 @@ def _read(run_id):
     return run(_client_call(lambda c: c.read_flow_run(run_id)))
 
 
-@pytest.mark.xfail(strict=False, reason="KNOWN GAP: inside the whole suite's load the ema-entry late notice came "
-                   "later than N + 60 s (alone: 4 of 4 passed)")
 def test_late_runs_notify_once_with_their_count_then_once_when_picked_up_and_a_lost_worker_once(
         prefect_server, prefect_api, state_dir: Path, tmp_path: Path):
     receiver = Receiver()
