@@ -266,7 +266,8 @@ class _Bench:
         flows = [f"{ep.rsplit(':', 1)[1].replace('_', '-')}/{name}" for ep in entrypoints]
         self.deployments.update(_wait_deployments(self.client, flows, self.serving, log))
 
-    def start_worker(self, name: str, entrypoints: dict[str, str], query_seconds: float, prefetch_seconds: float) -> None:
+    def start_worker(self, name: str, entrypoints: dict[str, str], query_seconds: float,
+                     prefetch_seconds: float) -> None:
         """(Re)start the process-worker path as `tradeflow up` runs it: `entrypoints` (deployment name ->
         entrypoint) applied by `deployments.deploy.apply` (deployments `<name>/<name>`, concurrency limit 1) to the
         process work pool `name`, and a `prefect worker start --type process` (`worker_argv`) polling it every
