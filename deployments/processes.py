@@ -288,18 +288,18 @@ def worker_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The worker settings of `tradeflow up` (`WORKER_QUERY_SECONDS`, `WORKER_PREFETCH_SECONDS`), each unless
     `environ` (default: this process's environment) already sets it: merge the result over the worker's env.
 
-    Why (`bench/schedule_to_action`, its process-worker arms): a process worker takes a run at its first poll
-    after `scheduled - prefetch` and starts the run's process at once; the process then needs time (interpreter,
-    Prefect, the flow's imports) before it asks to go Running, and Prefect's server holds it until the scheduled
-    time (orchestration rule WaitForScheduledTime, rounded to whole seconds: the flow's code may begin up to 0.5 s
-    early). The run starts on time only when `prefetch - query` exceeds that start-up. Prefect's defaults (10 s /
-    10 s) leave 0 to 10 s: measured with the machine's load average at 7 on 2 cores, the processes started 4 s
-    before the time (p50; the latest 1 s after it) and the orders reached the exchange 28 s (p50) / 33 s (p95)
-    after it; with 20 s / 2 s they started 18 s before (the latest 14 s before) and the orders came 5 s / 18 s
-    after, the served path's figures (6 s / 19 s) under the same load (a run's start-up then took up to 30 s). Prefetch is bounded above by the deployments' concurrency limit (1,
-    CANCEL_NEW, `deployments.deploy`): a run taken while the previous run of its deployment still runs is
-    cancelled, so prefetch + query must stay below the shortest cadence (mtf-signal, 300 s) minus that flow's
-    timeout (240 s, `tasks.run_policy`)."""
+    Why (`bench/schedule_to_action`, its process-worker arms): a process worker takes a run at its first poll after
+    `scheduled - prefetch` and starts the run's process at once; the process then needs time (interpreter, Prefect,
+    the flow's imports) before it asks to go Running, and Prefect's server holds it until the scheduled time
+    (orchestration rule WaitForScheduledTime, rounded to whole seconds: the flow's code may begin up to 0.5 s
+    early). The run starts on time only when `prefetch - query` exceeds that start-up. Prefect's defaults (10 s / 10
+    s) leave 0 to 10 s: measured with the machine's load average at 7 on 2 cores, the processes started 4 s before
+    the time (p50; the latest 1 s after it) and the orders reached the exchange 28 s (p50) / 33 s (p95) after it;
+    with 20 s / 2 s they started 18 s before (the latest 14 s before) and the orders came 5 s / 18 s after, the
+    served path's figures (6 s / 19 s) under the same load (a run's start-up then took up to 30 s). Prefetch is
+    bounded above by the deployments' concurrency limit (1, CANCEL_NEW, `deployments.deploy`): a run taken while the
+    previous run of its deployment still runs is cancelled, so prefetch + query must stay below the shortest cadence
+    (mtf-signal, 300 s) minus that flow's timeout (240 s, `tasks.run_policy`)."""
     environ = os.environ if environ is None else environ
     wanted = {"PREFECT_WORKER_QUERY_SECONDS": f"{WORKER_QUERY_SECONDS:g}",
               "PREFECT_WORKER_PREFETCH_SECONDS": f"{WORKER_PREFETCH_SECONDS:g}"}
