@@ -85,7 +85,8 @@ def test_schedule_to_action_tiny(tmp_path):
     require_bars("5m/SMH.csv", "daily/SMH.csv", "daily/VIX.csv")
     run_all.run_one("schedule_to_action", {"runs": 1, "cold_runs": 0, "mtf_runs": 0, "prefetch_seconds": 3.0,
                                            "worker_runs": 1, "worker_query_seconds": 1.0,
-                                           "worker_prefetch_seconds": 3.0, "default_worker_runs": 0}, tmp_path)
+                                           "worker_prefetch_seconds": 3.0, "default_worker_runs": 0,
+                                           "run_timeout": 300.0}, tmp_path)  # no timing: a loaded machine is slow
     res = _check_shape(tmp_path / "schedule_to_action.json", "schedule_to_action")
     f = res["figures"]
     for prefix in ("ema_entry", "worker_ema_entry"):
