@@ -1,15 +1,14 @@
 """Champion MTF models for the benchmarks that run `mtf-signal` (not a benchmark: no `run`).
 
 `train_champions` trains real models (`tradeflow train`, in a child process as a person runs it: TensorFlow,
-features, training, registration as champion) into a state directory; `clone_champion` registers a trained
-version under other symbol names (a copy of its folder, made champion), so that a run over 50 symbols loads 50
-real models without training 50.
+features, training, registration as champion) into a state directory; `clone_champions` registers a trained
+version under other symbol names in another state directory's registry (a copy of its files, made champion), so
+that a run over 50 symbols loads 50 real models without training 50.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -34,21 +33,31 @@ def train_champions(state_dir: Path, symbols: tuple[str, ...] = ("AAPL", "TSLA")
         raise RuntimeError(f"tradeflow train exited {code}:\n{out[-2000:]}")
 
 
-def clone_champion(models_dir: Path, source: str, names: list[str]) -> None:
-    """Register the champion of `source` under each of `names` (its version folder copied) and make it their
-    champion.
+def clone_champions(trained_state: Path, state: Path, names: dict[str, str]) -> None:
+    """Register, in the registry of the state directory `state` (its journal, its models folder), the champion of
+    each source symbol of `trained_state` under each name of `names` (name -> source symbol), and make it the
+    name's champion.
 
     Raises:
-        RuntimeError: `source` has no champion.
+        RuntimeError: a source has no champion.
     """
+    from datetime import datetime
+
+    from core.journal import Journal
     from models.registry import ModelRegistry
 
-    registry = ModelRegistry(models_dir)
-    champion = registry.champion(source)
-    if champion is None:
-        raise RuntimeError(f"{source} has no champion in {models_dir}")
-    for name in names:
-        target = Path(models_dir) / name.upper() / champion.path.name
-        if not target.exists():
-            shutil.copytree(champion.path, target)
-        registry.promote(name, champion.path.name)
+    src = ModelRegistry(trained_state / "models", Journal(trained_state / "journal.duckdb"))
+    dst = ModelRegistry(state / "models", Journal(state / "journal.duckdb"))
+    champions = {}
+    for source in sorted(set(names.values())):
+        champion = src.champion(source)
+        if champion is None:
+            raise RuntimeError(f"{source} has no champion in {trained_state}")
+        folder = src.materialise(champion)
+        files = {n: (folder / n).read_bytes() for n in ("model.keras", "scaler.joblib", "weights.npz")}
+        champions[source] = (champion, files)
+    for name, source in names.items():
+        champion, files = champions[source]
+        mv = dst.register_files(name, files, champion.metadata,
+                                datetime.fromisoformat(champion.metadata["created_at"]))
+        dst.promote(name, mv.version)

@@ -116,12 +116,17 @@ class _Exchange:
         self.ex.stop()
 
 
-def _run_size(work: Path, data: Path, models: Path, store: Path | None, names: list[str], env: dict[str, str],
+def _run_size(work: Path, data: Path, trained: Path, store: Path | None, names: list[str], env: dict[str, str],
               timeout: float) -> dict[str, Any]:
-    """One mtf-signal run for `names` in a child process; returns its figures (see the module docstring)."""
+    """One mtf-signal run for `names` in a child process, in a fresh state directory whose registry holds the
+    champions of `trained` cloned under `names`; returns its figures (see the module docstring)."""
+    from bench._models import clone_champions
+    from core.journal import Journal
+
     state = work / f"state-{len(names)}{'' if store else '-cold'}"
     state.mkdir()
-    shutil.copytree(models, state / "models")
+    clone_champions(trained, state, {n: source_of(n) for n in names})
+    Journal(state / "journal.duckdb").stop_writer()  # the run's journal starts as the flow finds it
     if store is not None:
         shutil.copytree(store, state / "bars")
     exchange = _Exchange(data, datetime.fromisoformat(AS_OF), state / "exchange.json")
@@ -162,7 +167,7 @@ def run(sizes: tuple[int, ...] = (2, 10, 50), timeout: float = 600.0, epochs: in
     Raises:
         RuntimeError: a run did not complete.
     """
-    from bench._models import clone_champion, train_champions
+    from bench._models import train_champions
     from deployments.processes import LocalServer, free_port
 
     largest = max(sizes)
@@ -179,18 +184,15 @@ def run(sizes: tuple[int, ...] = (2, 10, 50), timeout: float = 600.0, epochs: in
         t0 = time.time()
         train_champions(trained, SOURCES, epochs=epochs)
         train_s = time.time() - t0
-        models = trained / "models"
-        for src in SOURCES:
-            clone_champion(models, src, [n for n in names if source_of(n) == src])
         store = work / "store"
         build_store(real, store, names, as_of)
         env = {**{k: v for k, v in os.environ.items()
                   if not k.startswith("PREFECT_") and k != "PYTHONDONTWRITEBYTECODE"},
                "PREFECT_API_URL": server.api_url, "IBKR_HOST": "127.0.0.1", "TRADEFLOW_DATA_DIR": str(data)}
-        _run_size(work, data, models, store, names[:2], env, timeout)  # warm-up (disk cache, bytecode): not counted
+        _run_size(work, data, trained, store, names[:2], env, timeout)  # warm-up (disk cache, bytecode): not counted
         shutil.rmtree(work / "state-2")
-        results = [_run_size(work, data, models, store, names[:n], env, timeout) for n in sorted(sizes)]
-        cold = _run_size(work, data, models, None, names[:2], env, timeout)
+        results = [_run_size(work, data, trained, store, names[:n], env, timeout) for n in sorted(sizes)]
+        cold = _run_size(work, data, trained, None, names[:2], env, timeout)
 
     figures: dict[str, float] = {}
     for r in results:

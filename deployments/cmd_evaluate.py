@@ -73,7 +73,8 @@ def _handle(args: argparse.Namespace) -> int:
                                 patience=3)
     cfg = WalkForwardConfig(n_folds=args.folds, n_boot=args.bootstrap, train=train)
     rules, rule = RuleParams.from_settings(s), GateRule.from_settings(s)
-    registry = ModelRegistry(s.models_dir)
+    journal = Journal(s.journal_path)
+    registry = ModelRegistry(s.models_dir, journal)
     print(f"walk-forward: expanding window, {cfg.n_folds} test folds after the first {cfg.min_train_frac:.0%} of "
           f"the samples, purge {train.horizon} bars (H) + embargo {cfg.embargo or train.horizon} bars; LSTM "
           f"L={train.lookback} H={train.horizon}, <= {train.epochs} epochs a refit; costs: IB commission, "
@@ -104,14 +105,13 @@ def _handle(args: argparse.Namespace) -> int:
         print(f"edge gate on this evidence: {'PASS' if verdict.passed else 'FAIL'}: {verdict.reason}")
         champ = registry.champion(sym)
         if champ is not None and not args.no_record:
-            journal = Journal(s.journal_path)
             with journal.transaction() as tx:
                 record_walk_forward(tx, champ, result.evidence(), as_of)
                 status = gate_status(tx, sym, journal_id(champ), rule)
             print(f"journal: recorded as the evidence of {journal_id(champ)}; mtf-signal: "
                   f"{'sends entries' if status.open else 'sends no entry'} ({status.reason})")
         elif champ is None:
-            print(f"no champion of {sym} in {registry.root}: nothing recorded (train one, then evaluate again)")
+            print(f"no champion of {sym} in the registry: nothing recorded (train one, then evaluate again)")
         print("wrote: " + ", ".join(str(p) for p in paths.values()))
         verdicts.append(f"{sym} {'PASS' if verdict.passed else 'FAIL'}")
     print("\nedge gate: " + ", ".join(verdicts))

@@ -2,8 +2,11 @@
 registry by hand.
 
 Versions are numbered per symbol (AAPL v0001 and TSLA v0001 are different models), so `promote` takes the symbol
-and the version. Every change is recorded in the journal's `models` table (the new champion 'champion', the one
-it replaced 'retired'), as the monthly retrain records its own. The signal flow picks the new champion up at its
+and the version. The registry is in the journal (models/registry.py), so a change made on one host is the champion
+on every host. `promote` and `rollback` change the champion only if it is still the one this command read: when
+another host or person changed it meanwhile they change nothing and say what it is now (exit code 1). Every
+change is also recorded in the journal's `models` table (the new champion 'champion', the one it replaced
+'retired'), as the monthly retrain records its own. The signal flow picks the new champion up at its
 next run (it loads the champion at the start of each run).
 
 `list` shows each champion's edge gate (`models.gate`): open or closed, and why. `allow SYMBOL --reason ...` lets
@@ -76,7 +79,7 @@ def _allow(args: argparse.Namespace, journal_path, registry) -> int:
 
 def _list(registry, symbols: list[str], gates: dict[str, str] | None = None) -> int:
     if not symbols:
-        print(f"no models in {registry.root} (train some: `tradeflow train --symbols AAPL TSLA`)")
+        print("no models in the registry (train some: `tradeflow train --symbols AAPL TSLA`)")
         return 0
     for sym in symbols:
         champ = registry.champion(sym)
@@ -109,20 +112,20 @@ def _handle(args: argparse.Namespace) -> int:
     from models.registry import ModelRegistry, RegistryError
 
     s = get_settings()
-    registry = ModelRegistry(s.models_dir)
+    registry = ModelRegistry(s.models_dir, Journal(s.journal_path))
     if args.models_command == "list":
-        found = sorted(p.name for p in registry.root.iterdir() if p.is_dir()) if registry.root.is_dir() else []
-        syms = [x.upper() for x in (args.symbols or found)]
+        syms = [x.upper() for x in (args.symbols or registry.symbols())]
         return _list(registry, syms, _gate_lines(s.journal_path, registry, syms) if syms else None)
     if args.models_command == "allow":
         return _allow(args, s.journal_path, registry)
     sym = args.symbol.upper()
     try:
         before = registry.champion(sym)
+        expected = before.version if before else None
         if args.models_command == "promote":
-            after = registry.promote(sym, args.version)
+            after = registry.promote(sym, args.version, expected=expected)
         else:
-            after = registry.rollback(sym)
+            after = registry.rollback(sym, expected=expected)
     except RegistryError as exc:
         print(f"tradeflow models {args.models_command}: {exc}", file=sys.stderr)
         return 1

@@ -68,10 +68,11 @@ def _retrain_chart(settings, symbol: str) -> bytes:
     from core.bar_store import BarStore, store_root
     from core.charts import retrain_chart_png
     from models.evaluate import RuleParams
+    from core.journal import Journal
     from models.registry import ModelRegistry
     from models.retrain import latest_retrain_curves
 
     bars = BarStore(store_root(settings.state_dir)).load(symbol)
-    window, challenger, champion = latest_retrain_curves(ModelRegistry(settings.models_dir), symbol, bars,
+    window, challenger, champion = latest_retrain_curves(ModelRegistry(settings.models_dir, Journal(settings.journal_path)), symbol, bars,
                                                          settings.mtf_horizon, RuleParams.from_settings(settings))
     return retrain_chart_png(symbol, window, challenger, champion)

@@ -2,8 +2,8 @@
 
 Reads ``<data_dir>/1h/<SYMBOL>.csv``, prints progress per epoch and one table per symbol (classification metrics
 vs the majority-class baseline on validation and test; the decision rules vs buy and hold vs the source system's
-reported figures on the test window), registers each model under ``settings.models_dir`` and makes it champion
-when the symbol has none, and records each version and its validation/test metrics in the journal (tables
+reported figures on the test window), registers each model in the journal's model registry (cached on this host under
+``settings.models_dir``: models/registry.py) and makes it champion when the symbol has none, and records each version and its validation/test metrics in the journal (tables
 `models` and `model_metrics`, version named `<SYMBOL>/<version>`: see models/records.py). A symbol without usable
 hourly bars (no file, a malformed one) is skipped with one line saying why, before TensorFlow loads; the others
 train. Exit code 0 when every symbol trained, 1 when one was skipped or failed (the others still run).
@@ -25,7 +25,7 @@ def register_train(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--symbols", nargs="+", default=None, help="symbols (default: settings mtf_symbols)")
     p.add_argument("--data-dir", type=Path, default=None, help="bars folder (default: settings data_dir)")
-    p.add_argument("--models-dir", type=Path, default=None, help="registry folder (default: settings models_dir)")
+    p.add_argument("--models-dir", type=Path, default=None, help="the registry's cache folder on this host (default: settings models_dir; the versions are in the journal)")
     p.add_argument("--epochs", type=int, default=None, help="maximum epochs (early stopping on validation)")
     p.add_argument("--as-of", default=None, help="registration time, ISO 8601 with offset (default: now, UTC)")
     p.add_argument("--no-promote", action="store_true", help="never make the new version champion")
@@ -119,7 +119,8 @@ def _handle(args: argparse.Namespace) -> int:
     if args.epochs:
         cfg = dataclasses.replace(cfg, epochs=args.epochs)
     rules = RuleParams.from_settings(s)
-    registry = ModelRegistry(models_dir)
+    journal = Journal(s.journal_path)
+    registry = ModelRegistry(models_dir, journal)
 
     def progress(sym: str, epoch: int, total: int, logs: dict) -> None:
         print(f"  {sym} epoch {epoch:>2}/{total}  loss {logs.get('loss', float('nan')):.4f}  "
@@ -137,12 +138,12 @@ def _handle(args: argparse.Namespace) -> int:
             failed += 1
             continue
         print(format_report(sym, out.metrics, out.version.metadata))
-        with Journal(s.journal_path).transaction() as tx:
+        with journal.transaction() as tx:
             record_version(tx, out.version, "champion" if out.became_champion else "challenger")
             record_training_metrics(tx, out.version, as_of)
         print(f"  journal: models and model_metrics of {journal_id(out.version)}")
         champ = registry.champion(sym)
-        print(f"  registered {sym} {out.version.version} at {out.version.path}"
+        print(f"  registered {sym} {out.version.version} in the journal (cached at {out.version.path})"
               f"{' -> champion (none before)' if out.became_champion else ''}; "
               f"champion: {champ.version if champ else 'none'}; {time.perf_counter() - ts:.1f} s")
     print("\nedge gate: a new champion sends no MTF entry until its walk-forward evidence clears the bar "

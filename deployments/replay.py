@@ -162,9 +162,10 @@ def _events(session: Session, settings: Settings, mtf_every: int, names: tuple[s
 def ensure_models(settings: Settings, before: dt.datetime, out=sys.stdout) -> list[str]:
     """Train and register a champion for each MTF symbol that has none, on hourly bars that end before
     `before` (as `tradeflow train` does); returns the symbols trained."""
+    from core.journal import Journal
     from models.registry import ModelRegistry
 
-    registry = ModelRegistry(settings.models_dir)
+    registry = ModelRegistry(settings.models_dir, Journal(settings.journal_path))
     missing = [s.upper() for s in settings.mtf_symbols if registry.champion(s) is None]
     if not missing:
         return []

@@ -236,9 +236,9 @@ def champion_gates(journal: Journal, registry: ModelRegistry, symbols: list[str]
         models.registry.RegistryError: a damaged champion pointer.
         core.journal.JournalError: the journal cannot be read.
     """
+    champions = {sym.upper(): registry.champion(sym) for sym in symbols}  # before: each is a transaction of its own
     out = {}
     with journal.transaction() as tx:
-        for sym in symbols:
-            champ = registry.champion(sym)
-            out[sym.upper()] = gate_status(tx, sym, f"{champ.symbol}/{champ.version}" if champ else None, rule)
+        for sym, champ in champions.items():
+            out[sym] = gate_status(tx, sym, f"{champ.symbol}/{champ.version}" if champ else None, rule)
     return out

@@ -15,7 +15,7 @@ import pandas as pd
 from core.features import FEATURES
 from models.evaluate import SOURCE_FIGURES, RuleParams, buy_and_hold, classification_metrics, simulate_rules
 from models.mtf import ProgressFn, TrainConfig, TrainResult, config_dict, export_weights, train_model
-from models.registry import ModelRegistry, ModelVersion
+from models.registry import ChampionChanged, ModelRegistry, ModelVersion
 
 
 def evaluate_result(result: TrainResult, rules: RuleParams) -> dict[str, Any]:
@@ -97,6 +97,9 @@ def train_and_register(symbol: str, bars: pd.DataFrame, registry: ModelRegistry,
                            metadata_for(result, metrics) | (extra_metadata or {}), as_of)
     became = False
     if promote_if_none and registry.champion(symbol) is None:
-        registry.promote(symbol, mv.version)
-        became = True
+        try:
+            registry.promote(symbol, mv.version, expected=None)
+            became = True
+        except ChampionChanged:  # another host made a champion meanwhile: this version stays a challenger
+            pass
     return TrainOutcome(symbol.upper(), mv, metrics, became, result)

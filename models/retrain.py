@@ -118,10 +118,14 @@ def retrain_symbol(symbol: str, bars: pd.DataFrame, registry: ModelRegistry, as_
 
     Raises:
         ValueError: too few bars before the window to train, or none in it.
+        models.registry.ChampionChanged: the champion changed (another host, a person) while this retrain
+            evaluated the one before: nothing promoted; the challenger stays registered, a rerun evaluates it
+            against the champion now.
     """
     from models.pipeline import train_and_register
 
     champion = registry.champion(symbol)
+    decided_against = champion.version if champion else None  # promote only if it is still the champion
     tag = {"as_of": as_of.isoformat(), "window": window.label, "trained_through": window.start.isoformat()}
     challenger = next((v for v in registry.list_versions(symbol) if v.metadata.get("retrain") == tag), None)
     trained = challenger is None
@@ -154,7 +158,7 @@ def retrain_symbol(symbol: str, bars: pd.DataFrame, registry: ModelRegistry, as_
                                          challenger_eval["classification"]["model"], rule, champion_error)
     promote, reason = promotion_with_gate(promote, reason, gate, champion is not None and champion_error is None)
     if promote:
-        registry.promote(symbol, challenger.version)
+        registry.promote(symbol, challenger.version, expected=decided_against)
     return RetrainOutcome(symbol.upper(), challenger, champion, challenger_eval, champion_eval, champion_error,
                           promote, reason, trained, evidence, gate)
 

@@ -57,14 +57,14 @@ def load_champions(run: FlowRun, symbols: list[str]) -> dict[str, Champion]:
     Raises:
         ModelUnavailableError: naming every symbol without a usable model and what to do about it.
     """
-    registry = ModelRegistry(run.settings.models_dir)
+    registry = ModelRegistry(run.settings.models_dir, run.journal)
     out: dict[str, Champion] = {}
     problems = []
     for sym in symbols:
         try:
             mv = registry.champion(sym)
             if mv is None:
-                raise RegistryError(f"{sym} has no champion model in {registry.root}")
+                raise RegistryError(f"{sym} has no champion model in the registry")
             try:
                 predictor = registry.load_predictor(sym, mv.version)
             except (OSError, ValueError, KeyError) as exc:  # missing, truncated or foreign weights file

@@ -52,7 +52,7 @@ def broker_facts(run: FlowRun, facts: PreflightFacts) -> None:
 def local_facts(run: FlowRun, facts: PreflightFacts) -> None:
     """MTF champions, kill switch, open breaks, free disk of the state directory, into `facts`."""
     s = run.settings
-    registry = ModelRegistry(s.models_dir)
+    registry = ModelRegistry(s.models_dir, run.journal)
     for symbol in s.mtf_symbols:
         champ = registry.champion(symbol)
         facts.champions[symbol] = None if champ is None else (

@@ -43,7 +43,7 @@ def retrain_one(run: FlowRun, symbol: str, cutoff: dt.datetime, window: Evaluati
         logger.info("%s epoch %d/%d loss %.4f val_loss %.4f", sym, epoch, total, logs.get("loss", float("nan")),
                     logs.get("val_loss", float("nan")))
 
-    return retrain_symbol(symbol, bars, ModelRegistry(run.settings.models_dir), run.as_of, window, config,
+    return retrain_symbol(symbol, bars, ModelRegistry(run.settings.models_dir, run.journal), run.as_of, window, config,
                           RuleParams.from_settings(run.settings), rule, progress, walk_forward,
                           GateRule.from_settings(run.settings))
 

@@ -2,7 +2,7 @@
 
 `constant_model`: a real Keras LSTM (built by `models.mtf.build_model`) whose final Dense layer has a zero kernel
 and the bias logit(p), so its P(up) is p for every input; registered through the real registry (model.keras,
-scaler, weights.npz, metadata) and read back by the signal flow through `ModelRegistry.load_predictor`, like any
+scaler, weights.npz, metadata: into the journal) and read back by the signal flow through `ModelRegistry.load_predictor`, like any
 trained model. Building them imports TensorFlow once per test session (session fixture `model_templates`).
 """
 
@@ -52,11 +52,15 @@ _templates: list[tuple[Path, dict[tuple[str, float], str]]] = []
 
 @pytest.fixture(scope="session")
 def model_templates(tmp_path_factory) -> tuple[Path, dict[tuple[str, float], str]]:
-    """A registry folder with AAPL and TSLA versions of each P(up) in PROBABILITIES, and their version names
-    (built once per test session, also when several modules import this fixture)."""
+    """A registry's cache folder with AAPL and TSLA versions of each P(up) in PROBABILITIES, and their version
+    names (built once per test session, also when several modules import this fixture). A test's registry imports
+    a copy of the folder as a registry folder made before the journal held the registry (`models` fixture)."""
+    from core.journal import Journal
+
     if not _templates:
-        root = tmp_path_factory.mktemp("model-templates")
-        reg = ModelRegistry(root)
+        work = tmp_path_factory.mktemp("model-templates")
+        root = work / "models"
+        reg = ModelRegistry(root, Journal(work / "journal.duckdb"))
         versions = {(sym, p): register_constant(reg, sym, p) for sym in ("AAPL", "TSLA") for p in PROBABILITIES}
         _templates.append((root, versions))
     return _templates[0]
@@ -65,8 +69,8 @@ def model_templates(tmp_path_factory) -> tuple[Path, dict[tuple[str, float], str
 class Models:
     """The test's registry (a copy of the templates in the state directory) and a way to pick champions."""
 
-    def __init__(self, root: Path, versions: dict[tuple[str, float], str]):
-        self.registry = ModelRegistry(root)
+    def __init__(self, registry: ModelRegistry, versions: dict[tuple[str, float], str]):
+        self.registry = registry
         self.versions = versions
 
     def champion(self, symbol: str, p_up: float) -> str:
@@ -78,17 +82,19 @@ class Models:
 
 @pytest.fixture
 def models(state_dir: Path, model_templates) -> Models:
-    """The template registry in the test's state directory, with AAPL and TSLA allowed past the edge gate
+    """The template registry in the test's state directory (its folder copied there, imported into the test's
+    journal on first use, as an upgrade imports a registry folder), with AAPL and TSLA allowed past the edge gate
     (constant-P(up) models have no walk-forward evidence; the tests using them are about the rules, the broker
     and the journal; tests/test_edge_gate.py tests the gate itself)."""
     from core.journal import Journal
 
     root, versions = model_templates
     shutil.copytree(root, state_dir / "models")
-    with Journal(state_dir / "journal.duckdb").transaction() as tx:
+    journal = Journal(state_dir / "journal.duckdb")
+    with journal.transaction() as tx:
         for sym in ("AAPL", "TSLA"):
             tx.record_model_allowance(sym, True, "tests", "constant-P(up) test models trade by design", CREATED)
-    return Models(state_dir / "models", versions)
+    return Models(ModelRegistry(state_dir / "models", journal), versions)
 
 
 @pytest.fixture

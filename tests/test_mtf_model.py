@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from core.bars import load_hourly_bars
+from core.journal import Journal
 from core.settings import PROJECT_ROOT
 from models.evaluate import RuleParams, buy_and_hold, classification_metrics, commission, simulate_rules
 from models.mtf import TrainConfig, chronological_split, fit_scaler, make_labels, windows
@@ -95,7 +96,7 @@ def _weights() -> dict:
 def test_registry_versions_champion_promote_rollback(tmp_path):
     from sklearn.preprocessing import StandardScaler
 
-    reg = ModelRegistry(tmp_path / "models")
+    reg = ModelRegistry(tmp_path / "models", Journal(tmp_path / "journal.duckdb"))
     assert reg.list_versions("AAPL") == [] and reg.champion("AAPL") is None
     v1 = reg.register("AAPL", _StubModel("one"), StandardScaler(), _weights(), {"metrics": {"a": 1}}, AS_OF)
     v2 = reg.register("aapl", _StubModel("two"), StandardScaler(), _weights(), {"metrics": {"a": 2}}, AS_OF)
@@ -120,19 +121,16 @@ def test_registry_versions_champion_promote_rollback(tmp_path):
     with pytest.raises(RegistryError, match="no version"):
         reg.promote("AAPL", "v0042")
     assert reg.champion("TSLA") is None  # per symbol
-    assert not list((tmp_path / "models" / "AAPL").glob(".*"))  # no temporary leftovers
+    assert not list((tmp_path / "models").glob("**/.*"))  # no temporary leftovers
     with pytest.raises(ValueError, match="timezone-aware"):
         reg.register("AAPL", _StubModel("x"), StandardScaler(), _weights(), {}, datetime(2026, 1, 1))
     assert reg.load_predictor("AAPL").lookback == 1
-    from models import registry as r
-
-    assert r.promote(reg.root, "AAPL", "v0002").version == "v0002" and r.champion(reg.root, "AAPL").version == "v0002"
-    assert r.rollback(reg.root, "AAPL").version == "v0001" and len(r.list_versions(reg.root, "AAPL")) == 3
+    assert reg.symbols() == ["AAPL"]
 
 
 def test_registry_without_champion_cannot_give_a_predictor(tmp_path):
     with pytest.raises(RegistryError, match="no champion"):
-        ModelRegistry(tmp_path).load_predictor("TSLA")
+        ModelRegistry(tmp_path / "models", Journal(tmp_path / "journal.duckdb")).load_predictor("TSLA")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -242,7 +240,8 @@ def tiny_run(tmp_path_factory):
     from models.pipeline import train_and_register
 
     bars = load_hourly_bars(DATA_DIR, "TSLA").iloc[-2600:]  # about 1,450 feature rows after the warm-up
-    reg = ModelRegistry(tmp_path_factory.mktemp("registry"))
+    work = tmp_path_factory.mktemp("registry")
+    reg = ModelRegistry(work / "models", Journal(work / "journal.duckdb"))
     cfg = TrainConfig(lookback=24, horizon=4, lstm_units=(16,), epochs=2, patience=1)
     seen = []
     out = train_and_register("TSLA", bars, reg, AS_OF, cfg, progress=lambda *a: seen.append(a))

@@ -7,6 +7,7 @@ a scheduled 5-minute run time; the exchange clock is moved there first (runs are
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from datetime import datetime
@@ -192,7 +193,10 @@ def test_a_missing_or_unreadable_model_fails_the_run_and_trades_nothing(signal, 
     with pytest.raises(ModelUnavailableError, match=r"TSLA has no champion.*tradeflow models promote TSLA"):
         signal(at(10, 5))
     version = models.champion("TSLA", 0.9)
-    (models.registry.root / "TSLA" / version / "weights.npz").write_bytes(b"not a model")
+    damaged = b"not a model"  # the registry's own copy, in the journal (a damaged cached copy is fetched again)
+    with journal().transaction() as tx:
+        tx.fetch("UPDATE model_files SET content = ?, bytes = ?, sha256 = ? WHERE symbol = 'TSLA' AND version = ?"
+                 " AND name = 'weights.npz'", [damaged, len(damaged), hashlib.sha256(damaged).hexdigest(), version])
     with pytest.raises(ModelUnavailableError, match=r"TSLA v\d+: .*weights.npz unreadable"):
         signal(at(10, 10))
     assert exchange_orders(exchange) == [] and signals() == []

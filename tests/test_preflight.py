@@ -75,11 +75,13 @@ def test_red_with_an_open_position_break(checked, state_dir):
     assert state.is_failed() and "position breaks: unresolved breaks block orders for AAPL" in _message(state)
 
 
-def test_red_with_a_missing_model(checked, state_dir):
+def test_red_with_a_missing_model(checked, state_dir, models):  # noqa: F811
     import shutil
 
-    state_first = None
-    shutil.rmtree(state_dir / "models" / "TSLA")
+    shutil.rmtree(state_dir / "models" / "TSLA")  # this host's cache only: the champion is in the journal
+    assert models.registry.champion("TSLA") is not None
+    with Journal(state_dir / "journal.duckdb").transaction() as tx:  # a registry whose TSLA has no champion
+        tx.fetch("DELETE FROM model_champions WHERE symbol = 'TSLA'")
     state_first = checked()
     assert state_first.is_failed() and "model TSLA: no MTF champion" in _message(state_first)
     assert "model AAPL" not in _message(state_first)
@@ -88,18 +90,21 @@ def test_red_with_a_missing_model(checked, state_dir):
 def test_red_with_a_nearly_full_state_directory(checked, state_dir, tmp_path, monkeypatch):
     mount = tmp_path / "small-tmpfs"
     mount.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
                              capture_output=True).returncode == 0
     try:
         if mounted:
             small = mount / "state"
             small.mkdir()
-            # the journal and the models move with the state directory
+            # the journal (which holds the model registry) and the models cache move with the state directory
             import shutil
 
+            Journal(state_dir / "journal.duckdb").stop_writer()
+            shutil.copy2(state_dir / "journal.duckdb", small / "journal.duckdb")
             shutil.copytree(state_dir / "models", small / "models")
             monkeypatch.setenv("TRADEFLOW_STATE_DIR", str(small))
-            monkeypatch.setenv("TRADEFLOW_PREFLIGHT_MIN_FREE_MB", "10")  # the 4 MiB file system is below it
+            # the 16 MiB file system (the journal with the test's models and its snapshot fill about 8) is below it
+            monkeypatch.setenv("TRADEFLOW_PREFLIGHT_MIN_FREE_MB", "20")
         else:
             # SUBSTITUTE (no permission to mount): a threshold above the free space of the real disk
             free_mb = shutil.disk_usage(state_dir).free / 2**20

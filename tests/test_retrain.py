@@ -75,7 +75,7 @@ def test_retrain_keeps_a_better_champion_and_replaces_a_worse_one(exchange, pref
         monkeypatch.setenv(f"TRADEFLOW_MTF_GATE_{name}", value)
     get_settings.cache_clear()
 
-    registry = ModelRegistry(get_settings().models_dir)
+    registry = ModelRegistry(get_settings().models_dir, Journal(get_settings().journal_path))
     for sym, invert in (("AAPL", False), ("TSLA", True)):
         bars = complete_bars(store.load(sym), START)
         model, scaler, weights = fitted_model(bars, FEB, MAR, invert=invert)

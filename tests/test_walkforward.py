@@ -171,7 +171,7 @@ def _record(version_id_symbol: str, version: str, evidence: dict) -> None:
     from models.records import record_walk_forward
     from models.registry import ModelRegistry
 
-    mv = ModelRegistry(get_settings().models_dir).get(version_id_symbol, version)
+    mv = ModelRegistry(get_settings().models_dir, Journal(get_settings().journal_path)).get(version_id_symbol, version)
     with Journal(get_settings().journal_path).transaction() as tx:
         tx.record_model_allowance(version_id_symbol, False, "tests", "the gate decides",
                                   datetime(2026, 2, 28, tzinfo=timezone.utc))
@@ -282,6 +282,7 @@ def test_evaluate_command_prints_the_tables_writes_them_and_records_the_evidence
     from core.settings import get_settings
     from deployments.cli import main
     from tests.mtf_support import register_constant
+    from core.journal import Journal
     from models.registry import ModelRegistry
 
     data = tmp_path / "data"
@@ -290,7 +291,7 @@ def test_evaluate_command_prints_the_tables_writes_them_and_records_the_evidence
     out = bars.copy()
     out.index = out.index.map(lambda t: t.isoformat())
     out.to_csv(data / "1h" / "SYN.csv", index_label="timestamp")
-    registry = ModelRegistry(get_settings().models_dir)
+    registry = ModelRegistry(get_settings().models_dir, Journal(get_settings().journal_path))
     registry.promote("SYN", register_constant(registry, "SYN", 0.6))
 
     code, text = cli(main, ["evaluate", "mtf", "--symbols", "SYN", "--folds", "2", "--epochs", "1", "--bootstrap",

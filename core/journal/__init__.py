@@ -1,4 +1,4 @@
-"""The journal: a DuckDB file holding every decision, order, fill, equity snapshot and model metric.
+"""The journal: a DuckDB file holding every decision, order, fill, equity snapshot, model and model metric.
 
 This package is the only place the journal's SQL is written (except what people type at `tradeflow sql`):
 
@@ -6,7 +6,8 @@ This package is the only place the journal's SQL is written (except what people 
 * `schema`: the tables and views, and the migrations that bring an older file forward on first open;
 * one module per table family, each a mixin of the transaction with its ``record_*`` writes and named, typed
   reads: `orders` (orders, their status changes, executions), `decisions` (signals, EMA state, flow events),
-  `account` (equity and position snapshots, daily P&L), `models` (model versions and metrics), `controls`
+  `account` (equity and position snapshots, daily P&L), `models` (the model registry: versions with their
+  files, champions; the versions' statuses and metrics), `controls`
   (operator actions), `reconciliation` (position breaks and adjustments).
 
 Writes are idempotent on natural keys: executions by `exec_id`, orders by `order_ref`, equity snapshots by

@@ -2,11 +2,13 @@
 
 A message is one JSON object on one line (UTF-8). `encode` turns parameters and result rows into JSON-able
 values; `decode` turns them back: ``{"$t": iso}`` a datetime (its UTC offset kept), ``{"$d": iso}`` a date,
-``{"$h": iso}`` a time, ``{"$s": seconds}`` a timedelta; a Decimal travels as a float, a UUID as a string.
+``{"$h": iso}`` a time, ``{"$s": seconds}`` a timedelta, ``{"$b": base64}`` bytes (a BLOB: the model registry's
+files); a Decimal travels as a float, a UUID as a string.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import decimal
 import json
@@ -18,6 +20,8 @@ def encode(value: Any) -> Any:
     """`value` as JSON-able data (see the module docstring). Raises TypeError for a type it cannot carry."""
     if value is None or isinstance(value, bool | int | float | str):
         return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"$b": base64.b64encode(value).decode("ascii")}
     if isinstance(value, dt.datetime):
         return {"$t": value.isoformat()}
     if isinstance(value, dt.date):
@@ -52,6 +56,8 @@ def decode(value: Any) -> Any:
             return dt.time.fromisoformat(value["$h"])
         if "$s" in value:
             return dt.timedelta(seconds=value["$s"])
+        if "$b" in value:
+            return base64.b64decode(value["$b"])
         if "$o" in value:
             return {k: decode(v) for k, v in value["$o"].items()}
     return value

@@ -320,6 +320,46 @@ CREATE TABLE model_allowances (
 );
 """
 
+_SCHEMA_V8 = """
+CREATE TABLE model_versions (
+    symbol       VARCHAR     NOT NULL,
+    version      VARCHAR     NOT NULL,   -- 'v0001', 'v0002' ...: numbered per symbol
+    number       INTEGER     NOT NULL,   -- 1 for v0001
+    metadata     JSON        NOT NULL,   -- the version's metadata.json (features, L, H, data, metrics, config)
+    created_at   TIMESTAMPTZ NOT NULL,   -- the registration's as_of
+    source       VARCHAR     NOT NULL CHECK (source IN ('registered', 'imported')),  -- imported: from a folder
+    recorded_at  TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (symbol, version)
+);
+CREATE TABLE model_files (
+    symbol       VARCHAR     NOT NULL,
+    version      VARCHAR     NOT NULL,
+    name         VARCHAR     NOT NULL,   -- 'model.keras', 'scaler.joblib', 'weights.npz', 'metadata.json',
+                                         -- 'walkforward.json' (replaced by a new walk-forward run)
+    content      BLOB        NOT NULL,
+    bytes        BIGINT      NOT NULL,
+    sha256       VARCHAR     NOT NULL,   -- hex digest of content: what a host's cached copy is checked against
+    recorded_at  TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (symbol, version, name)
+);
+CREATE TABLE model_champions (
+    symbol       VARCHAR     PRIMARY KEY,
+    version      VARCHAR     NOT NULL,   -- the champion
+    history      JSON        NOT NULL,   -- the former champions it replaced, oldest first (rollback pops the last)
+    changes      INTEGER     NOT NULL,   -- how often the champion changed (the last model_champion_changes.change)
+    changed_at   TIMESTAMPTZ NOT NULL DEFAULT current_timestamp
+);
+CREATE TABLE model_champion_changes (
+    symbol       VARCHAR     NOT NULL,
+    change       INTEGER     NOT NULL,   -- 1, 2, ... per symbol
+    action       VARCHAR     NOT NULL CHECK (action IN ('promote', 'rollback', 'import')),
+    version      VARCHAR     NOT NULL,   -- the champion after it
+    previous     VARCHAR,                -- the champion before it (NULL: none)
+    recorded_at  TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (symbol, change)
+);
+"""
+
 
 _SCHEMA_V7 = """
 CREATE TABLE order_links (                 -- a bracket child and its parent (IB's parentId), journaled when sent
@@ -366,6 +406,7 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (6, "round trips and P&L a symbol and session kept in tables by the writes (fast views)", derived_tables(_SCHEMA_V1)),
     (7, "bracket children linked to their parent (order_links); quantity changes of working orders (order_changes)",
      _SCHEMA_V7),
+    (8, "the model registry: versions with their files, champions and their changes", _SCHEMA_V8),
 )
 """(version, description, SQL) in order; a new schema change appends one entry and never edits old ones."""
 
