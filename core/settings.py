@@ -153,6 +153,16 @@ class Settings(BaseSettings):
         "many seconds without a request; the next write starts it again; 0: it never exits by itself."
     )
 
+    journal_server: str | None = Field(
+        None, description="HOST:PORT of the journal server when the system spans several hosts (`tradeflow up --role "
+        "server` runs it there; every host's journal, kill switch and position breaks go through it); unset: this "
+        "host keeps the journal in the state directory. Read by core/journal/remote.py."
+    )
+    journal_token: SecretStr | None = Field(
+        None, description="The secret every client gives the journal server (the same on every host); required with "
+        "TRADEFLOW_JOURNAL_SERVER."
+    )
+
     # --- the paper exchange (`tradeflow paper-exchange`) -----------------------------------------------------
     paper_port: int = Field(7497, ge=0, le=65535, description="TWS API port on 127.0.0.1 (0: a free one).")
     paper_admin_port: int = Field(7498, ge=0, le=65535, description="Admin port on 127.0.0.1 (0: a free one).")
@@ -287,6 +297,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":
+        if self.journal_server:
+            from core.journal.remote import parse_address
+
+            parse_address(self.journal_server)
+            if not self.journal_token or not self.journal_token.get_secret_value():
+                raise ValueError("TRADEFLOW_JOURNAL_SERVER needs TRADEFLOW_JOURNAL_TOKEN (the journal server's secret)")
         if self.ema_fast >= self.ema_slow:
             raise ValueError("TRADEFLOW_EMA_FAST must be smaller than TRADEFLOW_EMA_SLOW")
         bounds = [b for b, _ in self.vix_leverage]

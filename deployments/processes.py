@@ -179,6 +179,8 @@ class LocalServer:
     home: Path
     port: int
     log_path: Path
+    host: str = "127.0.0.1"
+    """The address it listens on: loopback, or the server host's own (`tradeflow up --role server`)."""
     ui: bool = True
     extra_env: Mapping[str, str] = field(default_factory=dict)
     auth_string: str | None = None
@@ -188,7 +190,7 @@ class LocalServer:
 
     @property
     def ui_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def api_url(self) -> str:
@@ -227,7 +229,7 @@ class LocalServer:
         """
         self.home.mkdir(parents=True, exist_ok=True)
         self.child = Child("Prefect server", [sys.executable, "-m", "deployments.prefect_server", "--host",
-                                              "127.0.0.1", "--port", str(self.port)],
+                                              self.host, "--port", str(self.port)],
                            self.log_path, env=self.env(), stop_signal=signal.SIGTERM).start()
 
         def healthy() -> bool:
@@ -256,6 +258,8 @@ def api_healthy(api_url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def worker_argv(pool: str) -> list[str]:
-    """The command of a Prefect process worker polling the work pool `pool`."""
-    return [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"]
+def worker_argv(pool: str, name: str | None = None) -> list[str]:
+    """The command of a Prefect process worker polling the work pool `pool` (named `name`: the UI's run pages
+    show which worker, so which host, ran each run)."""
+    return [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process",
+            *(["--name", name] if name else [])]
