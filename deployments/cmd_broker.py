@@ -53,7 +53,7 @@ def _paper_exchange(args: argparse.Namespace) -> int:
         while not ex._ready.is_set() and not task.done():
             await asyncio.sleep(0.05)
         if not task.done():
-            print(f"paper exchange: TWS API on 127.0.0.1:{ex.port}, admin on 127.0.0.1:{ex.admin_port}, "
+            print(f"paper exchange: TWS API on {ex.host}:{ex.port}, admin on 127.0.0.1:{ex.admin_port}, "
                   f"account {ex.account}, clock {ex.clock.now_dt().astimezone(NY).isoformat()}, "
                   f"speed {ex.clock.speed or 'stopped'}, "
                   f"state {state}", flush=True)
@@ -65,7 +65,7 @@ def _paper_exchange(args: argparse.Namespace) -> int:
 
 def register_paper_exchange(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("paper-exchange", help="run the TWS-API paper exchange on loopback",
-                       description="A paper exchange speaking the TWS API on 127.0.0.1, serving real bars and "
+                       description="A paper exchange speaking the TWS API on 127.0.0.1 (or --host), serving real bars and "
                                    "filling orders against them. Without --speed the clock stands still at --start "
                                    "until moved through the admin port; without --start it resumes the state file's "
                                    "clock (or starts now).")

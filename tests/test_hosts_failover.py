@@ -4,7 +4,7 @@ each started as README's "Running on more than one machine" says:
 - `server`: PostgreSQL 15 (its own cluster), Prefect's server on it and the journal server (`tradeflow up --role
   server`);
 - `a`, `b`: process workers of the one work pool (`tradeflow up --role worker`), IBKR_CLIENT_ID bases 100 apart;
-- `gw`: the paper exchange on its own address, its clock running in real time from a past session's 15:54:30;
+- `gw`: the paper exchange on its own address, its clock running in real time from a past session's 15:51:30;
 - `c`: a host that only runs `tradeflow halt`.
 
 The host that picks up the 15:55 `ema-entry` run is killed (every process in its namespace SIGKILLed) while it holds
@@ -36,7 +36,10 @@ from tests.hosts_support import PostgresCluster, TestNet, free_port_on, require_
 SESSION = dt.date(2025, 5, 27)  # BULL at 15:55, an entry (tests/test_ema_flows.py)
 ENTRY_AS_OF = dt.datetime.combine(SESSION, dt.time(15, 55), NY)
 UPDATE_AS_OF = dt.datetime.combine(SESSION, dt.time(16, 0), NY)
-CLOCK_START = dt.datetime.combine(SESSION, dt.time(15, 54, 30), NY)
+CLOCK_START = dt.datetime.combine(SESSION, dt.time(15, 51, 30), NY)
+"""Before the entry's 15:55: the paper exchange fills at bar granularity (a market order placed after 15:55:00 waits
+for a 16:00 bar that never comes), so the failover (up to about 2 minutes here under load) must end before the
+clock reaches 15:55; the entry then waits for its fill at the 15:55 bar's open."""
 
 pytestmark = [pytest.mark.prefect_server, pytest.mark.needs_data]
 
@@ -51,24 +54,41 @@ def _tradeflow(*args: str) -> list[str]:
     return [sys.executable, "-m", "deployments.cli", *args]
 
 
-def _api(url: str, auth: str):
-    """A Prefect client (sync) on the server host's API, from this (root) namespace."""
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+class PrefectAt:
+    """Prefect's API on the server host, from this (root) namespace: what the test reads and asks there."""
 
-    return temporary_settings({PREFECT_API_URL: url, PREFECT_API_AUTH_STRING: auth}), get_client
+    def __init__(self, url: str, auth: str):
+        self.url, self.auth = url, auth
 
+    def _settings(self):
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-def _flow_run(url: str, auth: str, run_id):
-    ctx, get_client = _api(url, auth)
-    with ctx, get_client(sync_client=True) as client:
-        return client.read_flow_run(run_id)
+        return temporary_settings({PREFECT_API_URL: self.url, PREFECT_API_AUTH_STRING: self.auth})
 
+    def _client(self):
+        from prefect.client.orchestration import get_client
 
-def _states(url: str, auth: str, run_id) -> list[str]:
-    ctx, get_client = _api(url, auth)
-    with ctx, get_client(sync_client=True) as client:
-        return [s.name for s in client.read_flow_run_states(run_id)]
+        return get_client(sync_client=True)
+
+    def flow_run(self, run_id):
+        with self._settings(), self._client() as client:
+            return client.read_flow_run(run_id)
+
+    def state_names(self, run_id) -> list[str]:
+        with self._settings(), self._client() as client:
+            return [s.name for s in client.read_flow_run_states(run_id)]
+
+    def online_workers(self) -> set[str]:
+        with self._settings(), self._client() as client:
+            return {w.name for w in client.read_workers_for_work_pool("tradeflow")
+                    if str(w.status).upper().endswith("ONLINE")}
+
+    def ask(self, deployment: str, as_of: dt.datetime):
+        """An ad hoc run of `deployment` now, with `as_of` (what `prefect deployment run -p as_of=...` does)."""
+        from prefect.deployments import run_deployment
+
+        with self._settings():
+            return run_deployment(deployment, parameters={"as_of": as_of.isoformat()}, timeout=0)
 
 
 def _holder(net: TestNet, run) -> str | None:
@@ -105,15 +125,12 @@ def test_a_dead_worker_host_loses_nothing(hosts):
         shared = {**_base_env(), "TRADEFLOW_DATA_DIR": str(data),
                   "TRADEFLOW_JOURNAL_SERVER": f"{server.address}:{journal_port}", "TRADEFLOW_JOURNAL_TOKEN": token,
                   "IBKR_HOST": gw.address, "IBKR_PORT": str(gw_port), "TRADEFLOW_PAPER_PORT": str(gw_port),
-                  "TRADEFLOW_STRATEGIES": "ema"}
+                  "TRADEFLOW_STRATEGIES": "ema", "TRADEFLOW_EMA_FILL_TIMEOUT_SECONDS": "600",
+                  "TRADEFLOW_PAPER_ADMIN_PORT": str(free_port_on("127.0.0.1", gw.netns))}
 
         def state(name: str) -> dict[str, str]:
             return {"TRADEFLOW_STATE_DIR": str(tmp / name / "state")}
 
-        # the gateway: the paper exchange on its address, its clock running from a past session's 15:54:30
-        gw.popen(_tradeflow("paper-exchange", "--host", gw.address, "--port", str(gw_port), "--admin-port", "0",
-                            "--start", CLOCK_START.isoformat(), "--speed", "1", "--data-dir", str(data)),
-                 tmp / "gw.log", env={**shared, **state("gw")}, cwd=PROJECT_ROOT)
         # the server: Prefect on PostgreSQL, the journal server, the deployments (schedules off: runs asked below)
         api = f"http://{server.address}:{api_port}/api"
         server.popen(_tradeflow("up", "--role", "server", "--schedules", "off"), tmp / "server.log",
@@ -129,43 +146,36 @@ def test_a_dead_worker_host_loses_nothing(hosts):
         for i, name in enumerate(("a", "b"), start=1):
             net[name].popen(_tradeflow("up", "--role", "worker", "--name", f"host-{name}"), tmp / f"{name}.log",
                             env={**client_env, **state(name), "IBKR_CLIENT_ID": str(100 * i)}, cwd=PROJECT_ROOT)
-        ctx, get_client = _api(api, auth)
+        prefect = PrefectAt(api, auth)
+        wait_for(lambda: {"host-a", "host-b"} <= prefect.online_workers(), 240, "both workers online")
 
-        def workers_online() -> bool:
-            with ctx, get_client(sync_client=True) as client:
-                names = {w.name for w in client.read_workers_for_work_pool("tradeflow")
-                         if str(w.status).endswith("ONLINE")}
-            return {"host-a", "host-b"} <= names
+        # the gateway: the paper exchange on its address, its clock running from a past session's 15:51:30
+        gw.popen(_tradeflow("paper-exchange", "--host", gw.address, "--port", str(gw_port),
+                            "--start", CLOCK_START.isoformat(), "--speed", "1", "--data-dir", str(data)),
+                 tmp / "gw.log", env={**shared, **state("gw")}, cwd=PROJECT_ROOT)
+        wait_for(lambda: "paper exchange on" in (tmp / "gw.log").read_text(), 120, "the paper exchange")
 
-        wait_for(workers_online, 240, "both workers online")
-
-        # the 15:55 entry, asked now (the exchange's clock is at about 15:55)
-        from prefect.deployments import run_deployment
-
-        with ctx:
-            entry = run_deployment("ema-entry/ema-entry", parameters={"as_of": ENTRY_AS_OF.isoformat()}, timeout=0)
-        holder = wait_for(lambda: _holder(net, _flow_run(api, auth, entry.id)), 240,
-                          "a worker host to run the entry")
+        # the 15:55 entry, asked now
+        entry = prefect.ask("ema-entry/ema-entry", ENTRY_AS_OF)
+        holder = wait_for(lambda: _holder(net, prefect.flow_run(entry.id)), 240, "a worker host to run the entry")
         survivor = "b" if holder == "a" else "a"
         killed_at = time.monotonic()
         net[holder].kill_all()  # the host dies while it holds the run
 
-        def done() -> bool:
-            return _flow_run(api, auth, entry.id).state.is_final()
-
-        wait_for(done, 300, "the entry to end on the surviving host")
-        final = _flow_run(api, auth, entry.id)
+        wait_for(lambda: prefect.flow_run(entry.id).state.is_final(), 300, "the entry to end on the surviving host")
+        final = prefect.flow_run(entry.id)
         assert final.state.is_completed(), (final.state, final.state.message)
-        assert "Failover" in _states(api, auth, entry.id)
+        assert "Failover" in prefect.state_names(entry.id)
         assert _holder(net, final) in (survivor, None)  # its process has ended on the survivor
         print(f"failover: the entry completed {time.monotonic() - killed_at:.0f} s after host {holder} died")
 
-        # the session's close on the survivor
-        with ctx:
-            update = run_deployment("ema-update/ema-update", parameters={"as_of": UPDATE_AS_OF.isoformat()},
-                                    timeout=0)
-        wait_for(lambda: _flow_run(api, auth, update.id).state.is_final(), 600, "the 16:00 update")
-        assert _flow_run(api, auth, update.id).state.is_completed()
+        # the session's close on the survivor (the exchange's clock moved on to it)
+        moved = gw.run(_tradeflow("paper-clock", "--set", (UPDATE_AS_OF + dt.timedelta(seconds=10)).isoformat()),
+                       env={**shared, **state("gw")}, cwd=PROJECT_ROOT)
+        assert moved.returncode == 0, moved.stdout + moved.stderr
+        update = prefect.ask("ema-update/ema-update", UPDATE_AS_OF)
+        wait_for(lambda: prefect.flow_run(update.id).state.is_final(), 600, "the 16:00 update")
+        assert prefect.flow_run(update.id).state.is_completed(), prefect.flow_run(update.id).state
 
         # exactly one entry order at the exchange, and the journal (the server's) holds it and the decision
         check = net["c"].run([sys.executable, "-c", textwrap.dedent(f"""
@@ -200,6 +210,6 @@ def test_a_dead_worker_host_loses_nothing(hosts):
         go.touch()
         assert halted.returncode == 0, halted.stdout + halted.stderr
         assert probe.wait(120) == 0, (tmp / "probe.log").read_text()[-3000:]
-        assert "NOT SENT: trading halted by tester" in (tmp / "probe.log").read_text()
+        assert "not sent: trading halted by tester" in (tmp / "probe.log").read_text()
     finally:
         pg.stop()
