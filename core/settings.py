@@ -48,7 +48,7 @@ STRATEGY_SETTING_PREFIXES = ("TRADEFLOW_SIGNALS_",)
 
 OTHER_NAMES = frozenset({"TRADEFLOW_ENV_FILE", "TRADEFLOW_CONFORMANCE_CLIENT", "TRADEFLOW_IBAPI_VENV",
                          "TRADEFLOW_SCREENSHOTS_DIR", "TRADEFLOW_IB_LIBRARY", "TRADEFLOW_SKIP_IB_ASYNC", "TRADEFLOW_IB_ASYNC_VENV",
-                         "TRADEFLOW_BENCH_TIMINGS"})
+                         "TRADEFLOW_BENCH_TIMINGS", "TRADEFLOW_WORKER_NAME"})
 """`TRADEFLOW_*` environment names read outside this class (the IB client library switch, test and benchmark
 switches): not refused as unknown. A new one read elsewhere must be added here."""
 

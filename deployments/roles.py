@@ -113,7 +113,8 @@ def start_worker(up: "Up", name: str | None) -> None:
     up.api_url, up.ui_url = api, str(get_current_settings().ui_url or api.removesuffix("/api"))
     worker_name = name or f"tradeflow-{socket.gethostname()}"
     child = Child("worker", worker_argv(WORK_POOL, worker_name), up.logs / "worker.log",
-                  env={**up.child_env(), **worker_env()}, cwd=PROJECT_ROOT).start()
+                  env={**up.child_env(), **worker_env(), "TRADEFLOW_WORKER_NAME": worker_name},
+                  cwd=PROJECT_ROOT).start()
     up.children.append(child)
     up.say(f"worker {worker_name}: process work pool '{WORK_POOL}' on {api}, journal {journal} "
            f"(log {child.log_path})")

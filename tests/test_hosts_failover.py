@@ -41,7 +41,7 @@ CLOCK_START = dt.datetime.combine(SESSION, dt.time(15, 51, 30), NY)
 for a 16:00 bar that never comes), so the failover (up to about 2 minutes here under load) must end before the
 clock reaches 15:55; the entry then waits for its fill at the 15:55 bar's open."""
 
-pytestmark = [pytest.mark.prefect_server, pytest.mark.needs_data]
+pytestmark = [pytest.mark.prefect_server, pytest.mark.needs_data, pytest.mark.timeout(1800)]
 
 
 def _base_env() -> dict[str, str]:
@@ -166,11 +166,12 @@ def test_a_dead_worker_host_loses_nothing(hosts):
         final = prefect.flow_run(entry.id)
         assert final.state.is_completed(), (final.state, final.state.message)
         assert "Failover" in prefect.state_names(entry.id)
+        assert final.name.endswith(f" on host-{survivor}"), final.name  # the UI's run list names the host
         assert _holder(net, final) in (survivor, None)  # its process has ended on the survivor
         print(f"failover: the entry completed {time.monotonic() - killed_at:.0f} s after host {holder} died")
 
-        # the session's close on the survivor (the exchange's clock moved on to it)
-        moved = gw.run(_tradeflow("paper-clock", "--set", (UPDATE_AS_OF + dt.timedelta(seconds=10)).isoformat()),
+        # the session's close on the survivor (the exchange's clock moved past the close and its settling)
+        moved = gw.run(_tradeflow("paper-clock", "--set", (UPDATE_AS_OF + dt.timedelta(minutes=6)).isoformat()),
                        env={**shared, **state("gw")}, cwd=PROJECT_ROOT)
         assert moved.returncode == 0, moved.stdout + moved.stderr
         update = prefect.ask("ema-update/ema-update", UPDATE_AS_OF)

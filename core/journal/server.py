@@ -28,6 +28,12 @@ SIGKILL of any process), whatever the journal's size.
   the snapshot holds (the commit sequence number and the live file's size and mtime after its checkpoint).
 * ``sync`` answers once the snapshot holds every transaction committed before it was asked (`Journal.query`,
   `tradeflow sql` ask first, so a new query sees every completed write).
+* **Other hosts** (`tradeflow up --role server`, `core.journal.remote`): started with ``--bind ADDRESS --port
+  PORT --idle 0`` it listens on that host's address and asks every connection first for the token
+  (TRADEFLOW_JOURNAL_TOKEN; ``hello``; required on any address but loopback). Clients on other hosts also ask for
+  ``snapshot`` (the read snapshot's bytes after a header line, or ``same`` when their copy is current) and the
+  kill switch's file beside the journal (``halt_get``, ``halt_put``, ``halt_remove``), so one HALT file serves
+  every host.
 * **Stop.** After ``idle`` seconds without a request (TRADEFLOW_JOURNAL_IDLE_SECONDS, default 60; 0: never),
   when its folder is gone, or on SIGTERM, it closes the file, refreshes the snapshot from it and exits. A client
   whose kept connection finds it gone starts a new writer.
