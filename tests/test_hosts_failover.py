@@ -125,7 +125,7 @@ def test_a_dead_worker_host_loses_nothing(hosts):
         shared = {**_base_env(), "TRADEFLOW_DATA_DIR": str(data),
                   "TRADEFLOW_JOURNAL_SERVER": f"{server.address}:{journal_port}", "TRADEFLOW_JOURNAL_TOKEN": token,
                   "IBKR_HOST": gw.address, "IBKR_PORT": str(gw_port), "TRADEFLOW_PAPER_PORT": str(gw_port),
-                  "TRADEFLOW_STRATEGIES": "ema", "TRADEFLOW_EMA_FILL_TIMEOUT_SECONDS": "600",
+                  "TRADEFLOW_EMA_FILL_TIMEOUT_SECONDS": "600",
                   "TRADEFLOW_PAPER_ADMIN_PORT": str(free_port_on("127.0.0.1", gw.netns))}
 
         def state(name: str) -> dict[str, str]:
@@ -190,8 +190,10 @@ def test_a_dead_worker_host_loses_nothing(hosts):
                 execs = [e.order_ref for e in b.executions()]
             j = Journal(s.journal_path)
             rows = j.query("SELECT order_ref, status FROM orders WHERE strategy = 'ema'").to_dict("records")
-            decisions = j.query("SELECT count(*) AS n FROM decisions WHERE strategy = 'ema'")["n"][0]
-            print(json.dumps({{"orders": orders, "execs": execs, "journal": rows, "decisions": int(decisions)}}))
+            decisions = j.query("SELECT count(*) AS n FROM signals WHERE strategy = 'ema'")["n"][0]
+            ends = j.query("SELECT deployment, event FROM flow_events WHERE event <> 'started' ORDER BY deployment")
+            print(json.dumps({{"orders": orders, "execs": execs, "journal": rows, "decisions": int(decisions),
+                              "ends": ends.values.tolist()}}))
         """)], env={**client_env, **state("c"), "IBKR_CLIENT_ID": "300"}, cwd=PROJECT_ROOT)
         assert check.returncode == 0, check.stderr[-3000:]
         seen = json.loads(check.stdout.strip().splitlines()[-1])
@@ -199,6 +201,7 @@ def test_a_dead_worker_host_loses_nothing(hosts):
         assert len(entries) == 1, seen
         assert len({r for r in seen["execs"] if r and r.startswith("ema-")}) == 1, seen
         assert [r["order_ref"] for r in seen["journal"]] == entries and seen["decisions"] >= 1, seen
+        assert seen["ends"] == [["ema-entry", "completed"], ["ema-update", "completed"]], seen  # nothing lost
 
         # `tradeflow halt` on host c stops an order already decided on the survivor
         ready, go = tmp / "ready", tmp / "go"
