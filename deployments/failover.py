@@ -3,7 +3,7 @@
 Prefect marks nothing when the host of a running flow dies: its run stays Running (a "zombie"), holding its
 deployment's one slot; a run its worker had submitted but whose process had not started yet stays Pending. Flow
 runs started by a worker send a heartbeat event when they start and every `HEARTBEAT_SECONDS` after
-(PREFECT_FLOWS_HEARTBEAT_FREQUENCY, set in every worker's environment by `tradeflow up`; Prefect's minimum is 30 s,
+(PREFECT_FLOWS_HEARTBEAT_FREQUENCY, set in every worker's environment by `tradeflow up`, `deployments.processes.worker_env`; Prefect's minimum is 30 s,
 its default 180 s). Two automations (Prefect's documented zombie detection, "Detect zombie flows", with a different
 action) watch each run: after a heartbeat, another heartbeat or the run's end must come within `SILENCE_SECONDS`;
 after Pending, Running (or an end) within `START_SECONDS`. When neither comes they set the run back to Scheduled,
@@ -39,11 +39,6 @@ STATE_NAME = "Failover"
 
 ENDS = ("prefect.flow-run.Completed", "prefect.flow-run.Failed", "prefect.flow-run.Cancelled",
         "prefect.flow-run.Crashed", "prefect.flow-run.Cancelling")
-
-
-def worker_env() -> dict[str, str]:
-    """The environment a worker's flow runs need for failover (their heartbeats)."""
-    return {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS)}
 
 
 def _automation(name: str, description: str, after: str, expect: set[str], within: int, why: str) -> Any:

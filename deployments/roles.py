@@ -99,8 +99,7 @@ def start_worker(up: "Up", name: str | None) -> None:
     from prefect.settings import get_current_settings
 
     from deployments.deploy import WORK_POOL
-    from deployments.failover import worker_env
-    from deployments.processes import Child, api_healthy, worker_argv
+    from deployments.processes import Child, api_healthy, worker_argv, worker_env
     from deployments.up import UpError
 
     api = str(get_current_settings().api.url or "").rstrip("/")
