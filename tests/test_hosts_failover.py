@@ -173,8 +173,9 @@ def test_a_dead_worker_host_loses_nothing(hosts):
         history = prefect.states(entry.id)
         moved_at = next(st.timestamp for st in history if st.name == "Failover")
         ran_at = next(st.timestamp for st in history if st.timestamp > moved_at and st.is_running())
-        print(f"failover: host {holder} died; the run went back to the pool {(moved_at - died_at).total_seconds():.0f} s later and ran on "
-              f"host {survivor} {(ran_at - died_at).total_seconds():.0f} s after the death")
+        print(f"failover: host {holder} died; the run went back to the pool "
+              f"{(moved_at - died_at).total_seconds():.0f} s later and ran on host {survivor} "
+              f"{(ran_at - died_at).total_seconds():.0f} s after the death")
 
         # the session's close on the survivor (the exchange's clock moved past the close and its settling)
         moved = gw.run(_tradeflow("paper-clock", "--set", (UPDATE_AS_OF + dt.timedelta(minutes=6)).isoformat()),
