@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.journal import UNAVAILABLE, Journal
+from core.journal.server import HALT_FILE  # noqa: F401 - the file's name, for callers
 
-HALT_FILE = "HALT"
+JOURNAL_FILE = "journal.duckdb"
+"""The journal's file name in the state directory (`core.settings.Settings.journal_path`)."""
 
 
 class HaltError(RuntimeError):
@@ -64,21 +66,29 @@ def operator() -> str:
 
 
 class KillSwitch:
-    """The halt file of a state directory.
+    """The halt file of a state directory, or, on a host whose journal is another host's
+    (TRADEFLOW_JOURNAL_SERVER, `core.journal.remote`), the server host's one file through its journal server: a
+    halt on any host stops every order path on every host.
 
     Args:
-        state_dir: the system's state directory (settings.state_dir); the file is `state_dir / "HALT"`.
+        state_dir: the system's state directory (settings.state_dir); the file is `state_dir / "HALT"` (the
+            journal's folder).
     """
 
     def __init__(self, state_dir: str | Path):
-        self.path = Path(state_dir) / HALT_FILE
+        self._file = Journal(Path(state_dir) / JOURNAL_FILE).halt_file()
+        self.path = self._file.path
 
     def current(self) -> HaltInfo | None:
-        """The active halt, or None when trading is allowed. An unreadable halt file counts as a halt (by
-        'unknown'): a damaged switch must not let orders through."""
+        """The active halt, or None when trading is allowed. An unreadable halt file, or a journal server that
+        cannot be asked, counts as a halt (by 'unknown'): a damaged or unreachable switch must not let orders
+        through."""
         try:
-            raw = self.path.read_text()
-        except FileNotFoundError:
+            raw = self._file.read()
+        except OSError as exc:
+            return HaltInfo(who="unknown", reason=f"the kill switch ({self.path}) cannot be read: {exc}",
+                            at=dt.datetime.now(dt.timezone.utc))
+        if raw is None:
             return None
         try:
             data = json.loads(raw)
@@ -86,7 +96,7 @@ class KillSwitch:
                             at=dt.datetime.fromisoformat(data["at"]))
         except (ValueError, KeyError, TypeError):
             return HaltInfo(who="unknown", reason=f"the halt file {self.path} is unreadable",
-                            at=dt.datetime.fromtimestamp(self.path.stat().st_mtime, dt.timezone.utc))
+                            at=dt.datetime.now(dt.timezone.utc))
 
     def halt(self, journal: Journal, who: str, reason: str, at: dt.datetime) -> HaltInfo:
         """Halt trading now and journal it. Halting while halted replaces who/why (both are journaled).
@@ -102,19 +112,13 @@ class KillSwitch:
         if at.tzinfo is None:
             raise ValueError("at must be timezone-aware")
         info = HaltInfo(who=who, reason=reason, at=at)
-        tmp = self.path.with_name(f"{HALT_FILE}.{os.getpid()}.tmp")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps({"who": who, "reason": reason, "at": at.isoformat()}))
-            os.replace(tmp, self.path)
+            self._file.write(json.dumps({"who": who, "reason": reason, "at": at.isoformat()}))
         except OSError as exc:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
             raise HaltError(f"trading is NOT halted: the halt file {self.path} cannot be written "
-                            f"({exc.strerror or exc}). Free space in (or make writable) {self.path.parent}, then "
-                            "halt again; meanwhile stop the worker (Ctrl+C on `tradeflow up`) to stop new runs")
+                            f"({exc.strerror or exc}). Free space in (or make writable) its folder, or reach the "
+                            "journal server, then halt again; meanwhile stop the workers (Ctrl+C on `tradeflow "
+                            "up`) to stop new runs")
         try:
             with journal.transaction() as tx:
                 tx.record_control("halt", who, reason, at)
@@ -135,9 +139,9 @@ class KillSwitch:
         with journal.transaction() as tx:
             tx.record_control("resume", who, reason, at, details={"lifted": was.describe() if was else None})
         try:
-            self.path.unlink(missing_ok=True)
+            self._file.remove()
         except OSError as exc:
             raise ResumeError(f"trading is STILL HALTED: the resume is journaled but the halt file {self.path} cannot "
-                              f"be removed ({exc.strerror or exc}); make {self.path.parent} writable and resume "
-                              "again") from exc
+                              f"be removed ({exc.strerror or exc}); make its folder writable (or reach the journal "
+                              "server) and resume again") from exc
         return was

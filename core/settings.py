@@ -48,7 +48,7 @@ STRATEGY_SETTING_PREFIXES = ("TRADEFLOW_SIGNALS_",)
 
 OTHER_NAMES = frozenset({"TRADEFLOW_ENV_FILE", "TRADEFLOW_CONFORMANCE_CLIENT", "TRADEFLOW_IBAPI_VENV",
                          "TRADEFLOW_SCREENSHOTS_DIR", "TRADEFLOW_IB_LIBRARY", "TRADEFLOW_SKIP_IB_ASYNC", "TRADEFLOW_IB_ASYNC_VENV",
-                         "TRADEFLOW_BENCH_TIMINGS"})
+                         "TRADEFLOW_BENCH_TIMINGS", "TRADEFLOW_WORKER_NAME"})
 """`TRADEFLOW_*` environment names read outside this class (the IB client library switch, test and benchmark
 switches): not refused as unknown. A new one read elsewhere must be added here."""
 
@@ -151,6 +151,16 @@ class Settings(BaseSettings):
     journal_idle_seconds: float = Field(
         60.0, ge=0, le=86400, description="The journal's writer process (core/journal/server.py) exits after this "
         "many seconds without a request; the next write starts it again; 0: it never exits by itself."
+    )
+
+    journal_server: str | None = Field(
+        None, description="HOST:PORT of the journal server when the system spans several hosts (`tradeflow up --role "
+        "server` runs it there; every host's journal, kill switch and position breaks go through it); unset: this "
+        "host keeps the journal in the state directory. Read by core/journal/remote.py."
+    )
+    journal_token: SecretStr | None = Field(
+        None, description="The secret every client gives the journal server (the same on every host); required with "
+        "TRADEFLOW_JOURNAL_SERVER."
     )
 
     # --- the paper exchange (`tradeflow paper-exchange`) -----------------------------------------------------
@@ -287,6 +297,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":
+        if self.journal_server:
+            from core.journal.remote import parse_address
+
+            parse_address(self.journal_server)
+            if not self.journal_token or not self.journal_token.get_secret_value():
+                raise ValueError("TRADEFLOW_JOURNAL_SERVER needs TRADEFLOW_JOURNAL_TOKEN (the journal server's secret)")
         if self.ema_fast >= self.ema_slow:
             raise ValueError("TRADEFLOW_EMA_FAST must be smaller than TRADEFLOW_EMA_SLOW")
         bounds = [b for b, _ in self.vix_leverage]

@@ -367,7 +367,7 @@ def load_block() -> Any:
                       "TRADEFLOW_ALERT_URL set")
 
 
-async def _upsert(client: Any, automation: Any) -> str:
+async def upsert_automation(client: Any, automation: Any) -> str:
     """Create `automation`, or update the one of its name (deleting duplicates); its id."""
     existing = await client.read_automations_by_name(automation.name)
     if not existing:
@@ -417,12 +417,12 @@ async def ensure_alerts(url: str | None, deployment_ids: Mapping[str, str], clie
         pool_id = None
     ids: dict[str, str] = {}
     for automation in automations(deployment_ids, block_id, times, pool_id):
-        ids[automation.name] = await _upsert(client, automation)
+        ids[automation.name] = await upsert_automation(client, automation)
     for name, deployment_id in deployment_ids.items():
         if name not in times.late_seconds:
             continue
-        late_id = await _upsert(client, late_automation(name, deployment_id, block_id, times))
-        await _upsert(client, late_automation(name, deployment_id, block_id, times, late_id))
+        late_id = await upsert_automation(client, late_automation(name, deployment_id, block_id, times))
+        await upsert_automation(client, late_automation(name, deployment_id, block_id, times, late_id))
         await client.resume_automation(late_id)
         ids[LATE_AUTOMATION.format(deployment=name)] = late_id
     return AlertsResult(str(block_id), ids)

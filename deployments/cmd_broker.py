@@ -43,7 +43,7 @@ def _paper_exchange(args: argparse.Namespace) -> int:
         realtime=settings.paper_realtime, resume=args.start is None, admin_token=settings.paper_admin_token,
         restart_time=(datetime.strptime(settings.paper_restart_time, "%H:%M").time()
                       if settings.paper_restart_time else None),
-        restart_seconds=settings.paper_restart_seconds)
+        restart_seconds=settings.paper_restart_seconds, host=args.host)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -53,7 +53,7 @@ def _paper_exchange(args: argparse.Namespace) -> int:
         while not ex._ready.is_set() and not task.done():
             await asyncio.sleep(0.05)
         if not task.done():
-            print(f"paper exchange: TWS API on 127.0.0.1:{ex.port}, admin on 127.0.0.1:{ex.admin_port}, "
+            print(f"paper exchange: TWS API on {ex.host}:{ex.port}, admin on 127.0.0.1:{ex.admin_port}, "
                   f"account {ex.account}, clock {ex.clock.now_dt().astimezone(NY).isoformat()}, "
                   f"speed {ex.clock.speed or 'stopped'}, "
                   f"state {state}", flush=True)
@@ -65,11 +65,14 @@ def _paper_exchange(args: argparse.Namespace) -> int:
 
 def register_paper_exchange(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("paper-exchange", help="run the TWS-API paper exchange on loopback",
-                       description="A paper exchange speaking the TWS API on 127.0.0.1, serving real bars and "
+                       description="A paper exchange speaking the TWS API on 127.0.0.1 (or --host), serving real bars and "
                                    "filling orders against them. Without --speed the clock stands still at --start "
                                    "until moved through the admin port; without --start it resumes the state file's "
                                    "clock (or starts now).")
     p.add_argument("--port", type=int, default=None, help="TWS API port (default TRADEFLOW_PAPER_PORT, 7497)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="the TWS API's address (default 127.0.0.1; a gateway host of several: its own address); the "
+                        "admin port stays on 127.0.0.1")
     p.add_argument("--admin-port", type=int, default=None, help="admin port (default TRADEFLOW_PAPER_ADMIN_PORT, 7498)")
     p.add_argument("--data-dir", default=None, help="bars directory (default TRADEFLOW_DATA_DIR)")
     p.add_argument("--start", type=_aware, default=None, help="clock start, ISO 8601 with offset")

@@ -67,6 +67,7 @@ def deploy_all(settings: Any, *, active: bool, api: str, today: dt.date | None =
 
     from core.settings import PROJECT_ROOT
     from deployments.alerts import ensure_alerts
+    from deployments.failover import ensure_failover
     from deployments.deploy import apply, build_specs, prefect_yaml, run, today_ny
 
     window, specs = build_specs(settings, today or today_ny())
@@ -77,6 +78,7 @@ def deploy_all(settings: Any, *, active: bool, api: str, today: dt.date | None =
             result = await apply(specs, active=active, client=client)
             secret = settings.alert_url.get_secret_value() if settings.alert_url else None
             alerts = await ensure_alerts(secret, result.ids, client)
+            await ensure_failover(client)
             return result, alerts
 
     with temporary_settings({PREFECT_API_URL: api}):

@@ -20,6 +20,13 @@ def register_up(sub: argparse._SubParsersAction) -> None:
                         "(default 1; 0: none)")
     p.add_argument("--mtf-every", type=int, default=1, metavar="K",
                    help="in that replay, run every K-th mtf-signal event only (default 1: all 78 a session)")
+    p.add_argument("--role", choices=("all", "server", "worker", "gateway"), default="all",
+                   help="what this host runs when the system spans several (deployments/roles.py; README, 'Running "
+                        "on more than one machine'); default all: everything here")
+    p.add_argument("--name", default=None, help="--role worker: the worker's name in the UI (default "
+                   "tradeflow-HOSTNAME)")
+    p.add_argument("--schedules", choices=("on", "off"), default="on",
+                   help="--role server: the deployments' schedules (default on; off: runs only when asked)")
     p.set_defaults(handler=_up)
 
 
@@ -33,6 +40,8 @@ def _up(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     settings.state_dir.mkdir(parents=True, exist_ok=True)
+    if args.role != "all":
+        return _up_role(args, settings)
     if not os.environ.get("PREFECT_API_URL"):  # the local server's password, before Prefect reads its settings
         from deployments.prefect_auth import CLIENT_VARIABLE, AuthFileError, ensure_auth
 
@@ -89,4 +98,41 @@ def _up(args: argparse.Namespace) -> int:
     finally:
         up.stop()
     up.say("tradeflow up: stopped")
+    return code
+
+
+def _up_role(args: argparse.Namespace, settings) -> int:
+    """`tradeflow up --role server|worker|gateway` (deployments/roles.py): start that role, watch it until Ctrl+C."""
+    from deployments import roles
+    from deployments.up import Up, UpError
+
+    if args.role == "server":  # its server's password, before Prefect reads its settings
+        from deployments.prefect_auth import CLIENT_VARIABLE, ensure_auth
+
+        os.environ[CLIENT_VARIABLE] = ensure_auth(settings.prefect_home)
+    signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    up = Up(settings)
+    code = 0
+    try:
+        if args.role == "server":
+            roles.start_server(up, schedules=args.schedules == "on")
+        elif args.role == "worker":
+            roles.start_worker(up, args.name)
+        else:
+            roles.start_gateway(up)
+        up.say(f"tradeflow up --role {args.role}: running" + (f"; Prefect UI {up.ui_url}" if up.ui_url else "")
+               + "; Ctrl+C stops it")
+        code = up.watch(None)
+    except KeyboardInterrupt:
+        code = 0
+    except UpError as exc:
+        print(f"tradeflow up: {exc}", file=sys.stderr)
+        code = 1
+    except Exception as exc:  # noqa: BLE001 - say what failed, stop what was started
+        print(f"tradeflow up --role {args.role}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        up.stop()
+    up.say(f"tradeflow up --role {args.role}: stopped")
     return code

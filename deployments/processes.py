@@ -200,6 +200,8 @@ class LocalServer:
     home: Path
     port: int
     log_path: Path
+    host: str = "127.0.0.1"
+    """The address it listens on: loopback, or the server host's own (`tradeflow up --role server`)."""
     ui: bool = True
     extra_env: Mapping[str, str] = field(default_factory=dict)
     auth_string: str | None = None
@@ -209,7 +211,7 @@ class LocalServer:
 
     @property
     def ui_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def api_url(self) -> str:
@@ -249,7 +251,7 @@ class LocalServer:
         """
         self.home.mkdir(parents=True, exist_ok=True)
         self.child = Child("Prefect server", [sys.executable, "-m", "deployments.prefect_server", "--host",
-                                              "127.0.0.1", "--port", str(self.port)],
+                                              self.host, "--port", str(self.port)],
                            self.log_path, env=self.env(), stop_signal=signal.SIGTERM).start()
 
         def healthy() -> bool:
@@ -299,13 +301,21 @@ def worker_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     served path's figures (6 s / 19 s) under the same load (a run's start-up then took up to 30 s). Prefetch is
     bounded above by the deployments' concurrency limit (1, CANCEL_NEW, `deployments.deploy`): a run taken while the
     previous run of its deployment still runs is cancelled, so prefetch + query must stay below the shortest cadence
-    (mtf-signal, 300 s) minus that flow's timeout (240 s, `tasks.run_policy`)."""
+    (mtf-signal, 300 s) minus that flow's timeout (240 s, `tasks.run_policy`).
+
+    Also the flow runs' heartbeat (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, `deployments.failover.HEARTBEAT_SECONDS`), by
+    which a run whose host died is given to another worker."""
+    from deployments.failover import HEARTBEAT_SECONDS
+
     environ = os.environ if environ is None else environ
     wanted = {"PREFECT_WORKER_QUERY_SECONDS": f"{WORKER_QUERY_SECONDS:g}",
-              "PREFECT_WORKER_PREFETCH_SECONDS": f"{WORKER_PREFETCH_SECONDS:g}"}
+              "PREFECT_WORKER_PREFETCH_SECONDS": f"{WORKER_PREFETCH_SECONDS:g}",
+              "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS)}
     return {k: environ.get(k, v) for k, v in wanted.items()}
 
 
-def worker_argv(pool: str) -> list[str]:
-    """The command of a Prefect process worker polling the work pool `pool` (its timing settings: `worker_env`)."""
-    return [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"]
+def worker_argv(pool: str, name: str | None = None) -> list[str]:
+    """The command of a Prefect process worker polling the work pool `pool` (its timing settings: `worker_env`),
+    named `name` (the worker on the UI's work pool page, so which host polls)."""
+    return [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process",
+            *(["--name", name] if name else [])]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -92,9 +93,15 @@ def name_for(deployment: str, when: dt.datetime) -> str:
 
 def run_name(deployment: str) -> Callable[[], str]:
     """A `flow_run_name` callable: the run's `as_of` parameter (aware datetime or ISO string) or, without
-    one, its scheduled start, as `name_for` shows it; the deployment name alone when neither is readable."""
+    one, its scheduled start, as `name_for` shows it; the deployment name alone when neither is readable. On a
+    worker host of several (`tradeflow up --role worker` sets TRADEFLOW_WORKER_NAME), ' on HOST' follows, so the
+    UI's run list shows which host ran each run (the name is given again when a run fails over to another host)."""
 
     def name() -> str:
+        host = os.environ.get("TRADEFLOW_WORKER_NAME")
+        return plain() + (f" on {host}" if host else "")
+
+    def plain() -> str:
         from prefect.runtime import flow_run as current
 
         when = (current.parameters or {}).get("as_of")

@@ -28,6 +28,12 @@ SIGKILL of any process), whatever the journal's size.
   the snapshot holds (the commit sequence number and the live file's size and mtime after its checkpoint).
 * ``sync`` answers once the snapshot holds every transaction committed before it was asked (`Journal.query`,
   `tradeflow sql` ask first, so a new query sees every completed write).
+* **Other hosts** (`tradeflow up --role server`, `core.journal.remote`): started with ``--bind ADDRESS --port
+  PORT --idle 0`` it listens on that host's address and asks every connection first for the token
+  (TRADEFLOW_JOURNAL_TOKEN; ``hello``; required on any address but loopback). Clients on other hosts also ask for
+  ``snapshot`` (the read snapshot's bytes after a header line, or ``same`` when their copy is current) and the
+  kill switch's file beside the journal (``halt_get``, ``halt_put``, ``halt_remove``), so one HALT file serves
+  every host.
 * **Stop.** After ``idle`` seconds without a request (TRADEFLOW_JOURNAL_IDLE_SECONDS, default 60; 0: never),
   when its folder is gone, or on SIGTERM, it closes the file, refreshes the snapshot from it and exits. A client
   whose kept connection finds it gone starts a new writer.
@@ -36,7 +42,9 @@ SIGKILL of any process), whatever the journal's size.
 from __future__ import annotations
 
 import argparse
+import hmac
 import json
+import secrets
 import logging
 import os
 import signal
@@ -126,6 +134,40 @@ class JournalFiles:
         return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "wal": wal}
 
 
+HALT_FILE = "HALT"
+"""The kill switch's file in the state directory beside the journal (`core.controls`)."""
+
+
+@dataclass(frozen=True)
+class HaltFile:
+    """The kill switch's file (`core.controls.KillSwitch` reads and writes it; on a worker host, through the
+    journal server's ``halt_*`` requests, so every host shares the server host's one switch)."""
+
+    path: Path
+
+    def read(self) -> str | None:
+        """Its text, or None when there is no halt. Raises OSError when it exists but cannot be read."""
+        try:
+            return self.path.read_text()
+        except FileNotFoundError:
+            return None
+
+    def write(self, text: str) -> None:
+        """Replace it atomically (a temporary file, then os.replace). Raises OSError (nothing left behind)."""
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text)
+            os.replace(tmp, self.path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def remove(self) -> None:
+        """Remove it (nothing when absent). Raises OSError."""
+        self.path.unlink(missing_ok=True)
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data))
@@ -177,6 +219,8 @@ class Writer:
     def __init__(self, files: JournalFiles, idle: float):
         self.files = files
         self.idle = idle
+        self.epoch = secrets.token_hex(8)  # names this writer's snapshots for the clients' cached copies
+        self.halt_file = HaltFile(files.path.parent / HALT_FILE)
         self.con = duckdb.connect(str(files.path), config={**_STORAGE})
         self.con.execute("SET wal_autocheckpoint = '1TB'")  # checkpoints only from the snapshot thread
         migrate(self.con)
@@ -321,8 +365,43 @@ class Handler(socketserver.StreamRequestHandler):
         self.wfile.write(codec.dumps({"ok": False, "kind": kind, "error": f"{exc}"}))
         self.wfile.flush()
 
+    def _authenticated(self) -> bool:
+        """With a token (a journal server other hosts reach), the first message must be ``hello`` with it."""
+        token = self.server.token
+        if not token:
+            return True
+        line = self.rfile.readline()
+        try:
+            msg = codec.loads(line) if line else {}
+        except ValueError:
+            msg = {}
+        given = str(msg.get("token", "")) if msg.get("op") == "hello" else ""
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            log.warning("refused a journal client from %s: wrong or missing token", self.client_address[0])
+            self._fail(JournalError("the journal server refused this client: wrong or missing "
+                                    "TRADEFLOW_JOURNAL_TOKEN"))
+            return False
+        self._reply()
+        return True
+
+    def _send_snapshot(self, writer: "Writer", have: str | None, timeout: float) -> None:
+        """Bring the snapshot up to date, then send it (a header line ``{"key", "bytes"}`` and the file's bytes),
+        or ``{"same": true}`` when the client's copy `have` is that snapshot already."""
+        writer.sync(timeout)
+        with open(writer.files.snapshot, "rb") as fh:  # opened first: the key read after it is never newer
+            with writer.state:
+                key = f"{writer.epoch}:{writer.snapshot_seq}"
+            if have == key:
+                self._reply(same=True, key=key)
+                return
+            size = os.fstat(fh.fileno()).st_size
+            self._reply(key=key, bytes=size)
+            self.connection.sendfile(fh)
+
     def handle(self) -> None:
         writer: Writer = self.server.writer
+        if not self._authenticated():
+            return
         cur = writer.con.cursor()
         in_tx = False
         with writer.state:
@@ -359,10 +438,22 @@ class Handler(socketserver.StreamRequestHandler):
                     elif op == "sync":
                         writer.sync(float(msg.get("timeout", 60)))
                         self._reply()
+                    elif op == "snapshot":
+                        self._send_snapshot(writer, msg.get("have"), float(msg.get("timeout", 60)))
+                    elif op == "halt_get":
+                        self._reply(halt=writer.halt_file.read())
+                    elif op == "halt_put":
+                        writer.halt_file.write(str(msg["text"]))
+                        self._reply()
+                    elif op == "halt_remove":
+                        writer.halt_file.remove()
+                        self._reply()
                     elif op == "ping":
                         self._reply(pid=os.getpid(), path=str(writer.files.path))
                     else:
                         raise JournalError(f"unknown request {op!r}")
+                except OSError as exc:  # the HALT file or the snapshot could not be read or written
+                    self._fail(JournalError(f"on the journal server: {exc.strerror or exc}"))
                 except (duckdb.Error, JournalError, ValueError, TypeError, KeyError) as exc:
                     self._fail(exc)
                     writer.check_fatal(exc)
@@ -386,9 +477,16 @@ class _Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = False
 
 
-def serve(path: Path, idle: float) -> int:
+def serve(path: Path, idle: float, bind: str = "127.0.0.1", port: int = 0, token: str | None = None) -> int:
     """Run the writer for the journal at `path` until idle or told to stop (module docstring). Returns the exit
-    status: 0 done (or another writer already runs), 3 the file could not be opened (reason in .server.error)."""
+    status: 0 done (or another writer already runs), 3 the file could not be opened (reason in .server.error).
+
+    `bind`/`port`: where it listens (loopback and an ephemeral port unless the server role names them); `token`:
+    the secret every client must present first (required on any address but loopback: anyone who reaches the
+    port could otherwise run SQL on the journal)."""
+    if bind not in ("127.0.0.1", "::1", "localhost") and not token:
+        raise JournalError(f"a journal server on {bind} needs a token (TRADEFLOW_JOURNAL_TOKEN): every host "
+                           "that reaches it could otherwise write the journal")
     from filelock import FileLock, Timeout
 
     files = JournalFiles(Path(path))
@@ -406,8 +504,9 @@ def serve(path: Path, idle: float) -> int:
         except (duckdb.Error, JournalError) as exc:
             files.server_error.write_text(f"{exc}")
             return 3
-        server = _Server(("127.0.0.1", 0), Handler)
+        server = _Server((bind, port), Handler)
         server.writer = writer  # type: ignore[attr-defined]
+        server.token = token  # type: ignore[attr-defined]
         signal.signal(signal.SIGTERM, lambda *_: writer.stopping.set())
         threading.Thread(target=writer.snapshot_loop, name="snapshot", daemon=True).start()
         threading.Thread(target=writer.idle_loop, args=(server,), name="idle", daemon=True).start()
@@ -430,10 +529,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("path", type=Path)
     p.add_argument("--idle", type=float, default=float(os.environ.get("TRADEFLOW_JOURNAL_IDLE_SECONDS", "60")),
                    help="exit after this many seconds without clients (0: never)")
+    p.add_argument("--bind", default="127.0.0.1", help="the address to listen on (the server role: its host's)")
+    p.add_argument("--port", type=int, default=0, help="the port to listen on (0: an ephemeral one)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     socket.setdefaulttimeout(None)
-    return serve(args.path, args.idle)
+    try:
+        return serve(args.path, args.idle, args.bind, args.port, os.environ.get("TRADEFLOW_JOURNAL_TOKEN") or None)
+    except JournalError as exc:
+        print(f"journal server: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -36,8 +36,9 @@ from filelock import FileLock, Timeout
 
 from core.journal import codec
 from core.journal.base import JournalError
+from core.journal.remote import JournalServer, configured
 from core.journal.schema import _STORAGE, migrate
-from core.journal.server import JournalFiles
+from core.journal.server import HALT_FILE, HaltFile, JournalFiles
 from core.journal.tx import JournalTx
 
 if TYPE_CHECKING:
@@ -69,10 +70,27 @@ class _Result:
 class _Remote:
     """One TCP connection to the writer (kept by the process for its later transactions)."""
 
-    def __init__(self, host: str, port: int, timeout: float):
+    def __init__(self, host: str, port: int, timeout: float, token: str | None = None):
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.settimeout(None)
         self.rfile = self.sock.makefile("rb")
+        if token:
+            try:
+                self.call("hello", token=token)
+            except BaseException:
+                self.close()
+                raise
+
+    def read_bytes(self, size: int, into: Path) -> None:
+        """Read `size` raw bytes that follow a reply into the file `into`."""
+        left = size
+        with open(into, "wb") as fh:
+            while left:
+                chunk = self.rfile.read(min(left, 1 << 20))
+                if not chunk:
+                    raise ConnectionError("the journal server closed the connection in the middle of a snapshot")
+                fh.write(chunk)
+                left -= len(chunk)
 
     def call(self, op: str, **args: Any) -> dict[str, Any]:
         try:
@@ -104,6 +122,36 @@ class _Remote:
             pass
 
 
+class RemoteHaltFile:
+    """The server host's HALT file, through its journal server (the `HaltFile` methods; `path` names it)."""
+
+    def __init__(self, journal: "Journal"):
+        self.journal = journal
+        self.path = f"HALT on {journal.where}"
+
+    def _call(self, op: str, **args: Any) -> dict[str, Any]:
+        try:
+            reply = self.journal._call(op, **args)
+        except ConnectionError as exc:
+            raise OSError(f"{self.journal.where}: {exc}") from exc
+        except JournalError as exc:
+            raise OSError(str(exc)) from exc
+        assert reply is not None
+        return reply
+
+    def read(self) -> str | None:
+        """The halt's text, or None. Raises OSError when the server cannot be reached or read it."""
+        return self._call("halt_get").get("halt")
+
+    def write(self, text: str) -> None:
+        """Raises OSError when the server cannot be reached or write it."""
+        self._call("halt_put", text=text)
+
+    def remove(self) -> None:
+        """Raises OSError when the server cannot be reached or remove it."""
+        self._call("halt_remove")
+
+
 _POOL: dict[tuple[int, str], _Remote] = {}
 _POOL_LOCK = threading.Lock()
 
@@ -120,6 +168,7 @@ class Journal:
 
     path: Path
     lock_timeout: float = 60.0
+    server: JournalServer | None = field(default_factory=configured)
     files: JournalFiles = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -127,13 +176,25 @@ class Journal:
         self.files = JournalFiles(self.path)
 
     @property
+    def where(self) -> str:
+        """The journal as messages name it: its path, or the journal server on another host."""
+        return f"the journal server at {self.server}" if self.server else f"journal {self.path}"
+
+    @property
     def snapshot_path(self) -> Path:
-        """The read snapshot people query (`tradeflow sql`, the DuckDB CLI with `-readonly`)."""
-        return self.files.snapshot
+        """The read snapshot people query (`tradeflow sql`, the DuckDB CLI with `-readonly`); with a journal server,
+        this host's copy of the server's (fetched by `sync_copy`)."""
+        return self._remote_copy if self.server else self.files.snapshot
+
+    @property
+    def _remote_copy(self) -> Path:
+        return self.path.with_name(self.path.name + ".remote-read.duckdb")
 
     # ---- the writer -------------------------------------------------------------------------------------------
 
     def _writer_address(self) -> tuple[str, int] | None:
+        if self.server:
+            return self.server.host, self.server.port
         try:
             info = json.loads(self.files.server_info.read_text())
             return info["host"], int(info["port"])
@@ -145,7 +206,7 @@ class Journal:
         if address is None:
             return None
         try:
-            return _Remote(*address, timeout=5.0)
+            return _Remote(*address, timeout=5.0, token=self.server.token if self.server else None)
         except OSError:
             return None
 
@@ -166,6 +227,9 @@ class Journal:
                 delay = min(delay * 2, 1.0)
 
     def _spawn(self, deadline: float) -> _Remote:
+        if self.server:  # never a writer of this host's own: the journal is the server's
+            raise JournalError(f"{self.where} cannot be reached (TRADEFLOW_JOURNAL_SERVER): is `tradeflow up "
+                               "--role server` running there, and is this host's network up?")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with FileLock(str(self.files.spawn_lock), timeout=max(0.1, deadline - time.monotonic())):
@@ -261,7 +325,7 @@ class Journal:
             except ConnectionError as exc:
                 remote.close()
                 if attempt == 2:
-                    raise JournalError(f"journal {self.path}: {exc}") from exc
+                    raise JournalError(f"{self.where}: {exc}") from exc
         assert remote is not None
         try:
             try:
@@ -272,7 +336,7 @@ class Journal:
             remote.call("commit")
         except ConnectionError as exc:
             remote.close()
-            raise JournalError(f"journal {self.path}: {exc}") from exc
+            raise JournalError(f"{self.where}: {exc}") from exc
         except BaseException:
             self._give_back(remote)
             raise
@@ -292,6 +356,9 @@ class Journal:
                 corrupt, or held by another process); or the snapshot could not be refreshed (e.g. a full disk:
                 the snapshot is older than the journal, and no answer from it is given).
         """
+        if self.server:
+            self._call("sync", timeout=timeout)
+            return
         if not self.path.exists():
             raise JournalError(f"no journal at {self.path} yet: nothing has been recorded (a flow or "
                                "`tradeflow ...` that writes creates it)")
@@ -316,6 +383,9 @@ class Journal:
         from core.journal.derived import rebuild_all
         from core.journal.server import copy_snapshot
 
+        if self.server:
+            raise JournalError(f"a bulk load opens the journal's file: run it on the server host, not here "
+                               f"({self.where})")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(self.files.server_lock))
         try:
@@ -342,7 +412,10 @@ class Journal:
             lock.release()
 
     def stop_writer(self, timeout: float = 30.0) -> None:
-        """Stop the journal's writer if one runs (SIGTERM; it refreshes the snapshot and exits) and wait."""
+        """Stop the journal's writer if one runs (SIGTERM; it refreshes the snapshot and exits) and wait (nothing
+        with a journal server: it is the server host's)."""
+        if self.server:
+            return
         try:
             pid = int(json.loads(self.files.server_info.read_text())["pid"])
         except (OSError, ValueError, KeyError):
@@ -375,7 +448,10 @@ class Journal:
         Raises:
             JournalError: as `sync` (no journal yet, live file unusable, snapshot not refreshed).
         """
-        self.sync()
+        if self.server:
+            self.sync_copy()
+        else:
+            self.sync()
         con = duckdb.connect(str(self.snapshot_path), read_only=True,
                              config={"enable_external_access": False} if people else {})
         try:
@@ -385,6 +461,44 @@ class Journal:
             yield con
         finally:
             con.close()
+
+    def halt_file(self) -> "HaltFile | RemoteHaltFile":
+        """The kill switch's file beside this journal: ``HALT`` in its folder, or, with a journal server, the
+        server host's through it (`core.controls.KillSwitch`)."""
+        return RemoteHaltFile(self) if self.server else HaltFile(self.path.parent / HALT_FILE)
+
+    def sync_copy(self, timeout: float = 60.0) -> Path:
+        """With a journal server: make this host's copy of its read snapshot current (fetched only when the
+        server's has changed since) and return its path.
+
+        Raises:
+            JournalError: the server cannot be reached, or its snapshot could not be refreshed.
+        """
+        assert self.server is not None
+        key_file = self._remote_copy.with_name(self._remote_copy.name + ".key")
+        have = key_file.read_text() if key_file.exists() and self._remote_copy.exists() else None
+        for attempt in (1, 2):
+            remote = self._remote()
+            assert remote is not None
+            try:
+                reply = remote.call("snapshot", have=have, timeout=timeout)
+                if not reply.get("same"):
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = self._remote_copy.with_name(self._remote_copy.name + f".{os.getpid()}.tmp")
+                    try:
+                        remote.read_bytes(int(reply["bytes"]), tmp)
+                        os.replace(tmp, self._remote_copy)
+                    finally:
+                        tmp.unlink(missing_ok=True)
+                    key_file.write_text(str(reply["key"]))
+            except ConnectionError as exc:
+                remote.close()
+                if attempt == 2:
+                    raise JournalError(f"{self.where}: {exc}") from exc
+                continue
+            self._give_back(remote)
+            break
+        return self._remote_copy
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
         """Run one read query on the up-to-date snapshot and return its result (columns as the query names

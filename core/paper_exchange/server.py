@@ -229,7 +229,7 @@ class PaperExchange:
                  config: EngineConfig | None = None, realtime: bool = True, resume: bool = False,
                  admin_token: str | None = None, restart_time: dt_time | None = None,
                  restart_seconds: float = 120.0, max_connections: int = MAX_CONNECTIONS,
-                 handshake_timeout: float = HANDSHAKE_TIMEOUT):
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT, host: str = "127.0.0.1"):
         if server_version not in P.SUPPORTED_SERVER_VERSIONS:
             raise ValueError(f"server_version must be one of {P.SUPPORTED_SERVER_VERSIONS}")
         self.market = shared_market_data(data_dir)
@@ -241,7 +241,7 @@ class PaperExchange:
                         "the future", start.isoformat(),
                         datetime.fromtimestamp(self.engine.clock, NY).isoformat())
         self.clock = ExchangeClock(start, speed)
-        self.host = "127.0.0.1"
+        self.host = host  # the TWS API's address: loopback, or the gateway host's own (`tradeflow up --role gateway`)
         self.port = port
         self.admin_port = admin_port
         self.server_version = server_version
@@ -280,7 +280,7 @@ class PaperExchange:
         self._stopping = asyncio.Event()
         await self._open_tws_port()
         from .admin import MAX_LINE, handle_admin, register_token
-        adm = await asyncio.start_server(lambda r, w: handle_admin(self, r, w), self.host, self.admin_port,
+        adm = await asyncio.start_server(lambda r, w: handle_admin(self, r, w), "127.0.0.1", self.admin_port,
                                          limit=MAX_LINE)
         self.admin_port = adm.sockets[0].getsockname()[1]
         register_token(self.admin_port, self.admin_token)
