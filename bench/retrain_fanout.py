@@ -61,7 +61,7 @@ def _build_store(real: Path, root: Path, names: list[str], as_of: datetime, hist
         src = source_of(name)
         if src not in cache:
             bars = load_hourly_bars(real, src)
-            cache[src] = bars[(bars.index >= need_from) & (bars.index < as_of)]
+            cache[src] = bars[(bars.index >= need_from) & (bars.index + timedelta(hours=1) <= as_of)]  # ended bars
         store.save(name, cache[src])
 
 
@@ -107,8 +107,8 @@ def _run_arm(label: str, work: Path, store: Path, names: list[str], env: dict[st
     return {"flow_s": res["flow_s"], "process_s": wall, "decisions": res["decisions"]}
 
 
-def run(symbols: int = 8, epochs: int = 3, lstm_units: tuple[int, ...] = (16,), wf_folds: int = 2,
-        wf_epochs: int = 2, history_months: int = 13, timeout: float = 1800.0) -> dict[str, Any]:
+def run(symbols: int = 8, epochs: int = 1, lstm_units: tuple[int, ...] = (16,), wf_folds: int = 2,
+        wf_epochs: int = 1, history_months: int = 13, timeout: float = 3600.0) -> dict[str, Any]:
     """Run the benchmark (module docstring): `symbols` symbols, the same training options for both arms.
 
     Raises:

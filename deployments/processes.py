@@ -269,22 +269,29 @@ def _bind_host(host: str, what: str) -> str:
 
 def dask_scheduler_argv(host: str, port: int) -> list[str]:
     """The command of the Dask scheduler `retrain` fans out to (`TRADEFLOW_DASK_SCHEDULER=tcp://HOST:PORT`),
-    listening on `host`:`port` only, without its web dashboard.
+    listening on `host`:`port`, without its web dashboard; its HTTP routes (health, metrics) on `host` as well.
 
     Raises:
         ValueError: `host` is empty or a wildcard (0.0.0.0, ::), or `port` is not 1..65535.
     """
     if not 0 < int(port) <= 65535:
         raise ValueError(f"Dask scheduler port {port} is not in 1..65535")
-    return [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", _bind_host(host, "the Dask scheduler"),
-            "--port", str(int(port)), "--no-dashboard"]
+    host = _bind_host(host, "the Dask scheduler")
+    return [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", host, "--port", str(int(port)),
+            "--no-dashboard", "--dashboard-address", _http_address(host)]
+
+
+def _http_address(host: str) -> str:
+    """The address of a Dask process's HTTP server (health and metrics routes, which it serves even without the
+    dashboard, on 0.0.0.0 unless told): `host` on an ephemeral port."""
+    return f"[{host}]:0" if ":" in host else f"{host}:0"
 
 
 def dask_worker_argv(scheduler_address: str, nthreads: int = 1, host: str = "127.0.0.1",
                      name: str | None = None) -> list[str]:
     """The command of one Dask worker process (under its nanny, which restarts it when it dies) on `host` (its
-    own and its nanny's listening address, ephemeral ports), joining the scheduler at `scheduler_address`
-    (tcp://HOST:PORT), running `nthreads` tasks at once, without a dashboard.
+    own, its nanny's and its HTTP routes' listening address, ephemeral ports), joining the scheduler at
+    `scheduler_address` (tcp://HOST:PORT), running `nthreads` tasks at once, without a dashboard.
 
     `nthreads` 1 is the right number for `retrain`: one challenger trains at a time in a worker process (Keras'
     seeds are process-wide, and TensorFlow spreads one training over the host's cores itself); a host with more
@@ -295,9 +302,10 @@ def dask_worker_argv(scheduler_address: str, nthreads: int = 1, host: str = "127
     """
     if nthreads < 1:
         raise ValueError(f"a Dask worker needs at least one thread, got {nthreads}")
-    argv = [sys.executable, "-m", "distributed.cli.dask_worker", scheduler_address,
-            "--host", _bind_host(host, "a Dask worker"), "--nthreads", str(nthreads), "--nworkers", "1",
-            "--no-dashboard"]
+    host = _bind_host(host, "a Dask worker")
+    argv = [sys.executable, "-m", "distributed.cli.dask_worker", scheduler_address, "--host", host,
+            "--nthreads", str(nthreads), "--nworkers", "1", "--no-dashboard",
+            "--dashboard-address", _http_address(host)]
     return argv + (["--name", name] if name else [])
 
 

@@ -9,15 +9,15 @@ One run, for `as_of` (default: its scheduled start):
    `history_months` before the evaluation month in `1 M` chunks), at most `max_requests` historical requests in
    the run, shared by the symbols (default 56: below IB's 60 in 10 minutes; IBBroker paces as well). A first run
    with an empty store backfills; later runs make about one request per symbol.
-3. Per symbol (in this process one after another, or all at once on the Dask cluster that
-   `TRADEFLOW_DASK_SCHEDULER` names: `tasks.retrain.retrain_symbols`): a challenger is trained on the stored bars before the evaluation month (same model and splits as
-   `tradeflow train`) and registered; its walk-forward evidence is computed on the same bars
-   (`models.walkforward`: `wf_folds` expanding, purged folds, at most `wf_epochs` epochs a refit, baselines);
-   champion and challenger are evaluated on the evaluation month with the numpy predictor; the challenger
-   replaces a champion only by the rule of `models.evaluate.PromotionRule` (ROC AUC above the champion's +
-   `min_auc_gain` and log loss at most the champion's + `max_log_loss_increase`, on at least `min_samples`
-   labelled hours) AND when its evidence clears the edge gate (`models.gate`, settings `TRADEFLOW_MTF_GATE_*`);
-   a symbol without a champion gets it anyway (its gate keeps it from sending entries).
+3. Per symbol (in this process one after another, or all at once on the Dask cluster that `TRADEFLOW_DASK_SCHEDULER`
+   names: `tasks.retrain.retrain_symbols`): a challenger is trained on the stored bars before the evaluation month
+   (same model and splits as `tradeflow train`) and registered; its walk-forward evidence is computed on the same
+   bars (`models.walkforward`: `wf_folds` expanding, purged folds, at most `wf_epochs` epochs a refit, baselines);
+   champion and challenger are evaluated on the evaluation month with the numpy predictor; the challenger replaces a
+   champion only by the rule of `models.evaluate.PromotionRule` (ROC AUC above the champion's + `min_auc_gain` and
+   log loss at most the champion's + `max_log_loss_increase`, on at least `min_samples` labelled hours) AND when its
+   evidence clears the edge gate (`models.gate`, settings `TRADEFLOW_MTF_GATE_*`); a symbol without a champion gets
+   it anyway (its gate keeps it from sending entries).
 4. The journal gets both versions (`models`, named `<SYMBOL>/<version>`), the challenger's own validation/test
    metrics, its walk-forward evidence (window `walkforward`) and both evaluations (`model_metrics`, window
    `oos:YYYY-MM`, with the majority-class and buy-and-hold baselines); the flow event's details hold each decision

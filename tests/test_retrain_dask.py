@@ -17,7 +17,8 @@ from models.registry import ModelRegistry
 from tests.broker_support import START
 from tests.mtf_support import event_loop_for_ib, register_known_champions, retrain_store  # noqa: F401
 
-SMALL = {"history_months": 13, "epochs": 2, "lstm_units": [8], "wf_folds": 2, "wf_epochs": 2}
+SMALL = {"history_months": 13, "epochs": 1, "lstm_units": [8], "wf_folds": 2, "wf_epochs": 1}
+"""As small as the decisions allow: the champions are of known quality (tests/mtf_support.register_known_champions)."""
 
 
 def test_dask_scheduler_setting_is_an_address_to_reach():
@@ -34,9 +35,11 @@ def test_cluster_commands_bind_one_address():
     argv = dask_scheduler_argv("10.231.4.2", 8786)
     assert argv[1:3] == ["-m", "distributed.cli.dask_scheduler"] and ["--host", "10.231.4.2"] == argv[3:5]
     assert "--no-dashboard" in argv and argv[argv.index("--port") + 1] == "8786"
+    assert argv[argv.index("--dashboard-address") + 1] == "10.231.4.2:0"  # its HTTP routes: not on 0.0.0.0
     worker = dask_worker_argv("tcp://10.231.4.2:8786", 1, "10.231.4.3")
     assert worker[3] == "tcp://10.231.4.2:8786" and worker[worker.index("--host") + 1] == "10.231.4.3"
     assert worker[worker.index("--nthreads") + 1] == "1" and "--no-dashboard" in worker
+    assert worker[worker.index("--dashboard-address") + 1] == "10.231.4.3:0"
     for host in ("0.0.0.0", "", "::"):
         with pytest.raises(ValueError, match="never every interface"):
             dask_scheduler_argv(host, 8786)
@@ -61,9 +64,20 @@ def dask_cluster(tmp_path, prefect_harness):
         children.append(Child("dask worker", dask_worker_argv(address, 1, "127.0.0.1", "worker-1"),
                               tmp_path / "dask-worker.log", env=env).start())
         wait_for_dask_workers(address, 1, timeout=120)
+        assert _listening(children) and all(a.startswith("127.0.0.1:") for a in _listening(children))
         yield address
     finally:
         stop_all(children)
+
+
+def _listening(children: list[Child]) -> list[str]:
+    """Every address the children and their descendants (a worker under its nanny) listen on."""
+    import psutil
+
+    procs = [psutil.Process(c.pid) for c in children]
+    procs += [d for p in list(procs) for d in p.children(recursive=True)]
+    return [f"{c.laddr.ip}:{c.laddr.port}" for p in procs for c in p.net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN]
 
 
 def _decisions(out: dict) -> list[tuple]:
@@ -71,6 +85,7 @@ def _decisions(out: dict) -> list[tuple]:
              r["edge_gate"]["passed"]) for r in out["results"]]
 
 
+@pytest.mark.timeout(1800)  # two retrains and the worker's TensorFlow import: minutes, many more on a loaded machine
 def test_retrain_on_a_dask_cluster_decides_as_in_process(exchange, prefect_harness, retrain_store, dask_cluster,
                                                          state_dir, tmp_path, monkeypatch):  # noqa: F811
     from flows.retrain import retrain
