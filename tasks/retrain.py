@@ -62,8 +62,10 @@ def retrain_symbols(run: FlowRun, symbols: list[str], cutoff: dt.datetime, windo
 
     Where it runs: with `settings.dask_scheduler` unset, in this process, one symbol after another (each yielded
     before the next starts); set, every symbol is submitted at once to that Dask scheduler through Prefect's
-    `DaskTaskRunner` (prefect-dask), and each is yielded when its worker is done (the task run's logs and state
-    still reach the flow run in the Prefect UI). A worker lost mid-task: Dask runs the task again on another.
+    `DaskTaskRunner` (prefect-dask), and each is yielded when its worker is done. The workers need what the task
+    reaches: the Prefect API of the flow's settings (task run states and logs), the registry folder
+    `settings.models_dir` as this process names it; the bars go with the task, the journal stays here. A worker
+    that dies mid-task: Dask's scheduler gives its task to another worker (distributed's allowed-failures).
 
     Raises:
         ConnectionError: the Dask scheduler cannot be reached (naming it and the setting).
