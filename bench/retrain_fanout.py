@@ -90,11 +90,13 @@ def _run_arm(label: str, work: Path, store: Path, names: list[str], env: dict[st
     exchange = PaperExchange(data, start=datetime.fromisoformat(AS_OF), state_file=state / "exchange.json").start()
     try:
         child_env = {**env, "IBKR_PORT": str(exchange.port), "TRADEFLOW_STATE_DIR": str(state)}
+        load_before = os.getloadavg()[0]
         t0 = time.perf_counter()
         out = subprocess.run([sys.executable, "-m", "bench._retrain_run", AS_OF, ",".join(names),
                               json.dumps(options)], cwd=ROOT, env=child_env, capture_output=True, text=True,
                              timeout=timeout)
         wall = time.perf_counter() - t0
+        load = (load_before + os.getloadavg()[0]) / 2
     finally:
         exchange.stop()
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
@@ -104,7 +106,7 @@ def _run_arm(label: str, work: Path, store: Path, names: list[str], env: dict[st
     if res["type"] != "COMPLETED" or len(res["decisions"]) != len(names) or not all(
             d["trained"] for d in res["decisions"]):
         raise RuntimeError(f"retrain ({label}) ended {res['type']}: {res['message']} ({res['decisions']})")
-    return {"flow_s": res["flow_s"], "process_s": wall, "decisions": res["decisions"]}
+    return {"flow_s": res["flow_s"], "process_s": wall, "decisions": res["decisions"], "load": load}
 
 
 def run(symbols: int = 8, epochs: int = 1, lstm_units: tuple[int, ...] = (16,), wf_folds: int = 2,
@@ -169,7 +171,8 @@ def run(symbols: int = 8, epochs: int = 1, lstm_units: tuple[int, ...] = (16,), 
         raise RuntimeError(f"the arms retrained different symbols: {one['decisions']} / {two['decisions']}")
     figures = {"symbols": symbols, "one_host_s": one["flow_s"], "two_hosts_s": two["flow_s"],
                "speedup": one["flow_s"] / two["flow_s"], "one_host_process_s": one["process_s"],
-               "two_hosts_process_s": two["process_s"],
+               "two_hosts_process_s": two["process_s"], "one_host_load_avg_1min": one["load"],
+               "two_hosts_load_avg_1min": two["load"],
                "one_host_tasks_a": after_one.get("a", 0) - before.get("a", 0),
                "two_hosts_tasks_a": after_two.get("a", 0) - before_two.get("a", 0),
                "two_hosts_tasks_b": after_two.get("b", 0) - before_two.get("b", 0)}
@@ -185,7 +188,9 @@ def run(symbols: int = 8, epochs: int = 1, lstm_units: tuple[int, ...] = (16,), 
         "monthly run's defaults so the benchmark takes minutes; the per-symbol share grows with the defaults)",
         "one_host_s / two_hosts_s: the retrain flow's own wall time in its process (Python and TensorFlow imports "
         "excluded; workers warmed up before each arm); *_process_s: the run's process start to exit; "
-        "speedup = one_host_s / two_hosts_s; *_tasks_*: retrain_one tasks each worker ran in that arm",
+        "speedup = one_host_s / two_hosts_s; *_tasks_*: retrain_one tasks each worker ran in that arm; "
+        "*_load_avg_1min: the machine's 1-minute load average at the arm's start and end, averaged (on a machine "
+        "shared with other work, a ratio from arms run under different loads is skewed by the difference)",
     ]
     config = {"symbols": names, "as_of": AS_OF, **options, "worker_threads": 1, "cpus": os.cpu_count()}
     return make_result(NAME, f"retrain for {symbols} symbols on one Dask worker host against two", figures, {},
