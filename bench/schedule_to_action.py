@@ -1,6 +1,7 @@
-"""Schedule to action: served deployments on a real Prefect server against the paper exchange, from a run's
-scheduled start to its action: `ema-entry`'s order received by the exchange (target p95 <= 2 s) and
-`mtf-signal`'s decisions for both symbols committed to the journal (target p95 <= 3 s).
+"""Schedule to action: deployments on a real Prefect server against the paper exchange, served and run by a
+process worker, from a run's scheduled start to its action: `ema-entry`'s order received by the exchange (target
+p95 <= 2 s, on both paths) and `mtf-signal`'s decisions for both symbols committed to the journal (target p95 <= 3 s,
+served).
 
 Set-up (all on loopback, in a temporary folder):
 - `prefect server start` (`deployments.processes.LocalServer`, SQLite in a temporary PREFECT_HOME);
@@ -12,6 +13,14 @@ Set-up (all on loopback, in a temporary folder):
   `WaitForScheduledTime`) until the scheduled start, when the flow's code begins. `cold_runs` more ema-entry runs
   are served with prefetch 0 (the process starts once the run is due: an ad hoc run, or a worker that cannot
   prefetch), to show what starting a process costs;
+- the path `tradeflow up` (and every worker host) runs: the timed ema-entry applied by `deployments.deploy.apply`
+  (deployment `ema-entry/ema-entry` on a process work pool, concurrency limit 1) and a real `prefect worker start
+  --type process` (`deployments.processes.worker_argv`), with `tradeflow up`'s settings
+  (`deployments.processes.worker_env`: polls every 2 s, takes runs 20 s ahead; `worker_ema_entry_*`) and with
+  Prefect's defaults (10 s and 10 s; `worker_defaults_ema_entry_*`). The worker takes a run at its first poll
+  after `scheduled - prefetch` and starts its process at once; the server holds it as above. Each run is created
+  prefetch + query + 1 s plus a random part of the query interval ahead, so the polls meet scheduled times at any
+  phase, as the calendar's times do;
 - the paper exchange in this process, restarted for each run on the same port with a fresh account; its clock
   runs with the wall clock so that it reads the run's `as_of` at the scheduled start, where it stops (the paper
   exchange fills a market order at the open of the first bar that starts at or after the order: the 15:55 bar).
@@ -43,6 +52,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -66,6 +76,7 @@ TEMPLATE_CLOCK = "2026-02-27T16:06:00-05:00"  # after the close + the 300 s the 
 ENTRY_REF = "ema-SMH-20260302-entry"
 MTF_AS_OF = "2026-03-02T10:35:00-05:00"  # the 09:30 hourly bar has just ended
 MTF_SYMBOLS = ("AAPL", "TSLA")
+WORKER_POOL = "bench-process"
 PHASES = ("pickup", "python_prefect", "flow_imports", "engine", "broker", "decision", "journal", "other")
 
 
@@ -193,8 +204,15 @@ def figures_of(prefix: str, runs: list[tuple[float, float, dict[str, Any]]]) -> 
         f"{prefix}_p50_s": statistics.median(latencies), f"{prefix}_p95_s": percentile(latencies, 95),
         f"{prefix}_max_s": max(latencies),
         f"{prefix}_process_started_vs_schedule_p50_s": statistics.median(r["process_start"] - s for s, _, r in runs),
+        f"{prefix}_process_started_vs_schedule_max_s": max(r["process_start"] - s for s, _, r in runs),
         f"{prefix}_imports_done_vs_schedule_p50_s": statistics.median(r["flows_imported"] - s for s, _, r in runs),
+        f"{prefix}_imports_done_vs_schedule_max_s": max(r["flows_imported"] - s for s, _, r in runs),
         f"{prefix}_process_to_action_p50_s": statistics.median(a - r["process_start"] for _, a, r in runs),
+        # the flow's code begins when the server lets the run go Running, which it rounds to whole seconds
+        f"{prefix}_flow_started_vs_schedule_min_s": min(r["flow_entered"] - s for s, _, r in runs),
+        f"{prefix}_flow_started_vs_schedule_p50_s": statistics.median(r["flow_entered"] - s for s, _, r in runs),
+        f"{prefix}_flows_started_early": sum(r["flow_entered"] < s for s, _, r in runs),
+        f"{prefix}_actions_before_schedule": sum(a < s for s, a, _ in runs),
     }
     for k in PHASES:
         out[f"{prefix}_{k}_p50_s"] = statistics.median(p[k] for p in parts)
@@ -233,6 +251,7 @@ class _Bench:
         self.client = stack.enter_context(get_client(sync_client=True))
         self.deployments: dict[str, Any] = {}
         self.serving: subprocess.Popen | None = None
+        self.worker: Any = None  # deployments.processes.Child of the process worker, when that path runs
 
     def serve(self, name: str, entrypoints: list[str], prefetch_seconds: float) -> None:
         """(Re)start the serving process: `entrypoints` as deployments `<flow>/<name>`."""
@@ -247,7 +266,30 @@ class _Bench:
         flows = [f"{ep.rsplit(':', 1)[1].replace('_', '-')}/{name}" for ep in entrypoints]
         self.deployments.update(_wait_deployments(self.client, flows, self.serving, log))
 
+    def start_worker(self, name: str, entrypoints: dict[str, str], query_seconds: float,
+                     prefetch_seconds: float) -> None:
+        """(Re)start the process-worker path as `tradeflow up` runs it: `entrypoints` (deployment name ->
+        entrypoint) applied by `deployments.deploy.apply` (deployments `<name>/<name>`, concurrency limit 1) to the
+        process work pool `name`, and a `prefect worker start --type process` (`worker_argv`) polling it every
+        `query_seconds`, taking runs `prefetch_seconds` ahead; each run a process of its own in the project folder."""
+        from deployments.deploy import DeploymentSpec, apply, run
+        from deployments.processes import Child, worker_argv
+
+        self.stop_serving()
+        specs = [DeploymentSpec(d, ep, "schedule_to_action benchmark", ()) for d, ep in entrypoints.items()]
+        ids = run(apply(specs, project_dir=ROOT, work_pool=name)).ids
+        self.deployments.update({f"{d}/{d}": i for d, i in ids.items()})
+        self.log = self.work / f"worker-{name}-{query_seconds:g}-{prefetch_seconds:g}.log"
+        env = {**self.env, "PREFECT_WORKER_QUERY_SECONDS": f"{query_seconds:g}",
+               "PREFECT_WORKER_PREFETCH_SECONDS": f"{prefetch_seconds:g}"}
+        self.worker = Child("worker", worker_argv(name), self.log, env=env, cwd=ROOT).start()
+        self.stack.callback(self.stop_serving)
+
     def stop_serving(self) -> None:
+        """Stop the serving process or the worker, whichever runs."""
+        if self.worker is not None:
+            self.worker.stop(timeout=30)
+            self.worker = None
         if self.serving is not None and self.serving.poll() is None:
             self.serving.terminate()
             try:
@@ -301,13 +343,17 @@ class _Bench:
                 out.append((scheduled, max(decided.values()), rec))
         return out
 
-    def ema_entry_runs(self, deployment: str, n: int, lead_seconds: float) -> list[tuple[float, float, dict]]:
-        """`n` measured runs after a warm-up run: (scheduled start, order received, timing record) each."""
+    def ema_entry_runs(self, deployment: str, n: int, lead_seconds: float, jitter_seconds: float = 0.0
+                       ) -> list[tuple[float, float, dict]]:
+        """`n` measured runs after a warm-up run: (scheduled start, order received, timing record) each. Each run
+        is created `lead_seconds` plus a random part of `jitter_seconds` ahead (a worker's polls then meet the
+        scheduled times at any phase, as calendar times do)."""
         out = []
         for i in range(n + 1):
             _copy_journal(self.template, self.state)
             self.exchange.received.clear()
-            scheduled, final = self.run_once(deployment, EMA_SESSION_AS_OF, lead_seconds)
+            lead = lead_seconds + random.uniform(0.0, jitter_seconds)
+            scheduled, final = self.run_once(deployment, EMA_SESSION_AS_OF, lead)
             if ENTRY_REF not in self.exchange.received:
                 raise RuntimeError(f"ema-entry run {final.id} sent no order")
             rec = _wait_record(self.timings, str(final.id))
@@ -317,16 +363,24 @@ class _Bench:
 
 
 def run(runs: int = 20, cold_runs: int = 5, mtf_runs: int = 20, query_seconds: float = 1.0,
-        prefetch_seconds: float = 10.0, run_timeout: float = 120.0) -> dict[str, Any]:
+        prefetch_seconds: float = 10.0, run_timeout: float = 120.0, worker_runs: int = 20,
+        worker_query_seconds: float | None = None, worker_prefetch_seconds: float | None = None,
+        default_worker_runs: int = 10) -> dict[str, Any]:
     """Run the benchmark (module docstring): `runs` ema-entry runs served with Prefect's prefetch
     (`prefetch_seconds`, runs created `prefetch_seconds` + 1 s ahead), `cold_runs` more whose process starts only
-    once they are due (prefetch 0, created 2 s ahead), and `mtf_runs` mtf-signal runs (0 to skip), each after a
-    warm-up run that is not counted.
+    once they are due (prefetch 0, created 2 s ahead), `mtf_runs` mtf-signal runs (0 to skip), `worker_runs`
+    ema-entry runs through a process worker with `tradeflow up`'s settings (`deployments.processes.worker_env`,
+    or `worker_query_seconds` / `worker_prefetch_seconds`), and `default_worker_runs` through one with Prefect's
+    defaults (query 10 s, prefetch 10 s); each series after a warm-up run that is not counted.
 
     Raises:
         RuntimeError: a run did not complete, or an ema-entry run sent no order.
     """
     from bench._models import train_champions
+    from deployments.processes import WORKER_PREFETCH_SECONDS, WORKER_QUERY_SECONDS
+
+    up_query = WORKER_QUERY_SECONDS if worker_query_seconds is None else worker_query_seconds
+    up_prefetch = WORKER_PREFETCH_SECONDS if worker_prefetch_seconds is None else worker_prefetch_seconds
 
     with ExitStack() as stack:
         bench = _Bench(stack, query_seconds, run_timeout)
@@ -343,9 +397,20 @@ def run(runs: int = 20, cold_runs: int = 5, mtf_runs: int = 20, query_seconds: f
         if cold_runs:
             bench.serve("cold", [ema_entry], 0.0)
             cold = bench.ema_entry_runs("ema-entry/cold", cold_runs, 2.0)
+        worker: dict[str, list] = {}
+        for prefix, n, query, prefetch in (("worker_ema_entry", worker_runs, up_query, up_prefetch),
+                                           ("worker_defaults_ema_entry", default_worker_runs, 10.0, 10.0)):
+            if n:
+                # created before the first poll that can take it, at a random phase of the worker's polls
+                bench.start_worker(WORKER_POOL, {"ema-entry": ema_entry}, query, prefetch)
+                worker[prefix] = bench.ema_entry_runs("ema-entry/ema-entry", n, prefetch + query + 1.0, query)
 
     figures = figures_of("ema_entry", ema)
     targets = {"ema_entry_p95_s": Target("<=", 2.0)}
+    for prefix, measured in worker.items():
+        figures.update(figures_of(prefix, measured))
+    if "worker_ema_entry" in worker:
+        targets["worker_ema_entry_p95_s"] = Target("<=", 2.0)
     if mtf:
         figures.update(figures_of("mtf_signal", mtf))
         targets["mtf_signal_p95_s"] = Target("<=", 3.0)
@@ -368,10 +433,23 @@ def run(runs: int = 20, cold_runs: int = 5, mtf_runs: int = 20, query_seconds: f
         "and ask the broker for none, as 11 of the 12 runs of an hour do (mtf_signal_scale measures the run "
         "after a bar's end, which asks once a symbol)",
     ]
+    if worker:
+        notes.append(
+            f"worker_*: the path tradeflow up runs: the deployment applied by deployments.deploy.apply to a process "
+            f"work pool, a `prefect worker start --type process` taking each run at its first poll after "
+            f"scheduled - prefetch and starting its process at once; worker_ema_entry with tradeflow up's settings "
+            f"(query {up_query:g} s, prefetch {up_prefetch:g} s), worker_defaults_ema_entry with Prefect's (10 s, "
+            f"10 s). Each run created prefetch + query + 1 s + U(0, query) ahead, so the polls meet it at any phase")
+    notes.append("*_flow_started_vs_schedule: the flow's code begins when Prefect's server accepts Running, which "
+                 "it rounds to whole seconds (WaitForScheduledTime): up to 0.5 s before the scheduled time; "
+                 "*_flows_started_early / *_actions_before_schedule count the runs whose flow / action came before it")
     config = {"runs": runs, "cold_runs": cold_runs, "mtf_runs": mtf_runs, "query_seconds": query_seconds,
-              "prefetch_seconds": prefetch_seconds, "ema_as_of": EMA_SESSION_AS_OF, "mtf_as_of": MTF_AS_OF}
-    return make_result(NAME, "scheduled start to action of served deployments (ema-entry order, mtf-signal "
-                             "decisions)", figures, targets, config, notes)
+              "prefetch_seconds": prefetch_seconds, "worker_runs": worker_runs,
+              "worker_query_seconds": up_query, "worker_prefetch_seconds": up_prefetch,
+              "default_worker_runs": default_worker_runs,
+              "ema_as_of": EMA_SESSION_AS_OF, "mtf_as_of": MTF_AS_OF}
+    return make_result(NAME, "scheduled start to action of served deployments and of deployments run by a process "
+                             "worker (ema-entry order, mtf-signal decisions)", figures, targets, config, notes)
 
 
 def _wait_deployments(client, names: list[str], serving: subprocess.Popen, log: Path,

@@ -184,6 +184,50 @@ class OrderRequest:
 
 
 @dataclass(frozen=True)
+class BracketRequest:
+    """A bracket (IB's attached orders, "Bracket Orders" in the TWS API docs): the `entry` (the parent) and its two
+    children on the other side, the `stop_loss` (STP) and the `take_profit` (LMT), each for the entry's quantity
+    and in one OCA group (`oca_group`, the children's; IB's bracket makes them one already: a fill of one reduces
+    the other). The children are held by IB until the entry fills, then work; cancelling the entry cancels them.
+
+    Every leg has its own `order_ref`, so that placing is idempotent leg by leg (`Broker.place_bracket`).
+
+    Raises:
+        ValueError: the legs are not one bracket (another symbol, the children on the entry's side or of another
+            quantity, the stop-loss not STP or the take-profit not LMT, the children not in one OCA group, an
+            orderRef used twice).
+    """
+
+    entry: OrderRequest
+    stop_loss: OrderRequest
+    take_profit: OrderRequest
+
+    def __post_init__(self) -> None:
+        e, sl, tp = self.legs
+        if not (e.symbol == sl.symbol == tp.symbol):
+            raise ValueError(f"a bracket's legs must be for one symbol, got {e.symbol}, {sl.symbol}, {tp.symbol}")
+        if sl.action == e.action or tp.action == e.action:
+            raise ValueError(f"a bracket's stop-loss and take-profit must be on the other side of its {e.action} "
+                             f"entry, got {sl.action} and {tp.action}")
+        if not (e.quantity == sl.quantity == tp.quantity):
+            raise ValueError(f"a bracket's children must be for the entry's {e.quantity} shares, got "
+                             f"{sl.quantity} and {tp.quantity}")
+        if sl.order_type != "STP" or tp.order_type != "LMT":
+            raise ValueError(f"a bracket's stop-loss must be STP and its take-profit LMT, got {sl.order_type} and "
+                             f"{tp.order_type}")
+        if not sl.oca_group or sl.oca_group != tp.oca_group or e.oca_group:
+            raise ValueError(f"a bracket's children must share one OCA group (and the entry none), got "
+                             f"{sl.oca_group!r} and {tp.oca_group!r} (entry {e.oca_group!r})")
+        if len({e.order_ref, sl.order_ref, tp.order_ref}) != 3:
+            raise ValueError("each leg of a bracket needs its own order_ref")
+
+    @property
+    def legs(self) -> tuple[OrderRequest, OrderRequest, OrderRequest]:
+        """(entry, stop_loss, take_profit)."""
+        return self.entry, self.stop_loss, self.take_profit
+
+
+@dataclass(frozen=True)
 class OrderInfo:
     """An order as the broker knows it. Prices and commission USD, quantities shares.
 
@@ -215,6 +259,22 @@ class OrderInfo:
     @property
     def is_done(self) -> bool:
         return self.status in OrderStatus.DONE
+
+
+@dataclass(frozen=True)
+class BracketInfo:
+    """A bracket as the broker knows it, leg by leg (`BracketRequest`). `parent_id` is the entry's orderId, which
+    IB's children carry as their parentId."""
+
+    entry: OrderInfo
+    stop_loss: OrderInfo
+    take_profit: OrderInfo
+    parent_id: int
+
+    @property
+    def legs(self) -> tuple[OrderInfo, OrderInfo, OrderInfo]:
+        """(entry, stop_loss, take_profit)."""
+        return self.entry, self.stop_loss, self.take_profit
 
 
 @dataclass(frozen=True)
@@ -317,8 +377,9 @@ class Broker(abc.ABC):
     def guard_live(self, what: str = "an order") -> None:
         """Raise LiveTradingRefusedError naming `what` unless the account may be changed: a paper account, or a
         live one with both opt-ins (TRADING_MODE=live and TRADEFLOW_LIVE_ACCOUNT naming it). Every method that
-        changes the account (place, modify, cancel, global cancel) calls it before sending anything; a caller
-        whose steps must all happen or none (flatten: cancel, then sell) calls it before the first."""
+        changes the account (place, place a bracket, modify, cancel, global cancel) calls it before sending
+        anything; a caller whose steps must all happen or none (flatten: cancel, then sell) calls it before the
+        first."""
 
     @abc.abstractmethod
     def place_order(self, request: OrderRequest) -> OrderInfo:
@@ -330,6 +391,31 @@ class Broker(abc.ABC):
         UnknownContractError, BrokerTimeoutError, BrokerConnectionError (no connection, or the order is not
         listed after a reconnect).
         """
+
+    @abc.abstractmethod
+    def place_bracket(self, request: BracketRequest) -> BracketInfo:
+        """Place a bracket as IB's pattern says (TWS API "Bracket Orders"): the entry with transmit=False, the
+        stop-loss with parentId = the entry's orderId and transmit=False, the take-profit likewise with
+        transmit=True, which transmits the three at once (so no leg can fill before all are at IB); then wait
+        until IB acknowledges each. Idempotent leg by leg (`OrderRequest.order_ref`): a leg the broker lists is
+        not sent again, a missing child is attached to the entry found while the entry still works.
+
+        Raises LiveTradingRefusedError (before anything is sent), OrderRejectedError (IB refused a leg; IB
+        cancels the children of a refused entry), UnknownContractError, BrokerTimeoutError, BrokerConnectionError
+        (as `place_order`: placing the same request again is safe), BrokerError (children missing while the entry
+        has ended: they can no longer be attached).
+        """
+
+    @abc.abstractmethod
+    def modify_quantity(self, order_id: int, quantity: int) -> OrderInfo:
+        """Change the total quantity (shares, filled ones included, as IB's totalQuantity) of an open order,
+        everything else kept (a bracket child stays attached and in its OCA group), and wait until IB has taken
+        it. Returns the order as IB then lists it; an order already of that quantity, or already ended, is
+        returned as it is and nothing is sent.
+
+        Raises LiveTradingRefusedError (as place_order), OrderRejectedError (IB refused the change, or 10147 the
+        order is not found), BrokerTimeoutError, BrokerConnectionError (the order's client id, the only one that may
+        change it, could not connect)."""
 
     @abc.abstractmethod
     def what_if(self, request: OrderRequest) -> MarginImpact:

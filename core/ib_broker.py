@@ -10,9 +10,9 @@ What this implementation adds to the library:
 - connect retries with exponential backoff, and a reconnect before any request when the connection dropped;
 - a timeout on every request; every IB error raised as a typed `core.broker` exception with IB's code;
 - historical requests paced within IB's limit (default 60 in any 600 s);
-- idempotent placing by orderRef; paper by default, with a loud refusal of every request that changes a non-paper
-  account (place, modify, cancel, global cancel: `guard_live`) unless TRADING_MODE=live and
-  TRADEFLOW_LIVE_ACCOUNT names it.
+- idempotent placing by orderRef, brackets leg by leg (IB's parentId/transmit pattern);
+- paper by default, with a loud refusal of every request that changes a non-paper account (place, modify,
+  cancel, global cancel: `guard_live`) unless TRADING_MODE=live and TRADEFLOW_LIVE_ACCOUNT names it.
 
 The blocking API is used; do not call it from inside a running asyncio event loop.
 """
@@ -39,6 +39,8 @@ from core.broker import (
     BrokerConnectionError,
     BrokerError,
     BrokerTimeoutError,
+    BracketInfo,
+    BracketRequest,
     ClientIdInUseError,
     Execution,
     IBError,
@@ -540,23 +542,139 @@ class IBBroker(Broker):
                                      f"{request.order_ref!r} again is safe (it finds the order)") from exc
         except BrokerConnectionError as exc:
             return self._found_after_reconnect(request.order_ref, exc)
-        if trade.orderStatus.status in ("Cancelled", "ApiCancelled", "Inactive") and not trade.fills:
-            errs = [(e.errorCode, e.message) for e in trade.log if getattr(e, "errorCode", 0)]
-            # a code the library takes for a warning (110: the price's tick) is not in the trade's log
-            errs = errs or [(code, msg) for rid, code, msg in self._errors if rid == order.orderId and code < 2100]
-            if errs:
-                code, msg = errs[-1]
-                raise typed_error(code, msg) if code != 201 else OrderRejectedError(msg, 201)
-            raise OrderRejectedError(f"order {order.orderId} ended {trade.orderStatus.status} at once")
+        self._raise_if_refused(trade)
         if trade.order.permId:
             self._perm_ids[trade.order.orderId] = trade.order.permId
         return self._info(trade)
 
-    def _order(self, request: OrderRequest):
-        """The library's Order for `request` (transmitted at once)."""
+    def _raise_if_refused(self, trade) -> None:
+        """Raise IB's typed error when `trade` ended at once without a fill (IB refused it)."""
+        if trade.orderStatus.status in ("Cancelled", "ApiCancelled", "Inactive") and not trade.fills:
+            order_id = trade.order.orderId
+            errs = [(e.errorCode, e.message) for e in trade.log if getattr(e, "errorCode", 0)]
+            # a code the library takes for a warning (110: the price's tick) is not in the trade's log
+            errs = errs or [(code, msg) for rid, code, msg in self._errors if rid == order_id and code < 2100]
+            if errs:
+                code, msg = errs[-1]
+                raise typed_error(code, msg) if code != 201 else OrderRejectedError(msg, 201)
+            raise OrderRejectedError(f"order {order_id} ({trade.order.orderRef}) ended {trade.orderStatus.status} "
+                                     "at once")
+
+    def _find_leg(self, order_ref: str) -> OrderInfo | None:
+        """`find_order`, or the order among the completed ones (a bracket child its OCA sibling's fill cancelled is
+        neither open nor executed, and must not be sent again)."""
+        found = self.find_order(order_ref)
+        if found is None:
+            found = next((dataclasses.replace(o, existing=True) for o in self.completed_orders()
+                          if o.order_ref == order_ref), None)
+        return found
+
+    def place_bracket(self, request: BracketRequest) -> BracketInfo:
+        e = request.entry
+        self._ensure()
+        self.guard_live(f"placing the bracket {e.action} {e.quantity:g} {e.symbol} ({e.order_ref}) with its "
+                        f"stop-loss {request.stop_loss.order_ref} and take-profit {request.take_profit.order_ref}")
+        if self._ib_lost:
+            raise BrokerConnectionError(f"IB 1100: {self._ib_lost} IB Gateway cannot reach IB's servers: the "
+                                        f"bracket {e.order_ref!r} is not sent; wait for 1101/1102")
+        found = [self._find_leg(r.order_ref) for r in request.legs]
+        if all(f is not None for f in found):
+            log.info("bracket %s already placed (orders %s); nothing sent", e.order_ref,
+                     ", ".join(str(f.order_id) for f in found))
+            return BracketInfo(*found, parent_id=found[0].order_id)
+        contract = self.contract(e.symbol)
+        if found[0] is None:
+            if any(found[1:]):
+                raise BrokerError(f"bracket {e.order_ref!r}: the broker lists children "
+                                  f"{[f.order_ref for f in found[1:] if f]} without their entry: check the orders")
+            parent = self._order(e, transmit=False)
+            trades = [self.ib.placeOrder(contract, parent)]
+        else:
+            trade = self._trade(found[0].order_id, found[0].perm_id)
+            if trade is None or trade.isDone() or trade.order.clientId not in (self.client_id, 0):
+                missing = [r.order_ref for r, f in zip(request.legs, found, strict=True) if f is None]
+                raise BrokerError(f"bracket {e.order_ref!r}: its entry is {found[0].status} and its children "
+                                  f"{missing} are not at the broker; they can no longer be attached (only to a "
+                                  "working entry of this client id): protect the position by hand")
+            parent = trade.order
+            trades = [trade]
+        missing = [r for r, f in zip(request.legs[1:], found[1:], strict=True) if f is None]
+        for i, child in enumerate(missing):
+            order = self._order(child, transmit=i == len(missing) - 1)  # the last one transmits the chain
+            order.parentId = parent.orderId
+            trades.append(self.ib.placeOrder(contract, order))
+        log.debug("placed the bracket %s as parent %s with %d child(ren)", e.order_ref, parent.orderId, len(missing))
+        try:
+            self._wait(lambda: all(t.orderStatus.status in _ACKED for t in trades), self.timeout,
+                       f"bracket {e.order_ref} (parent {parent.orderId}) acknowledgement")
+        except BrokerTimeoutError as exc:
+            raise BrokerTimeoutError(f"{exc}; the legs may be working: placing the same bracket again is safe (it "
+                                     "finds each leg by its orderRef)") from exc
+        except BrokerConnectionError as exc:
+            log.warning("connection lost before the bracket %s was acknowledged (%s); reconnecting to look it up",
+                        e.order_ref, exc)
+            try:
+                self._ensure()
+                again = [self._find_leg(r.order_ref) for r in request.legs]
+            except BrokerError as exc2:
+                raise BrokerConnectionError(f"{exc}; the bracket {e.order_ref!r} may have been placed and could "
+                                            f"not be looked up ({exc2}): placing it again is safe") from exc2
+            if not all(again):
+                raise BrokerConnectionError(f"{exc}; after reconnecting the broker lists the legs "
+                                            f"{[a.order_ref for a in again if a]} only: placing the bracket again "
+                                            "is safe (it sends only what is missing)") from exc
+            return BracketInfo(*(dataclasses.replace(a, existing=f is not None) for a, f in
+                                 zip(again, found, strict=True)), parent_id=again[0].order_id)
+        for t in trades:
+            self._raise_if_refused(t)
+            if t.order.permId:
+                self._perm_ids[t.order.orderId] = t.order.permId
+        infos = iter(self._info(t) for t in trades)
+        legs = [f if f is not None else next(infos) for f in found]
+        return BracketInfo(*legs, parent_id=int(parent.orderId))
+
+    def modify_quantity(self, order_id: int, quantity: int) -> OrderInfo:
+        self._ensure()
+        self.guard_live(f"changing order {order_id} to {quantity:g} shares")
+        trade = self._trade(order_id)
+        if trade is None or trade.isDone():
+            self._call("open orders", self.ib.reqAllOpenOrders)
+            trade = self._trade(order_id) or trade
+        if trade is None:
+            raise OrderRejectedError(f"OrderId {order_id} that needs to be modified is not found.", 10147)
+        if trade.isDone() or float(trade.order.totalQuantity) == float(quantity):
+            return self._info(trade)
+        owner = trade.order.clientId
+        if owner and owner != self.client_id:
+            return self._as_owner(trade, lambda other: other.modify_quantity(order_id, quantity))
+        refused: list[tuple[int, str]] = []
+
+        def on_error(req_id: int, code: int, message: str, *a: object) -> None:
+            if req_id == order_id and code < 2100 and code not in (110, 399):
+                refused.append((code, message))
+
+        before = float(trade.order.totalQuantity)
+        self.ib.errorEvent += on_error
+        try:
+            trade.order.totalQuantity = float(quantity)
+            self.ib.placeOrder(trade.contract, trade.order)
+            self._barrier()  # IB has processed the change (and said so, or refused it) when the round trip ends
+        finally:
+            self.ib.errorEvent -= on_error
+        if refused:
+            self._call("open orders", self.ib.reqAllOpenOrders)  # the library marked it Cancelled: IB's view
+            code, msg = refused[-1]
+            raise OrderRejectedError(f"changing order {order_id} ({trade.order.orderRef}) from {before:g} to "
+                                     f"{quantity:g} shares was refused: {msg}", code)
+        log.info("order %s (%s) changed from %g to %g shares", order_id, trade.order.orderRef, before, quantity)
+        return self._info(trade)
+
+    def _order(self, request: OrderRequest, transmit: bool = True):
+        """The library's Order for `request` (transmitted at once unless `transmit` is False: held at TWS until
+        a child of its chain is transmitted, IB's bracket pattern)."""
         order = ibapi.Order(action=request.action, totalQuantity=float(request.quantity),
                             orderType=request.order_type, tif=request.tif, orderRef=request.order_ref,
-                            account=self.account, transmit=True)
+                            account=self.account, transmit=transmit)
         if request.order_type == "LMT":
             order.lmtPrice = float(request.limit_price)  # type: ignore[arg-type]
         if request.order_type == "STP":
@@ -634,21 +752,26 @@ class IBBroker(Broker):
         cancelOrder only acts on orders of the connection's own client id (deployments have distinct ids, and
         e.g. ema-entry cancels the stop that equity-snapshot placed). Raises BrokerConnectionError when the
         owner's client id is connected elsewhere at that moment (only it can cancel the order then)."""
+        return self._as_owner(trade, lambda other: other.cancel_order(int(trade.order.orderId), timeout))
+
+    def _as_owner(self, trade, act) -> OrderInfo:
+        """`act(broker)` on a short connection with the client id that placed `trade` (only that id may cancel or
+        change an order at IB). Raises BrokerConnectionError when that id could not connect."""
         owner, order_id = int(trade.order.clientId), int(trade.order.orderId)
         perm_id = int(trade.order.permId or trade.orderStatus.permId or 0)
-        log.info("order %s (permId %s) belongs to client %s: cancelling it through that client id", order_id,
+        log.info("order %s (permId %s) belongs to client %s: acting on it through that client id", order_id,
                  perm_id, owner)
         other = IBBroker(self.host, self.port, owner, settings=self.settings, timeout=self.timeout,
                          connect_timeout=self.connect_timeout, connect_attempts=self.connect_attempts,
                          backoff=self.backoff, max_client_ids=1, account=self._account)
         try:
             with other:
-                info = other.cancel_order(order_id, timeout)
+                info = act(other)
         except BrokerConnectionError as exc:
             raise BrokerConnectionError(f"order {order_id} (permId {perm_id}) was placed by client id {owner}, "
-                                        f"the only one allowed to cancel it, and that id could not connect: {exc}",
-                                        exc.code) from exc
-        self._call("open orders", self.ib.reqAllOpenOrders)  # our view of the order follows the cancel
+                                        f"the only one allowed to cancel or change it, and that id could not "
+                                        f"connect: {exc}", exc.code) from exc
+        self._call("open orders", self.ib.reqAllOpenOrders)  # our view of the order follows the change
         return info
 
     def cancel_all_orders(self, timeout: float | None = None) -> list[OrderInfo]:

@@ -13,6 +13,10 @@
 4. sends it with `Broker.place_order`, which is idempotent by orderRef among the broker's open orders and the
    day's executions, and records the broker's acknowledgement (orderId, permId, status).
 
+`OrderGateway.submit_bracket` passes a bracket (entry, stop-loss and take-profit) through the same steps, every
+leg journaled before any is sent; `modify_quantity` keeps a working stop-loss or take-profit in step with its
+position.
+
 A rerun with the same `order_ref` sends nothing when the journal already holds the order as sent (any status
 after `Created`, including `Cancelled`, which the broker no longer lists) or when the broker finds it.
 
@@ -36,7 +40,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.broker import Broker, Execution, OrderInfo, OrderRejectedError, OrderRequest, UnknownContractError
+from core.broker import (Broker, BracketInfo, BracketRequest, Execution, OrderInfo, OrderRejectedError, OrderRequest,
+                         UnknownContractError)
 from core.controls import KillSwitch
 from core.journal import UNAVAILABLE, Journal, JournalTx
 from core.order_status import OrderStatus
@@ -206,12 +211,7 @@ class OrderGateway:
         def created(tx: JournalTx) -> None:
             if checked:
                 _check_breaks(tx, request.symbol, what)
-            order = tx.order(request.order_ref)
-            prior[:] = [] if order is None else [(order["status"], order["order_id"], order["perm_id"])]
-            tx.record_order(request.order_ref, strategy=strategy, symbol=request.symbol, intent=intent,
-                            action=request.action, quantity=request.quantity, order_type=request.order_type,
-                            session=session, as_of=as_of, limit_price=request.limit_price,
-                            stop_price=request.stop_price, run_id=self.run_id)
+            prior[:] = self._record_created(tx, request, strategy, intent, session, as_of)
 
         if protects_fill:  # the broker's idempotency by orderRef stands in for the journal's when it is away
             self.write_or_keep(f"the order {what} (Created)", created)
@@ -228,10 +228,7 @@ class OrderGateway:
         try:
             info = self.broker.place_order(request)
         except (OrderRejectedError, UnknownContractError) as exc:
-            log.error("%s rejected by the broker: %s", what, exc)
-            when, why = self._now(), str(exc)
-            self.write_or_keep(f"the rejection of {what}",
-                               lambda tx: tx.record_order_status(request.order_ref, "Inactive", when, message=why))
+            self._record_refusal(what, [request.order_ref], exc)
             raise
         self.sent[request.order_ref] = what
         log.info("order %s %s: %s (order id %s, permId %s)", request.order_ref,
@@ -239,6 +236,107 @@ class OrderGateway:
                  info.perm_id or "-")
         self.record_status(info)
         return info
+
+    def _record_refusal(self, what: str, refs: list[str], exc: Exception) -> None:
+        """Journal the broker's refusal of the orders `refs` (final status Inactive with IB's message; kept when the
+        journal cannot take it: `write_or_keep`)."""
+        log.error("%s rejected by the broker: %s", what, exc)
+        when, why = self._now(), str(exc)
+
+        def write(tx: JournalTx) -> None:
+            for ref in refs:
+                tx.record_order_status(ref, "Inactive", when, message=why)
+
+        self.write_or_keep(f"the rejection of {what}", write)
+
+    def _record_created(self, tx: JournalTx, request: OrderRequest, strategy: str, intent: str, session: dt.date,
+                        as_of: dt.datetime) -> list[tuple]:
+        """Journal `request` as Created (a recorded order stays as recorded); returns [(status, order_id,
+        perm_id)] of the order the journal held before, or []."""
+        order = tx.order(request.order_ref)
+        tx.record_order(request.order_ref, strategy=strategy, symbol=request.symbol, intent=intent,
+                        action=request.action, quantity=request.quantity, order_type=request.order_type,
+                        session=session, as_of=as_of, limit_price=request.limit_price,
+                        stop_price=request.stop_price, run_id=self.run_id)
+        return [] if order is None else [(order["status"], order["order_id"], order["perm_id"])]
+
+    def submit_bracket(self, bracket: BracketRequest, *, strategy: str, session: dt.date, as_of: dt.datetime,
+                       intents: tuple[str, str, str] = ("entry", "stop", "target")) -> BracketInfo:
+        """Send a bracket (`core.broker.BracketRequest`: the entry and its stop-loss and take-profit children)
+        once, through the gates of `submit` for every leg: the live guard; the halt, checked before the journal
+        records anything and again right before sending; the symbol's position breaks; each leg journaled
+        `Created` (with its `intents`, one transaction) before anything is sent; then `Broker.place_bracket`
+        (IB's parentId/transmit pattern). Each leg's acknowledgement is journaled, and the children's link to their
+        parent (`order_links`: the entry's orderRef, orderId and permId, the OCA group). Returns the broker's view of
+        the legs (`existing=True` on a leg sent before).
+
+        A rerun sends nothing the journal holds as sent: when every leg is, the broker is not asked; otherwise
+        `place_bracket` finds each leg by its orderRef and sends only the missing ones. The what-if margin check
+        of the entry is the caller's, before it sizes the bracket (as for every entry: `tasks.margin.fit_entry`).
+
+        Raises:
+            TradingHaltedError, PositionBreakError: nothing was sent (nor journaled for a halt).
+            core.broker.BrokerError subclasses: from the broker (a refused leg is journaled `Inactive`).
+        """
+        entry = bracket.entry
+        what = f"the bracket {_describe(entry, strategy, intents[0])}"
+        self.broker.guard_live(what)
+        self.check_halt(what)
+        priors: list[list[tuple]] = []
+
+        def created(tx: JournalTx) -> None:
+            _check_breaks(tx, entry.symbol, what)
+            priors[:] = [self._record_created(tx, leg, strategy, intent, session, as_of)
+                         for leg, intent in zip(bracket.legs, intents, strict=True)]
+
+        with self.journal.transaction() as tx:
+            created(tx)
+        if all(p and p[0][0] != NOT_SENT for p in priors):
+            log.info("%s was sent before (every leg journaled as sent): nothing sent again", what)
+            legs = [self._journaled(leg, *p[0]) for leg, p in zip(bracket.legs, priors, strict=True)]
+            return BracketInfo(*legs, parent_id=legs[0].order_id)
+        self.check_halt(what)
+        for leg, intent in zip(bracket.legs, intents, strict=True):
+            log.info("sending %s", _order_words(leg, strategy, intent))
+        try:
+            info = self.broker.place_bracket(bracket)
+        except (OrderRejectedError, UnknownContractError) as exc:
+            self._record_refusal(what, [leg.order_ref for leg, p in zip(bracket.legs, priors, strict=True)
+                                        if not p or p[0][0] == NOT_SENT], exc)
+            raise
+        for leg, intent, got in zip(bracket.legs, intents, info.legs, strict=True):
+            self.sent[leg.order_ref] = _describe(leg, strategy, intent)
+            log.info("order %s %s: %s (order id %s, permId %s)", leg.order_ref,
+                     "found at the broker" if got.existing else "acknowledged", got.status, got.order_id,
+                     got.perm_id or "-")
+            self.record_status(got)
+
+        def links(tx: JournalTx) -> None:
+            for child in (bracket.stop_loss, bracket.take_profit):
+                tx.record_order_link(child.order_ref, parent_ref=entry.order_ref, parent_order_id=info.parent_id,
+                                     parent_perm_id=info.entry.perm_id, oca_group=child.oca_group)
+
+        self.write_or_keep(f"the links of {bracket.stop_loss.order_ref} and {bracket.take_profit.order_ref} to "
+                           f"their parent {entry.order_ref} (order {info.parent_id})", links)
+        return info
+
+    def modify_quantity(self, info: OrderInfo, quantity: int, *, strategy: str, why: str) -> OrderInfo:
+        """Change the total quantity of the working order `info` (a bracket child kept in step with its position)
+        to `quantity` shares, and journal the change (`order_changes`, with `why`). Passes a halt and a
+        break: it only ever keeps a position's stop-loss and take-profit covering what is held. Nothing is sent
+        for an order already of that quantity or ended. Raises the broker's errors (`Broker.modify_quantity`)."""
+        what = f"{info.order_ref} ({strategy}) to {quantity} shares"
+        self.broker.guard_live(what)
+        if info.is_done or float(info.quantity) == float(quantity):
+            return info
+        got = self.broker.modify_quantity(info.order_id, quantity)
+        when = self._now()
+        self.write_or_keep(f"the change of {info.order_ref} from {info.quantity:g} to {got.quantity:g} shares",
+                           lambda tx: tx.record_order_change(info.order_ref, quantity_before=info.quantity,
+                                                             quantity_after=got.quantity, event_time=when,
+                                                             reason=why))
+        self.record_status(got)
+        return got
 
     def check_sendable(self, request: OrderRequest, *, strategy: str, intent: str) -> None:
         """Raise what `submit` would raise before sending (LiveTradingRefusedError, TradingHaltedError,

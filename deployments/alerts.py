@@ -11,14 +11,16 @@ process, or every worker, is gone:
   *Late* `PREFECT_SERVER_SERVICES_LATE_RUNS_AFTER_SECONDS` (15 s) after its scheduled time. A Proactive trigger
   (`after` Late, `expect` a run taken or ended, `for_each` the deployment) opens one bucket per deployment at the
   first Late mark (further Late marks fall into the open bucket) and, when no run of the deployment is taken within
-  the rest of the deployment's `TRADEFLOW_LATE_ALERT_SECONDS`, notifies with the number of the deployment's runs
-  that are Late at that moment (each deployment has a work queue of its own in the pool, so the queue's
-  `late_runs_count` counts that deployment's; a Prefect automation cannot count events). `for_each` matters:
-  Prefect evaluates a Proactive trigger without `for_each` on a bucket it opens itself every `within` (its
+  the rest of the deployment's `TRADEFLOW_LATE_ALERT_SECONDS` (Prefect evaluates a Proactive trigger again `within`
+  after its last evaluation unless one of its buckets ends sooner, so a bucket opened in between fires between its end
+  and one `within` later: N to N + `within` - 15 s after the run's time), notifies with the number of the deployment's
+  runs that are Late at that moment (each deployment has a work queue of its own in the pool, so the queue's
+  `late_runs_count` counts that deployment's; a Prefect automation cannot count events). `for_each` matters: Prefect
+  evaluates a Proactive trigger without `for_each` on a bucket it opens itself every `within` (its
   `proactive_evaluation` ignores `after` then), so it would fire every `within` with no run Late at all. The
-  notification pauses its own automation: one message per outage, however many runs go late. The deployment's
-  next run that starts (`tasks.runtime.flow_run` -> `rearm_after_outage`) rewrites it enabled and sends one "runs
-  are being picked up again" (see `late_automation` for why not a ResumeAutomation action).
+  notification pauses its own automation: one message per outage, however many runs go late. The deployment's next run
+  that starts (`tasks.runtime.flow_run` -> `rearm_after_outage`) rewrites it enabled and sends one "runs are being
+  picked up again" (see `late_automation` for why not a ResumeAutomation action).
 - `tradeflow: run skipped late` and `tradeflow: run cancelled, the previous one still running`: a run that ended
   *SkippedLate* (started more than TRADEFLOW_LATE_RUN_MAX_MINUTES late by the broker's clock) or was cancelled by
   the deployment's concurrency limit (message "Deployment concurrency limit reached."). After an outage a worker
@@ -60,7 +62,8 @@ CONCURRENCY_MESSAGE = "Deployment concurrency limit reached."
 """The message Prefect's server gives a run cancelled by a deployment concurrency limit (CANCEL_NEW)."""
 SERVER_LATE_AFTER_SECONDS = 15.0
 """PREFECT_SERVER_SERVICES_LATE_RUNS_AFTER_SECONDS (Prefect's default, which `tradeflow up` keeps): a Scheduled
-run is marked Late this long after its scheduled time (the service loops every 5 s)."""
+run is marked Late this long after its scheduled time (the service loops every second on `tradeflow up`'s server:
+`deployments.processes.alert_services_env`)."""
 TAKEN_EVENTS = {f"prefect.flow-run.{name}" for name in (
     "Pending", "Running", "Cancelling", "Cancelled", "Completed", "Failed", "Crashed", "TimedOut", "SkippedLate")}
 """A run of the deployment was taken (or ended) after a Late mark: the late alert waits for one of these. A backlog

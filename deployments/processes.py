@@ -37,6 +37,27 @@ def scheduler_env(loop_seconds: float | None = None) -> dict[str, str]:
     return env
 
 
+LATE_RUNS_LOOP_SECONDS = 1.0
+"""How often the server's late-runs service looks for runs to mark Late (Prefect's default: 5 s)."""
+PROACTIVE_GRANULARITY_SECONDS = 1.0
+"""How often the server evaluates the Proactive automations that are due (Prefect's default: 5 s)."""
+
+
+def alert_services_env() -> dict[str, str]:
+    """Prefect server settings that keep the late-run and no-worker notices (`deployments.alerts`) close to their
+    times: the late-runs service every `LATE_RUNS_LOOP_SECONDS`, the Proactive automations every
+    `PROACTIVE_GRANULARITY_SECONDS`.
+
+    Why the late-runs loop matters: on SQLite the service's marks of a burst of late runs (the runs a stopped
+    worker left, or several deployments due at once) conflict with each other ("database is locked", Prefect
+    3.8 marks each in a task of its own, ten at a time) and a failed mark waits for the next loop. Measured on a
+    fresh server with 12 past mtf-signal runs and one ema-entry run due 2 s later: every 5 s, the 12 were marked
+    over 50 s and the ema-entry 21 s after its time (15 s being Prefect's threshold); every 1 s, over 14.5 s and
+    15.6 s. Inside the test suite's load the 5 s loop made the ema-entry notice later than its N + 60 s."""
+    return {"PREFECT_SERVER_SERVICES_LATE_RUNS_LOOP_SECONDS": f"{LATE_RUNS_LOOP_SECONDS:g}",
+            "PREFECT_SERVER_EVENTS_PROACTIVE_GRANULARITY": f"PT{PROACTIVE_GRANULARITY_SECONDS:g}S"}
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on right now (bind to 0, read it, release it)."""
     with socket.socket() as s:
@@ -169,8 +190,8 @@ def _group_alive(pgid: int) -> bool:
 @dataclass
 class LocalServer:
     """Prefect's server on 127.0.0.1 (`deployments.prefect_server`: `prefect server start`'s app behind a Host
-    header check) with SQLite under `home` (PREFECT_HOME), CORS allowing only its own UI, and Basic auth when
-    `auth_string` is given.
+    header check) with SQLite under `home` (PREFECT_HOME), CORS allowing only its own UI, Basic auth when
+    `auth_string` is given, the scheduler of `scheduler_env` and the loops of `alert_services_env`.
 
     Attributes:
         api_url: http://127.0.0.1:PORT/api once started; ui_url: http://127.0.0.1:PORT.
@@ -212,6 +233,7 @@ class LocalServer:
             # only the server's own UI may call it from a browser
             "PREFECT_SERVER_CORS_ALLOWED_ORIGINS": f"{self.ui_url},http://localhost:{self.port}",
             **scheduler_env(),
+            **alert_services_env(),
             **self.extra_env,
         })
         if self.auth_string is not None:
@@ -256,8 +278,36 @@ def api_healthy(api_url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+WORKER_QUERY_SECONDS = 2.0
+"""How often `tradeflow up`'s worker asks the server for runs (PREFECT_WORKER_QUERY_SECONDS; Prefect's default 10)."""
+WORKER_PREFETCH_SECONDS = 20.0
+"""How far ahead it takes a scheduled run (PREFECT_WORKER_PREFETCH_SECONDS; Prefect's default 10)."""
+
+
+def worker_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The worker settings of `tradeflow up` (`WORKER_QUERY_SECONDS`, `WORKER_PREFETCH_SECONDS`), each unless
+    `environ` (default: this process's environment) already sets it: merge the result over the worker's env.
+
+    Why (`bench/schedule_to_action`, its process-worker arms): a process worker takes a run at its first poll after
+    `scheduled - prefetch` and starts the run's process at once; the process then needs time (interpreter, Prefect,
+    the flow's imports) before it asks to go Running, and Prefect's server holds it until the scheduled time
+    (orchestration rule WaitForScheduledTime, rounded to whole seconds: the flow's code may begin up to 0.5 s
+    early). The run starts on time only when `prefetch - query` exceeds that start-up. Prefect's defaults (10 s / 10
+    s) leave 0 to 10 s: measured with the machine's load average at 7 on 2 cores, the processes started 4 s before
+    the time (p50; the latest 1 s after it) and the orders reached the exchange 28 s (p50) / 33 s (p95) after it;
+    with 20 s / 2 s they started 18 s before (the latest 14 s before) and the orders came 5 s / 18 s after, the
+    served path's figures (6 s / 19 s) under the same load (a run's start-up then took up to 30 s). Prefetch is
+    bounded above by the deployments' concurrency limit (1, CANCEL_NEW, `deployments.deploy`): a run taken while the
+    previous run of its deployment still runs is cancelled, so prefetch + query must stay below the shortest cadence
+    (mtf-signal, 300 s) minus that flow's timeout (240 s, `tasks.run_policy`)."""
+    environ = os.environ if environ is None else environ
+    wanted = {"PREFECT_WORKER_QUERY_SECONDS": f"{WORKER_QUERY_SECONDS:g}",
+              "PREFECT_WORKER_PREFETCH_SECONDS": f"{WORKER_PREFETCH_SECONDS:g}"}
+    return {k: environ.get(k, v) for k, v in wanted.items()}
+
+
 def worker_argv(pool: str) -> list[str]:
-    """The command of a Prefect process worker polling the work pool `pool`."""
+    """The command of a Prefect process worker polling the work pool `pool` (its timing settings: `worker_env`)."""
     return [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"]
 
 

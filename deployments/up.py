@@ -10,7 +10,8 @@ In order:
 2. the broker: when no TWS is configured (`deployments.paper`), the paper exchange on the data directory
    (`tradeflow paper-exchange` on IBKR_PORT / TRADEFLOW_PAPER_ADMIN_PORT, account state in the state directory);
 3. the deployments and the alert automations (`tradeflow deploy`; schedules off with the paper exchange);
-4. a process worker for the `tradeflow` work pool, which runs every deployment run in the project folder;
+4. a process worker for the `tradeflow` work pool, which runs every deployment run in the project folder (polling
+   every 2 s and taking a run 20 s before its time, so that it starts on time: `deployments.processes.worker_env`);
 5. with the paper exchange, a replay of the most recent session(s) of the data (`tradeflow replay`), so that
    every flow runs on real data at once; skipped when the journal already holds a replay of them.
 
@@ -35,7 +36,8 @@ from typing import Any
 
 from core.calendar import NY
 from core.settings import PROJECT_ROOT, Settings
-from deployments.processes import Child, LocalServer, api_healthy, port_open, stop_all, wait_for, worker_argv
+from deployments.processes import (Child, LocalServer, api_healthy, port_open, stop_all, wait_for, worker_argv,
+                                   worker_env)
 
 REDEPLOY_AT = dt.time(20, 0)
 """New York time of the evening redeploy (no event between 18:00 and the next open)."""
@@ -159,10 +161,11 @@ class Up:
     def start_worker(self) -> None:
         from deployments.deploy import WORK_POOL
 
-        child = Child("worker", worker_argv(WORK_POOL), self.logs / "worker.log", env=self.child_env(),
-                      cwd=PROJECT_ROOT).start()
+        env = {**self.child_env(), **worker_env()}  # polls every 2 s, takes runs 20 s ahead: on time
+        child = Child("worker", worker_argv(WORK_POOL), self.logs / "worker.log", env=env, cwd=PROJECT_ROOT).start()
         self.children.append(child)
-        self.say(f"worker: process work pool '{WORK_POOL}' (log {child.log_path})")
+        self.say(f"worker: process work pool '{WORK_POOL}', polling every {env['PREFECT_WORKER_QUERY_SECONDS']} s, "
+                 f"taking runs {env['PREFECT_WORKER_PREFETCH_SECONDS']} s ahead (log {child.log_path})")
 
     def start_replay(self, argv_tail: list[str]) -> Child:
         child = Child("replay", [sys.executable, "-m", "deployments.cli", "replay", *argv_tail],

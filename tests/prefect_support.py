@@ -24,7 +24,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator["LocalS
     home = tmp_path_factory.mktemp("prefect-home")
     server = LocalServer(home, free_port(), home / "server.log", ui=False,
                          extra_env={"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"})
-    server.start()
+    server.start(timeout=300)  # creating its database took more than 120 s under a load average of 12
     try:
         yield server
     finally:

@@ -79,15 +79,21 @@ def test_targets_and_percentiles():
 @pytest.mark.needs_data
 def test_schedule_to_action_tiny(tmp_path):
     """A real prefect server, the served deployments (the real flows through their timed entrypoints), one
-    measured ema-entry run: the served path works end to end (it once crashed every run at the flow's import)."""
+    measured ema-entry run: the served path works end to end (it once crashed every run at the flow's import);
+    then one through a real process worker (short query and prefetch, to keep it cheap; Prefect's defaults' arm
+    skipped: it only adds waiting)."""
     require_bars("5m/SMH.csv", "daily/SMH.csv", "daily/VIX.csv")
-    run_all.run_one("schedule_to_action", {"runs": 1, "cold_runs": 0, "mtf_runs": 0, "prefetch_seconds": 3.0},
-                    tmp_path)
+    run_all.run_one("schedule_to_action", {"runs": 1, "cold_runs": 0, "mtf_runs": 0, "prefetch_seconds": 3.0,
+                                           "worker_runs": 1, "worker_query_seconds": 1.0,
+                                           "worker_prefetch_seconds": 3.0, "default_worker_runs": 0,
+                                           "run_timeout": 300.0}, tmp_path)  # no timing: a loaded machine is slow
     res = _check_shape(tmp_path / "schedule_to_action.json", "schedule_to_action")
     f = res["figures"]
-    assert f["ema_entry_runs"] == 1 and f["ema_entry_process_to_action_p50_s"] > 0
-    assert sum(f[f"ema_entry_{k}_share"] for k in ("pickup", "python_prefect", "flow_imports", "engine", "broker",
-                                                   "decision", "journal", "other")) == pytest.approx(1.0, abs=1e-3)
+    for prefix in ("ema_entry", "worker_ema_entry"):
+        assert f[f"{prefix}_runs"] == 1 and f[f"{prefix}_process_to_action_p50_s"] > 0
+        assert sum(f[f"{prefix}_{k}_share"] for k in ("pickup", "python_prefect", "flow_imports", "engine", "broker",
+                                                      "decision", "journal", "other")) == pytest.approx(1.0, abs=1e-3)
+    assert "worker_defaults_ema_entry_runs" not in f and res["config"]["worker_prefetch_seconds"] == 3.0
 
 
 @pytest.mark.needs_data

@@ -1,8 +1,9 @@
 """The signals strategy (seed 004) as a unit: its rules alone (rule file, same-side/opposite signals, limits, the
 daily loss halt, ATR stops), its signal source (key, protocol), and a replayed session on AAPL, TSLA and SMH of the
-shared 5-minute bars through the real flow, the paper exchange and the evening reconciliation: brackets placed as
-OCA pairs, stop-losses and take-profits filled with their siblings cancelled, a reversal, no break, reruns sending
-nothing twice."""
+shared 5-minute bars through the real flow, the paper exchange and the evening reconciliation: entries placed as IB
+brackets (stop-loss and take-profit children of the entry, one OCA group), stop-losses and take-profits filled with
+their siblings cancelled, scale-ins changing the children's quantity, a reversal, no break, reruns sending nothing
+twice."""
 
 from __future__ import annotations
 
@@ -180,11 +181,21 @@ def test_a_replayed_session_on_three_tickers(market, monkeypatch):
     stops = orders[orders.intent == "stop"]
     targets = orders[orders.intent == "target"]
     assert len(stops) and len(stops) == len(targets)
-    # each pair is one OCA group at the exchange, GTC, for the position's shares
+    at_exchange = {x.order_ref: x for x in exchange.engine.orders.values()}
+    # each entry is an IB bracket at the exchange: its stop-loss and take-profit are its children (parentId = the
+    # entry's orderId, same client), one OCA group, GTC, for the entry's shares
+    entries = orders[orders.intent == "entry"]
+    assert len(entries) and all(ref[:-6] + "-sl" in set(stops["order_ref"]) for ref in entries["order_ref"])
     for ref in stops["order_ref"]:
-        o = next(x for x in exchange.engine.orders.values() if x.order_ref == ref)
-        t = next(x for x in exchange.engine.orders.values() if x.order_ref == ref[:-3] + "-tp")
-        assert o.oca_group == t.oca_group == ref[:-3] + "-oca" and o.oca_type == 2 and o.tif == "GTC"
+        o, t = at_exchange[ref], at_exchange[ref[:-3] + "-tp"]
+        assert o.oca_group == t.oca_group == ref[:-3] + "-oca" and o.oca_type == t.oca_type == 2
+        assert o.tif == t.tif == "GTC" and o.order_type == "STP" and t.order_type == "LMT"
+        if ref.endswith("-p-sl"):  # a pair of its own, for an entry filled in part
+            continue
+        parent = at_exchange[ref[:-3] + "-entry"]
+        assert o.parent_id == t.parent_id == parent.order_id and not parent.parent_id
+        assert o.client_id == t.client_id == parent.client_id and o.action == t.action != parent.action
+        assert parent.status == "Filled" and max(o.quantity, t.quantity) >= parent.quantity  # OCA: 0 when cancelled
     filled_stop = stops[stops.status == "Filled"]
     filled_target = targets[targets.status == "Filled"]
     assert len(filled_stop) >= 1 and len(filled_target) >= 1
@@ -194,14 +205,24 @@ def test_a_replayed_session_on_three_tickers(market, monkeypatch):
     reversals = [json.loads(i) for i in decisions["inputs"]
                  if [s["kind"] for s in json.loads(i)["plan"]["steps"]] == ["close", "open"]]
     assert reversals, "no reversal"
-    assert all({"close", "entry", "stop", "target", "oca_group", "replaces"} <= set(r["orders"]) for r in reversals)
+    assert all({"close", "entry", "stop", "target", "parent", "oca_group", "replaces"} <= set(r["orders"])
+               for r in reversals)
     scale_ins = [(a, json.loads(i)) for a, i in zip(decisions["as_of"], decisions["inputs"], strict=True)
                  if [s["kind"] for s in json.loads(i)["plan"]["steps"]] == ["scale_in"]]
     assert scale_ins, "no scale-in"
-    for _, i in scale_ins:  # the pair replaced for the whole position, in a new OCA group
-        assert {"scale", "stop", "target", "oca_group", "replaces"} <= set(i["orders"])
+    for _, i in scale_ins:  # the working children changed (IB's modify) to the whole position, still attached
+        assert {"scale", "resizes"} <= set(i["orders"]) and "stop" not in i["orders"]
         total = int(abs(i["position"])) + i["plan"]["steps"][0]["quantity"]
-        assert orders.set_index("order_ref").loc[i["orders"]["stop"], "quantity"] == total
+        for ref in i["orders"]["resizes"]:
+            changes = q("SELECT quantity_after, reason FROM order_changes WHERE order_ref = ?", [ref])
+            assert [total, f"scale-in {i['orders']['scale']}"] in changes.values.tolist(), ref
+            if not ref.endswith("-p-sl") and not ref.endswith("-p-tp"):
+                assert at_exchange[ref].parent_id == at_exchange[ref[:-3] + "-entry"].order_id
+    links = q("SELECT order_ref, parent_ref, parent_order_id, oca_group FROM order_links")
+    assert len(links) == 2 * len(entries)
+    for ref, parent_ref, parent_id, oca in links.itertuples(index=False):  # the journal links them as the exchange
+        assert at_exchange[ref].parent_id == parent_id == at_exchange[parent_ref].order_id
+        assert oca == at_exchange[ref].oca_group and parent_ref == ref[:-3] + "-entry"
     breaks = q("SELECT * FROM position_breaks")
     assert breaks.empty
     # a rerun of the runs that reversed a position (allowed to start late) follows its journaled plan: it sends
@@ -215,3 +236,92 @@ def test_a_replayed_session_on_three_tickers(market, monkeypatch):
         again = signals(as_of=as_of.astimezone(NY), return_state=True)
         assert again.is_completed(), again.message
     assert {o.order_ref: (o.status, o.quantity) for o in exchange.engine.orders.values()} == sent
+
+
+# --- the bracket steps at the paper exchange ----------------------------------------------------------------------
+
+def test_a_bracket_entry_a_scale_in_changing_its_children_and_a_partly_filled_entry_protected(exchange):
+    from dataclasses import asdict
+
+    from core.ib_broker import IBBroker
+    from core.journal import Journal
+    from core.paper_exchange import AdminClient
+    from core.settings import get_settings
+    from strategies.signals.rules import Step
+    from strategies.signals.steps import Refs, SignalsStepError, execute
+    from tasks.runtime import FlowRun
+    from tests.broker_support import START
+
+    settings = get_settings()
+    journal = Journal(settings.journal_path)
+
+    def run_at(minutes: int) -> FlowRun:
+        at = START + dt.timedelta(minutes=minutes)
+        return FlowRun("signals", at, f"test-{minutes}", settings, journal, session_on(at.date()))
+
+    def at_exchange() -> dict:
+        return {o.order_ref: o for o in exchange.engine.orders.values()}
+
+    first, second, third = run_at(0), run_at(15), run_at(30)
+    with IBBroker(client_id=61, settings=settings) as broker:
+        done = execute(first, broker, first.gateway(broker), "AAPL", [asdict(Step("open", "BUY", 10, 1.0, 9999.0))],
+                       0, None, 10)
+        refs = Refs.of("AAPL", first.as_of)
+        ex = at_exchange()
+        assert ex[refs.entry].status == "Filled" and "bracket BUY 10" in done[0]
+        assert ex[refs.stop].parent_id == ex[refs.target].parent_id == ex[refs.entry].order_id
+        assert ex[refs.stop].status == ex[refs.target].status == "Submitted"  # working once the entry filled
+        pair = Bracket(refs.stop, refs.target, 10, 1.0, 9999.0)
+        done = execute(second, broker, second.gateway(broker), "AAPL",
+                       [asdict(Step("scale_in", "BUY", 5, 1.0, 9999.0))], 10, pair, 10)
+        ex = at_exchange()
+        assert ex[refs.stop].quantity == ex[refs.target].quantity == 15 and "changed to cover 15" in done[0]
+        assert ex[refs.stop].parent_id == ex[refs.entry].order_id and ex[refs.stop].oca_group == refs.oca
+        assert not [r for r in ex if "-p-" in r]  # kept in step by a modify: no other pair
+        # an entry filled in part: its rest is cancelled, the children with it, the 5 shares get a pair of their own
+        AdminClient(exchange.admin_port).partial_fill(0.5)
+        with pytest.raises(SignalsStepError, match="5 of 10 shares filled"):
+            execute(third, broker, third.gateway(broker), "TSLA", [asdict(Step("open", "BUY", 10, 1.0, 9999.0))],
+                    0, None, 2)
+        t = Refs.of("TSLA", third.as_of)
+        ex = at_exchange()
+        assert (ex[t.entry].status, ex[t.entry].filled) == ("Cancelled", 5)
+        assert ex[t.stop].status == ex[t.target].status == "Cancelled"
+        assert [(ex[r].status, ex[r].quantity, ex[r].oca_group) for r in (t.protect_stop, t.protect_target)] == \
+            [("Submitted", 5, t.protect_oca)] * 2
+    assert {s: p.quantity for s, p in exchange.engine.positions.items() if p.quantity} == {"AAPL": 15, "TSLA": 5}
+
+
+def test_a_rerun_of_a_scale_in_changes_and_places_nothing_once_the_pair_has_moved_on(exchange):
+    from dataclasses import asdict
+
+    from core.ib_broker import IBBroker
+    from core.journal import Journal
+    from core.settings import get_settings
+    from strategies.signals.rules import Step
+    from strategies.signals.steps import Refs, execute
+    from tasks.runtime import FlowRun
+    from tests.broker_support import START
+
+    settings = get_settings()
+    journal = Journal(settings.journal_path)
+    first = FlowRun("signals", START, "t-0", settings, journal, session_on(START.date()))
+    later = FlowRun("signals", START + dt.timedelta(minutes=15), "t-15", settings, journal, first.session)
+    scale = [asdict(Step("scale_in", "BUY", 5, 1.0, 9999.0))]
+    with IBBroker(client_id=62, settings=settings) as broker:
+        execute(first, broker, first.gateway(broker), "AAPL", [asdict(Step("open", "BUY", 10, 1.0, 9999.0))], 0,
+                None, 10)
+        refs = Refs.of("AAPL", START)
+        pair = Bracket(refs.stop, refs.target, 10, 1.0, 9999.0)
+        execute(later, broker, later.gateway(broker), "AAPL", scale, 10, pair, 10)
+        again = execute(later, broker, later.gateway(broker), "AAPL", scale, 10, pair, 10, rerun=True)
+        assert "changed before by this run" in again[0]
+        working = {o.order_ref: o for o in broker.open_orders()}
+        for ref in (refs.stop, refs.target):  # the pair moves on (the operator, another run): a rerun leaves it
+            broker.cancel_order(working[ref].order_id)
+        before = {o.order_ref: (o.status, o.quantity) for o in exchange.engine.orders.values()}
+        with journal.transaction() as tx:
+            tx.con.execute("DELETE FROM order_changes")  # even without the record of its own change
+        again = execute(later, broker, later.gateway(broker), "AAPL", scale, 10, pair, 10, rerun=True)
+        assert "left to the next run" in again[0]
+        assert {o.order_ref: (o.status, o.quantity) for o in exchange.engine.orders.values()} == before

@@ -81,6 +81,11 @@ def test_up_starts_everything_and_ctrl_c_stops_it_all(tmp_path: Path):
         started = descendants(proc.pid)
         names = " ".join(Path(f"/proc/{p}/cmdline").read_text().replace("\0", " ") for p in started if alive(p))
         assert "deployments.prefect_server" in names and "paper-exchange" in names and "worker start" in names
+        # the worker takes runs 20 s ahead, asking every 2 s: a run's process is ready before its time
+        worker, = [p for p in started if alive(p) and "worker start" in
+                   Path(f"/proc/{p}/cmdline").read_text().replace("\0", " ")]
+        environ = dict(kv.split("=", 1) for kv in Path(f"/proc/{worker}/environ").read_text().split("\0") if "=" in kv)
+        assert (environ["PREFECT_WORKER_QUERY_SECONDS"], environ["PREFECT_WORKER_PREFETCH_SECONDS"]) == ("2", "20")
     finally:
         proc.send_signal(signal.SIGINT)
         try:

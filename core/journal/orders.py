@@ -11,7 +11,7 @@ from core.order_status import OrderStatus
 
 
 class OrdersTx(TxBase):
-    """Writes and reads of `orders`, `order_events` and `executions`."""
+    """Writes and reads of `orders`, `order_events`, `order_links`, `order_changes` and `executions`."""
 
     def record_order(
         self,
@@ -124,6 +124,46 @@ class OrdersTx(TxBase):
                 [status, perm_id, order_ref, *OrderStatus.DONE],
             )
         return new
+
+    def record_order_link(self, order_ref: str, *, parent_ref: str, parent_order_id: int | None,
+                          parent_perm_id: int | None, oca_group: str | None) -> bool:
+        """Record that the order `order_ref` is a bracket child of `parent_ref` (its orderId and permId at the
+        broker, IB's parentId), in `oca_group`. A second call only fills in ids that were unknown.
+
+        Raises:
+            JournalError: either order is not recorded.
+        """
+        for ref in (order_ref, parent_ref):
+            if not self.con.execute("SELECT 1 FROM orders WHERE order_ref = ?", [ref]).fetchall():
+                raise JournalError(f"order_ref {ref!r}: a bracket link for an order the journal lacks")
+        return self._insert(
+            "INSERT INTO order_links (order_ref, parent_ref, parent_order_id, parent_perm_id, oca_group)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (order_ref) DO UPDATE SET"
+            " parent_order_id = coalesce(order_links.parent_order_id, excluded.parent_order_id),"
+            " parent_perm_id = coalesce(order_links.parent_perm_id, excluded.parent_perm_id)"
+            " WHERE order_links.parent_order_id IS NULL OR order_links.parent_perm_id IS NULL RETURNING 1",
+            [order_ref, parent_ref, parent_order_id or None, parent_perm_id or None, oca_group or None])
+
+    def record_order_change(self, order_ref: str, *, quantity_before: float, quantity_after: float,
+                            event_time: dt.datetime, reason: str) -> bool:
+        """Record that the working order `order_ref` was changed at the broker from `quantity_before` to
+        `quantity_after` total shares at `event_time` (the broker's clock), and why. Idempotent.
+
+        Raises:
+            JournalError: the order is not recorded.
+        """
+        if not self.con.execute("SELECT 1 FROM orders WHERE order_ref = ?", [order_ref]).fetchall():
+            raise JournalError(f"order_ref {order_ref!r}: a quantity change of an order the journal lacks")
+        return self._insert(
+            "INSERT INTO order_changes (order_ref, quantity_before, quantity_after, reason, event_time)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING 1",
+            [order_ref, _finite(quantity_before, "quantity_before"), _finite(quantity_after, "quantity_after"),
+             reason, _aware(event_time, "event_time")])
+
+    def order_changes_of(self, order_ref: str) -> list[dict[str, Any]]:
+        """The quantity changes recorded for `order_ref` (`order_changes` rows as dicts), oldest first."""
+        return self._rows("SELECT * FROM order_changes WHERE order_ref = ? ORDER BY event_time, recorded_at",
+                          [order_ref])
 
     def record_execution(
         self,

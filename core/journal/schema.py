@@ -321,6 +321,27 @@ CREATE TABLE model_allowances (
 """
 
 
+_SCHEMA_V7 = """
+CREATE TABLE order_links (                 -- a bracket child and its parent (IB's parentId), journaled when sent
+    order_ref        VARCHAR     PRIMARY KEY,   -- the child (a stop-loss or take-profit)
+    parent_ref       VARCHAR     NOT NULL,      -- its parent, the bracket's entry
+    parent_order_id  BIGINT,                    -- the parent's orderId (the child's parentId at IB)
+    parent_perm_id   BIGINT,
+    oca_group        VARCHAR,                   -- the OCA group the children share
+    recorded_at      TIMESTAMPTZ NOT NULL DEFAULT current_timestamp
+);
+CREATE TABLE order_changes (               -- a working order's quantity changed at the broker (IB's modify)
+    order_ref        VARCHAR     NOT NULL,
+    quantity_before  DOUBLE      NOT NULL,      -- total shares (filled ones included), as IB's totalQuantity
+    quantity_after   DOUBLE      NOT NULL,
+    reason           VARCHAR     NOT NULL,
+    event_time       TIMESTAMPTZ NOT NULL,
+    recorded_at      TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (order_ref, quantity_after, event_time)
+);
+"""
+
+
 def _order_statuses() -> str:
     """The order-status vocabulary (`core.order_status.OrderStatus`) as a table people can join."""
     rows = ", ".join(
@@ -343,6 +364,8 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (4, "operator allowances of MTF symbols past the edge gate", _SCHEMA_V4),
     (5, "the order-status vocabulary (order_statuses)", _order_statuses()),
     (6, "round trips and P&L a symbol and session kept in tables by the writes (fast views)", derived_tables(_SCHEMA_V1)),
+    (7, "bracket children linked to their parent (order_links); quantity changes of working orders (order_changes)",
+     _SCHEMA_V7),
 )
 """(version, description, SQL) in order; a new schema change appends one entry and never edits old ones."""
 

@@ -420,8 +420,9 @@ class Engine:
               oca_group: str = "", oca_type: int = 0, good_till_date: str = "", unsupported: str = "") -> Order:
         """Accept a new order or modify an open one (same client and order id). Raises OrderError.
 
-        A bracket child (`parent_id`) needs its parent open at this client; its margin is checked as if the
-        parent had filled. `transmit=True` transmits the order's whole chain (module docstring)."""
+        A new bracket child (`parent_id`) needs its parent open at this client (a child already placed may be
+        modified after its parent filled, as at IB); its margin is checked as if the parent had filled.
+        `transmit=True` transmits the order's whole chain (module docstring)."""
         self.note_order_id(order_id)
         self.clock = now
         symbol = symbol.upper()
@@ -436,7 +437,7 @@ class Engine:
         if existing is not None and not existing.is_open:
             raise OrderError(103, "Duplicate order id")
         parent = self.order_by_client(client_id, parent_id) if parent_id else None
-        if parent_id and (parent is None or not parent.is_open):
+        if parent_id and existing is None and (parent is None or not parent.is_open):  # a child may change later
             raise OrderError(201, f"Order rejected - reason:the parent order {parent_id} is not working (a "
                                   "bracket's parent must be placed first and still be open)")
         if parent is not None and parent.symbol != symbol:

@@ -12,8 +12,10 @@ source's signals, the rule file, brackets, reversals, limits (strategies/signals
    daily loss limit: halted for the rest of the day once reached (journaled with each decision).
 5. Each ticker on its own (a failure of one does not stop the others; the run then fails naming it): its position
    (the journal's fills of the strategy), its working pair (the broker's open orders), the current price, and the
-   ATR of the 5-minute bars when the matching rule places ATR stops; the plan (`rules.plan_ticker`) is journaled with every input and its orders' refs before any order;
-   then carried out through the one order path. A rerun of the same `as_of` follows the journaled plan.
+   ATR of the 5-minute bars when the matching rule places ATR stops; the plan (`rules.plan_ticker`) is journaled
+   with every input and its orders' refs before any order; then carried out through the one order path
+   (`steps.execute`: an entry is an IB bracket sized by IB's what-if, a scale-in changes the bracket's children).
+   A rerun of the same `as_of` follows the journaled plan.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ def _ticker(run, broker, gateway, symbol, signal, price, positions, open_orders,
     """Decide (or follow the journaled decision of this as_of) and act for one ticker."""
     with run.journal.transaction() as tx:
         journaled = tx.decision(STRATEGY, symbol, run.as_of)
+    rerun = journaled is not None
     if journaled is None:
         position, avg_cost = positions[symbol]
         atr = math.nan
@@ -112,7 +115,7 @@ def _ticker(run, broker, gateway, symbol, signal, price, positions, open_orders,
     inputs = journaled["inputs"]
     pair = Bracket(**inputs["bracket"]) if inputs.get("bracket") else None
     done = execute(run, broker, gateway, symbol, inputs["plan"]["steps"], int(inputs["position"]), pair,
-                   cfg.fill_timeout_seconds)
+                   cfg.fill_timeout_seconds, rerun)
     return {"decision": journaled["decision"], "reason": journaled["reason"], "done": done}
 
 

@@ -35,10 +35,10 @@ What a signal does to a ticker's position (`plan_ticker`), as the seed's "Positi
 The first rule whose condition matches wins; signal rules are looked at before profit rules, and a profit rule
 acts only when no signal rule did (an ignored same-side signal counts as none).
 
-Linked orders: each position has a stop-loss (STP) and a take-profit (LMT), GTC, in one OCA group (type 2: a fill
-of one reduces the other by the shares filled, so a partial fill keeps them in step; at 0 it is cancelled). When the
-position and the stop-loss's quantity differ (a scale-in, a partial fill), the pair is replaced for the position's
-quantity at the same prices (`resize`).
+Linked orders: each position is entered as an IB bracket, the entry (parent) with its stop-loss (STP) and
+take-profit (LMT) children, GTC, in one OCA group (type 2: a fill of one reduces the other by the shares filled, so
+a partial fill keeps them in step; at 0 it is cancelled). When the position and the stop-loss's quantity differ (a
+scale-in, a partial fill), the children's quantity is changed to the position's at the same prices (`resize`).
 
 Limits (`Limits`): per ticker, the position's value (USD) at most `max_position_usd` (a scale-in is cut to fit);
 per account, at most `max_positions` tickers with a position; `max_daily_loss_usd`: once the strategy's P&L of the
@@ -226,8 +226,9 @@ class TickerState:
 @dataclass(frozen=True)
 class Step:
     """One thing to do at the broker, in order: 'close' (cancel the pair, market order for the whole position),
-    'open' (market `action` of `quantity`, then the pair at `stop`/`target`), 'scale_in' (market add, then the pair
-    for the new position), 'resize' (replace the pair for `quantity` at `stop`/`target`)."""
+    'open' (a bracket: market `action` of `quantity` with its stop-loss at `stop` and take-profit at `target`),
+    'scale_in' (market add, then the pair changed to the new position), 'resize' (the pair changed to `quantity`;
+    `stop`/`target` are its prices)."""
 
     kind: str
     action: str
