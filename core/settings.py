@@ -162,6 +162,11 @@ class Settings(BaseSettings):
         None, description="The secret every client gives the journal server (the same on every host); required with "
         "TRADEFLOW_JOURNAL_SERVER."
     )
+    dask_scheduler: str | None = Field(
+        None, description="The Dask scheduler (tcp://HOST:PORT) that `retrain` sends its per-symbol training and "
+        "evaluation to (Prefect's DaskTaskRunner; its workers on the worker hosts, `dask_worker_argv`); unset: the "
+        "symbols are retrained one after another in the flow's own process."
+    )
 
     # --- the paper exchange (`tradeflow paper-exchange`) -----------------------------------------------------
     paper_port: int = Field(7497, ge=0, le=65535, description="TWS API port on 127.0.0.1 (0: a free one).")
@@ -286,6 +291,27 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
+
+    @field_validator("dask_scheduler")
+    @classmethod
+    def _scheduler(cls, value: str | None) -> str | None:
+        """TRADEFLOW_DASK_SCHEDULER as tcp://HOST:PORT (a named host or an address, never a wildcard); empty: unset."""
+        if value is None or not value.strip():
+            return None
+        from urllib.parse import urlsplit
+
+        text = value.strip()
+        parts = urlsplit(text)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.scheme != "tcp" or not parts.hostname or port is None or not 0 < port <= 65535 \
+                or parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(f"TRADEFLOW_DASK_SCHEDULER {text!r} is not tcp://HOST:PORT (e.g. tcp://10.0.0.5:8786)")
+        if parts.hostname in ("0.0.0.0", "::"):
+            raise ValueError(f"TRADEFLOW_DASK_SCHEDULER {text!r}: {parts.hostname} is a wildcard, not a host to reach")
+        return f"tcp://{parts.netloc}"
 
     @field_validator("state_dir", "data_dir", "paper_state_file")
     @classmethod

@@ -319,3 +319,83 @@ def worker_argv(pool: str, name: str | None = None) -> list[str]:
     named `name` (the worker on the UI's work pool page, so which host polls)."""
     return [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process",
             *(["--name", name] if name else [])]
+
+
+def _bind_host(host: str, what: str) -> str:
+    if not host or host in ("0.0.0.0", "::", "*"):
+        raise ValueError(f"{what} needs the address of one interface to bind (got {host!r}): never every interface")
+    return host
+
+
+def dask_scheduler_argv(host: str, port: int) -> list[str]:
+    """The command of the Dask scheduler `retrain` fans out to (`TRADEFLOW_DASK_SCHEDULER=tcp://HOST:PORT`),
+    listening on `host`:`port`, without its web dashboard; its HTTP routes (health, metrics) on `host` as well.
+
+    Raises:
+        ValueError: `host` is empty or a wildcard (0.0.0.0, ::), or `port` is not 1..65535.
+    """
+    if not 0 < int(port) <= 65535:
+        raise ValueError(f"Dask scheduler port {port} is not in 1..65535")
+    host = _bind_host(host, "the Dask scheduler")
+    return [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", host, "--port", str(int(port)),
+            "--no-dashboard", "--dashboard-address", _http_address(host)]
+
+
+def _http_address(host: str) -> str:
+    """The address of a Dask process's HTTP server (health and metrics routes, which it serves even without the
+    dashboard, on 0.0.0.0 unless told): `host` on an ephemeral port."""
+    return f"[{host}]:0" if ":" in host else f"{host}:0"
+
+
+def dask_worker_argv(scheduler_address: str, nthreads: int = 1, host: str = "127.0.0.1",
+                     name: str | None = None) -> list[str]:
+    """The command of one Dask worker process (under its nanny, which restarts it when it dies) on `host` (its
+    own, its nanny's and its HTTP routes' listening address, ephemeral ports), joining the scheduler at
+    `scheduler_address` (tcp://HOST:PORT), running `nthreads` tasks at once, without a dashboard.
+
+    `nthreads` 1 is the right number for `retrain`: one challenger trains at a time in a worker process (Keras'
+    seeds are process-wide, and TensorFlow spreads one training over the host's cores itself); a host with more
+    cores runs more workers.
+
+    Raises:
+        ValueError: `host` is empty or a wildcard, or `nthreads` < 1.
+    """
+    if nthreads < 1:
+        raise ValueError(f"a Dask worker needs at least one thread, got {nthreads}")
+    host = _bind_host(host, "a Dask worker")
+    argv = [sys.executable, "-m", "distributed.cli.dask_worker", scheduler_address, "--host", host,
+            "--nthreads", str(nthreads), "--nworkers", "1", "--no-dashboard",
+            "--dashboard-address", _http_address(host)]
+    return argv + (["--name", name] if name else [])
+
+
+def wait_for_dask_workers(scheduler_address: str, n: int, timeout: float = 60.0) -> list[str]:
+    """Wait until the Dask scheduler at `scheduler_address` answers and has at least `n` workers; returns their
+    addresses.
+
+    Raises:
+        TimeoutError: the scheduler did not answer, or fewer than `n` workers joined, within `timeout` s.
+    """
+    import distributed
+
+    deadline = time.monotonic() + timeout
+    try:
+        with distributed.Client(scheduler_address, timeout=timeout, set_as_default=False) as client:
+            client.wait_for_workers(n, timeout=max(0.1, deadline - time.monotonic()))
+            return sorted(client.scheduler_info(n_workers=-1)["workers"])
+    except (OSError, distributed.TimeoutError) as exc:
+        raise TimeoutError(f"timed out after {timeout:g} s waiting for {n} Dask worker(s) at {scheduler_address}: "
+                           f"{exc}") from exc
+
+
+def dask_tasks_executed(scheduler_address: str, timeout: float = 60.0) -> dict[str, int]:
+    """Tasks each worker of the Dask cluster at `scheduler_address` has executed since it started, by worker
+    name (its `--name`, else its address): where the fan-out's work went.
+
+    Raises:
+        OSError: the scheduler cannot be reached within `timeout` s.
+    """
+    import distributed
+
+    with distributed.Client(scheduler_address, timeout=timeout, set_as_default=False) as client:
+        return dict(client.run(lambda dask_worker: (str(dask_worker.name), dask_worker.state.executed_count)).values())

@@ -30,7 +30,7 @@ again instead of training another.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pandas as pd
@@ -70,6 +70,21 @@ def evaluation_month(as_of: dt.datetime) -> EvaluationMonth:
     start = dt.datetime.combine(first, dt.time(0), tzinfo=NY)
     end = dt.datetime.combine((pd.Timestamp(first) + pd.offsets.MonthBegin(1)).date(), dt.time(0), tzinfo=NY)
     return EvaluationMonth(start, end, f"oos:{first:%Y-%m}")
+
+
+def retrain_configs(lookback: int, horizon: int, epochs: int | None = None, lstm_units: list[int] | None = None,
+                    wf_folds: int = 4, wf_epochs: int = 8) -> tuple[TrainConfig, WalkForwardConfig]:
+    """The challenger's training configuration (`TrainConfig` with L = ``lookback``, H = ``horizon`` rows and the
+    ``epochs`` / ``lstm_units`` overrides when given) and its walk-forward's (``wf_folds`` test folds, each refit at
+    most ``wf_epochs`` epochs with patience at most 3)."""
+    config = TrainConfig(lookback=lookback, horizon=horizon)
+    if epochs:
+        config = replace(config, epochs=epochs)
+    if lstm_units:
+        config = replace(config, lstm_units=tuple(lstm_units))
+    walk_forward = WalkForwardConfig(n_folds=wf_folds, train=replace(
+        config, epochs=min(config.epochs, wf_epochs), patience=min(config.patience, 3)))
+    return config, walk_forward
 
 
 @dataclass

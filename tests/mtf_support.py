@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.calendar import NY
 from models.registry import ModelRegistry
 
 CREATED = datetime(2026, 2, 27, 23, 0, tzinfo=timezone.utc)
@@ -137,3 +138,42 @@ def fitted_model(bars, start, end, invert: bool = False, lookback: int = 24, hor
         kernel, bias = dense.get_weights()
         dense.set_weights([-kernel, -bias])
     return model, scaler, export_weights(model, scaler, lookback)
+
+
+FEB = datetime(2026, 2, 1, tzinfo=NY)
+MAR = datetime(2026, 3, 1, tzinfo=NY)
+HISTORY_FROM = datetime(2025, 1, 1, tzinfo=NY)
+"""The retrain tests' evaluation month (February 2026, as of tests.broker_support.START) and the start of the 13
+months of hourly bars before it that their bar store holds."""
+
+
+@pytest.fixture
+def retrain_store(exchange, event_loop_for_ib):
+    """The bar store of AAPL and TSLA, filled through the real IBBroker from the paper exchange (13 months back
+    from February 2026, `HISTORY_FROM`); a second update asks the Broker nothing."""
+    from core.bar_store import BarStore, store_root
+    from core.ib_broker import IBBroker
+    from core.settings import get_settings
+    from tests.broker_support import START
+
+    bs = BarStore(store_root(get_settings().state_dir))
+    with IBBroker(client_id=61) as broker:
+        for sym in ("AAPL", "TSLA"):
+            first = bs.update(broker, sym, START, HISTORY_FROM, max_requests=25)
+            assert first.complete and first.first <= HISTORY_FROM and first.requests <= 16
+            again = bs.update(broker, sym, START, HISTORY_FROM, max_requests=25)
+            assert (again.requests, again.added) == (0, 0)  # no new bar can have ended: the Broker is not asked
+    return bs
+
+
+def register_known_champions(registry: ModelRegistry, store) -> None:
+    """AAPL's champion fitted on February itself (far better there than any honest challenger: it must stay) and
+    TSLA's that model inverted (far worse than chance: a challenger must replace it)."""
+    from core.bar_store import complete_bars
+    from tests.broker_support import START
+
+    for sym, invert in (("AAPL", False), ("TSLA", True)):
+        bars = complete_bars(store.load(sym), START)
+        model, scaler, weights = fitted_model(bars, FEB, MAR, invert=invert)
+        meta = {"features": weights["features"].tolist(), "lookback": 24, "horizon": 4}
+        registry.promote(sym, registry.register(sym, model, scaler, weights, meta, CREATED).version)

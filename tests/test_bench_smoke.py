@@ -105,3 +105,18 @@ def test_mtf_signal_scale_tiny(tmp_path):
     assert (f["s2_decisions"], f["s3_decisions"]) == (2, 3)
     assert f["s3_historical_requests"] == 3  # steady state: one request a symbol
     assert f["cold_requests_per_symbol"] > 1
+
+
+@pytest.mark.needs_data
+@pytest.mark.timeout(1800)
+def test_retrain_fanout_tiny(tmp_path):
+    """Two symbols, one epoch, on one and then two Dask worker hosts (network namespaces: root only)."""
+    from tests.hosts_support import hosts_available
+
+    require_bars("1h/AAPL.csv", "1h/TSLA.csv")
+    if hosts_available():
+        pytest.skip(hosts_available())
+    run_all.run_one("retrain_fanout", {"symbols": 2, "epochs": 1, "lstm_units": (4,), "wf_epochs": 1}, tmp_path)
+    f = _check_shape(tmp_path / "retrain_fanout.json", "retrain_fanout")["figures"]
+    assert f["one_host_tasks_a"] == 2 and f["two_hosts_tasks_a"] + f["two_hosts_tasks_b"] == 2
+    assert f["speedup"] == pytest.approx(f["one_host_s"] / f["two_hosts_s"], rel=1e-3)

@@ -13,19 +13,14 @@ from datetime import datetime
 
 import pytest
 
-from core.bar_store import BarStore, complete_bars, store_root
 from core.calendar import NY
-from core.ib_broker import IBBroker
 from core.journal import Journal
 from core.settings import get_settings
 from models.registry import ModelRegistry
 from models.retrain import evaluation_month
 from tests.broker_support import START
-from tests.mtf_support import CREATED, event_loop_for_ib, fitted_model  # noqa: F401
-
-FEB = datetime(2026, 2, 1, tzinfo=NY)
-MAR = datetime(2026, 3, 1, tzinfo=NY)
-HISTORY_FROM = datetime(2025, 1, 1, tzinfo=NY)  # 13 months before the evaluation month
+from tests.mtf_support import (FEB, HISTORY_FROM, MAR, event_loop_for_ib,  # noqa: F401
+                               register_known_champions, retrain_store)
 
 
 def test_evaluation_month_is_the_last_month_whose_last_session_closed():
@@ -36,19 +31,6 @@ def test_evaluation_month_is_the_last_month_whose_last_session_closed():
     assert (w.start, w.end, w.label) == (FEB, MAR, "oos:2026-02")
     with pytest.raises(ValueError, match="timezone-aware"):
         evaluation_month(datetime(2026, 3, 2))
-
-
-@pytest.fixture
-def store(exchange, event_loop_for_ib):  # noqa: F811
-    """The bar store of both symbols, filled through the real IBBroker (13 months back from February)."""
-    bs = BarStore(store_root(get_settings().state_dir))
-    with IBBroker(client_id=61) as broker:
-        for sym in ("AAPL", "TSLA"):
-            first = bs.update(broker, sym, START, HISTORY_FROM, max_requests=25)
-            assert first.complete and first.first <= HISTORY_FROM and first.requests <= 16
-            again = bs.update(broker, sym, START, HISTORY_FROM, max_requests=25)
-            assert (again.requests, again.added) == (0, 0)  # no new bar can have ended: the Broker is not asked
-    return bs
 
 
 def test_promotion_needs_the_edge_gate_as_well_as_beating_the_champion():
@@ -66,7 +48,7 @@ def test_promotion_needs_the_edge_gate_as_well_as_beating_the_champion():
     assert promote and "sends no entry until the gate opens" in reason
 
 
-def test_retrain_keeps_a_better_champion_and_replaces_a_worse_one(exchange, prefect_harness, store,
+def test_retrain_keeps_a_better_champion_and_replaces_a_worse_one(exchange, prefect_harness, retrain_store,
                                                                   monkeypatch):  # noqa: F811
     from flows.retrain import retrain
 
@@ -76,11 +58,7 @@ def test_retrain_keeps_a_better_champion_and_replaces_a_worse_one(exchange, pref
     get_settings.cache_clear()
 
     registry = ModelRegistry(get_settings().models_dir, Journal(get_settings().journal_path))
-    for sym, invert in (("AAPL", False), ("TSLA", True)):
-        bars = complete_bars(store.load(sym), START)
-        model, scaler, weights = fitted_model(bars, FEB, MAR, invert=invert)
-        meta = {"features": weights["features"].tolist(), "lookback": 24, "horizon": 4}
-        registry.promote(sym, registry.register(sym, model, scaler, weights, meta, CREATED).version)
+    register_known_champions(registry, retrain_store)
 
     out = retrain(as_of=START, history_months=13, epochs=2, lstm_units=[8], wf_folds=2, wf_epochs=2)
     by = {r["symbol"]: r for r in out["results"]}
