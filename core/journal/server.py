@@ -138,6 +138,9 @@ HALT_FILE = "HALT"
 """The kill switch's file in the state directory beside the journal (`core.controls`)."""
 
 
+_HALT_WRITE = threading.Lock()
+
+
 @dataclass(frozen=True)
 class HaltFile:
     """The kill switch's file (`core.controls.KillSwitch` reads and writes it; on a worker host, through the
@@ -153,15 +156,17 @@ class HaltFile:
             return None
 
     def write(self, text: str) -> None:
-        """Replace it atomically (a temporary file, then os.replace). Raises OSError (nothing left behind)."""
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(text)
-            os.replace(tmp, self.path)
-        except OSError:
-            tmp.unlink(missing_ok=True)
-            raise
+        """Replace it atomically (a temporary file ``HALT.<pid>.tmp``, then os.replace; one write at a time in a
+        process: the journal server's connections are threads). Raises OSError (nothing left behind)."""
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        with _HALT_WRITE:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                tmp.write_text(text)
+                os.replace(tmp, self.path)
+            except OSError:
+                tmp.unlink(missing_ok=True)
+                raise
 
     def remove(self) -> None:
         """Remove it (nothing when absent). Raises OSError."""
