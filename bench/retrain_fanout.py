@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -81,12 +82,22 @@ def _warm_up(address: str, n_workers: int) -> dict[str, int]:
 
 def _run_arm(label: str, work: Path, store: Path, names: list[str], env: dict[str, str], data: Path,
              options: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """One retrain run for `names` in a child process against a fresh state; returns its figures."""
+    """One retrain run for `names` in a child process against a fresh state; returns its figures. The state's
+    journal (with the model registry the workers write challengers to) is served, as the server role serves it, on
+    env's TRADEFLOW_JOURNAL_SERVER, which the flow and the Dask workers reach over the bridge."""
+    from core.journal.remote import parse_address
     from core.paper_exchange import PaperExchange
+    from deployments.processes import Child, port_open, wait_for
 
     state = work / f"state-{label}"
     state.mkdir()
     shutil.copytree(store, state / "bars")
+    host, port = parse_address(env["TRADEFLOW_JOURNAL_SERVER"])
+    journal = Child(f"journal server ({label})", [sys.executable, "-m", "core.journal.server",
+                                                  str(state / "journal.duckdb"), "--bind", host, "--port", str(port),
+                                                  "--idle", "0"], work / f"journal-{label}.log", env=env,
+                    cwd=ROOT).start()
+    wait_for(lambda: port_open(host, port) or not journal.alive(), 60, f"the journal server of {label}")
     exchange = PaperExchange(data, start=datetime.fromisoformat(AS_OF), state_file=state / "exchange.json").start()
     try:
         child_env = {**env, "IBKR_PORT": str(exchange.port), "TRADEFLOW_STATE_DIR": str(state)}
@@ -99,6 +110,7 @@ def _run_arm(label: str, work: Path, store: Path, names: list[str], env: dict[st
         load = (load_before + os.getloadavg()[0]) / 2
     finally:
         exchange.stop()
+        journal.stop(timeout=30)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"retrain ({label}) exited {out.returncode}:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
@@ -149,7 +161,11 @@ def run(symbols: int = 8, epochs: int = 1, lstm_units: tuple[int, ...] = (16,), 
         env = {**{k: v for k, v in os.environ.items()
                   if not k.startswith(("PREFECT_", "TRADEFLOW_")) and k != "PYTHONDONTWRITEBYTECODE"},
                "PREFECT_API_URL": api_url, "IBKR_HOST": "127.0.0.1", "TRADEFLOW_DATA_DIR": str(data),
-               "TF_CPP_MIN_LOG_LEVEL": "2"}
+               "TF_CPP_MIN_LOG_LEVEL": "2",
+               # the journal (and the model registry in it) of each arm, served on the bridge as the server role
+               # serves it: the workers in their namespaces cannot reach a writer on the root namespace's loopback
+               "TRADEFLOW_JOURNAL_SERVER": f"{gateway}:{free_port_on(gateway)}",
+               "TRADEFLOW_JOURNAL_TOKEN": secrets.token_hex(16)}
 
         sched = net["sched"]
         port = free_port_on(sched.address, sched.netns)

@@ -479,7 +479,8 @@ class Handler(socketserver.StreamRequestHandler):
 
 class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
-    allow_reuse_address = False
+    allow_reuse_address = True  # a fixed port (the server role's) binds again at once after a restart (TIME_WAIT);
+    # on Linux a second live listener on it is still refused (that would need SO_REUSEPORT)
 
 
 def serve(path: Path, idle: float, bind: str = "127.0.0.1", port: int = 0, token: str | None = None) -> int:
