@@ -94,9 +94,12 @@ def test_retrain_on_a_dask_cluster_decides_as_in_process(exchange, prefect_harne
     for name, value in (("MIN_AUC_LOW", "0"), ("MIN_RETURN", "-1"), ("BASELINES", "[]"), ("MIN_TRADES", "0")):
         monkeypatch.setenv(f"TRADEFLOW_MTF_GATE_{name}", value)
     get_settings.cache_clear()
-    register_known_champions(ModelRegistry(get_settings().models_dir, Journal(get_settings().journal_path)), retrain_store)
+    register_known_champions(ModelRegistry(get_settings().models_dir, Journal(get_settings().journal_path)),
+                             retrain_store)
     local_state = tmp_path / "state-in-process"
-    shutil.copytree(state_dir, local_state, ignore=shutil.ignore_patterns("journal.duckdb*"))
+    # the same start, for the in-process run: the bar store, and the same champions in its own journal (the
+    # registry lives in the journal; a copied models folder is only a cache)
+    shutil.copytree(state_dir, local_state, ignore=shutil.ignore_patterns("journal.duckdb*", "models"))
 
     monkeypatch.setenv("TRADEFLOW_DASK_SCHEDULER", dask_cluster)
     get_settings.cache_clear()
@@ -106,6 +109,8 @@ def test_retrain_on_a_dask_cluster_decides_as_in_process(exchange, prefect_harne
     monkeypatch.delenv("TRADEFLOW_DASK_SCHEDULER")
     monkeypatch.setenv("TRADEFLOW_STATE_DIR", str(local_state))
     get_settings.cache_clear()
+    register_known_champions(ModelRegistry(get_settings().models_dir, Journal(get_settings().journal_path)),
+                             retrain_store)
     in_process = retrain(as_of=START, **SMALL)
     assert dask_tasks_executed(dask_cluster) == {"worker-1": 2}  # nothing more went to the cluster
 
