@@ -47,14 +47,16 @@ class HaltNotJournaledError(RuntimeError):
 
 @dataclass(frozen=True)
 class HaltInfo:
-    """An active halt: who set it, why, and when (aware datetime)."""
+    """An active halt: who set it, why, and when (aware datetime; None for a switch that cannot be read, whose
+    time is unknown)."""
 
     who: str
     reason: str
-    at: dt.datetime
+    at: dt.datetime | None
 
     def describe(self) -> str:
-        return f"trading halted by {self.who} at {self.at.isoformat()}: {self.reason}"
+        when = self.at.isoformat() if self.at else "an unknown time"
+        return f"trading halted by {self.who} at {when}: {self.reason}"
 
 
 def operator() -> str:
@@ -86,8 +88,7 @@ class KillSwitch:
         try:
             raw = self._file.read()
         except OSError as exc:
-            return HaltInfo(who="unknown", reason=f"the kill switch ({self.path}) cannot be read: {exc}",
-                            at=dt.datetime.now(dt.timezone.utc))
+            return HaltInfo(who="unknown", reason=f"the kill switch ({self.path}) cannot be read: {exc}", at=None)
         if raw is None:
             return None
         try:
@@ -95,8 +96,7 @@ class KillSwitch:
             return HaltInfo(who=str(data["who"]), reason=str(data["reason"]),
                             at=dt.datetime.fromisoformat(data["at"]))
         except (ValueError, KeyError, TypeError):
-            return HaltInfo(who="unknown", reason=f"the halt file {self.path} is unreadable",
-                            at=dt.datetime.now(dt.timezone.utc))
+            return HaltInfo(who="unknown", reason=f"the halt file {self.path} is unreadable", at=None)
 
     def halt(self, journal: Journal, who: str, reason: str, at: dt.datetime) -> HaltInfo:
         """Halt trading now and journal it. Halting while halted replaces who/why (both are journaled).

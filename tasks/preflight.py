@@ -58,7 +58,7 @@ def local_facts(run: FlowRun, facts: PreflightFacts) -> None:
         facts.champions[symbol] = None if champ is None else (
             champ.version, dt.datetime.fromisoformat(champ.metadata["created_at"]))
     halt = run.kill_switch.current()
-    facts.halt = None if halt is None else (halt.who, halt.reason, halt.at.isoformat())
+    facts.halt = None if halt is None else (halt.who, halt.reason, halt.at.isoformat() if halt.at else "unknown")
     with run.journal.transaction() as tx:
         facts.open_breaks = sorted({b["symbol"] for b in tx.open_breaks()})
     s.state_dir.mkdir(parents=True, exist_ok=True)
